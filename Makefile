@@ -1,0 +1,48 @@
+# LLM SLO eBPF toolkit. `make help` lists the targets.
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+
+ARCH ?= x86
+CLANG ?= clang
+LLVM_STRIP ?= llvm-strip
+VENV := .venv
+PY := $(VENV)/bin/python
+
+BPF_SRCS := $(wildcard bpf/*.bpf.c)
+BPF_OBJS := $(BPF_SRCS:.c=.o)
+BPF_HDRS := bpf/llm_slo.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.h
+# Reproducible objects: relative paths (they end up in BTF line info), no DWARF.
+BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+	-Ivmlinux/$(ARCH) -Ibpf -fno-ident
+
+.PHONY: help deps bpf test test-unit lint demo bench vmlinux clean-lab
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## install apt packages and the virtualenv (idempotent)
+	@scripts/install-deps.sh
+
+bpf: $(BPF_OBJS) ## rebuild the BPF objects (committed; tests check they match)
+
+bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(LLVM_STRIP) -g $@
+
+vmlinux: ## regenerate vmlinux/$(ARCH)/vmlinux.h from this kernel's BTF
+	scripts/gen-vmlinux.sh $(ARCH)
+
+test: deps ## run every test; kernel tests need root
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: deps ## ruff over python/ and tests/
+	$(VENV)/bin/ruff check python tests
+
+demo: deps ## watch every signal live for ~20 s while real traffic runs
+	$(PY) scripts/demo.py
+
+bench: deps ## drain/decode and kernel-cost benchmarks into docs/benchmarks/
+	$(PY) scripts/bench_ringbuf.py
+
+clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
+	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'
