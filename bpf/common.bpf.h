@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Kernel-side helpers shared by the signal programs: counters, histograms, headers. */
+#ifndef __COMMON_BPF_H
+#define __COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "llm_slo.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Per-object health counters (enum counter); per-CPU so the hot path needs no atomics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 slot = 0;
+
+	/* Branch-free enough and bounded: 6 steps cover 64 bits. */
+	if (v >> 32) { v >>= 32; slot += 32; }
+	if (v >> 16) { v >>= 16; slot += 16; }
+	if (v >> 8) { v >>= 8; slot += 8; }
+	if (v >> 4) { v >>= 4; slot += 4; }
+	if (v >> 2) { v >>= 2; slot += 2; }
+	if (v >> 1) { slot += 1; }
+	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
+}
+
+/* Histograms are shared by CPUs (plain hash), so updates are atomic adds. */
+static __always_inline void hist_add(struct hist *h, __u64 delta_ns)
+{
+	__u32 slot = log2_slot(delta_ns);
+
+	if (slot >= HIST_SLOTS)
+		return;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_ns, delta_ns);
+}
+
+/* Look up the value for key, inserting a zeroed one first if needed. */
+static __always_inline void *lookup_or_init(void *map, const void *key, const void *zero)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v)
+		return v;
+	if (bpf_map_update_elem(map, key, zero, BPF_NOEXIST) && !bpf_map_lookup_elem(map, key)) {
+		count(COUNTER_MAP_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(map, key);
+}
+
+static __always_inline void fill_header(struct event_header *hdr, __u16 kind, __u32 size,
+					__u64 ts_ns, __u64 cgroup_id, __u64 pid_tgid)
+{
+	hdr->kind = kind;
+	hdr->version = ABI_VERSION;
+	hdr->size = size;
+	hdr->ts_ns = ts_ns;
+	hdr->cgroup_id = cgroup_id;
+	hdr->pid_tgid = pid_tgid;
+}
+
+/* cgroup v2 id of a task that is not `current` (woken or switched-in task). */
+static __always_inline __u64 task_cgroup_id(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+}
+
+/*
+ * cgroup v2 id of the socket's owner, recorded when the socket was created. This is
+ * what retransmits and handshake completions must be charged to: they run in softirq
+ * or timer context where `current` is whichever task was interrupted.
+ */
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+/* Fill a v4-mapped or v6 flow from the socket's common part. */
+static __always_inline void flow_from_sock(struct flow *f, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	f->family = family;
+	f->protocol = BPF_CORE_READ(sk, sk_protocol);
+	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		f->saddr[10] = 0xff; f->saddr[11] = 0xff;
+		f->daddr[10] = 0xff; f->daddr[11] = 0xff;
+		__builtin_memcpy(&f->saddr[12], &s, 4);
+		__builtin_memcpy(&f->daddr[12], &d, 4);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&f->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&f->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+#endif /* __COMMON_BPF_H */

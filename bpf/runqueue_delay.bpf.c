@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * runqueue_delay_ms: time a runnable task waits for a CPU, charged to the cgroup of the
+ * task that waited (not to `current`, which at wakeup is the waker and at switch is prev).
+ *
+ * tp_btf hooks (typed arguments, no tracefs): a task becomes runnable at sched_wakeup /
+ * sched_wakeup_new, or stays runnable when preempted (sched_switch with prev still
+ * TASK_RUNNING); its wait ends when sched_switch picks it as `next`. The enqueue time
+ * lives in task storage, so there is no pid-keyed hash to overflow.
+ */
+#include "common.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define TASK_RUNNING 0
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct runq_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} enqueued_at SEC(".maps");
+
+/* Per-CPU histograms: sched_switch is the hottest hook on the node, no shared lines. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* cgroup id */
+	__type(value, struct hist);
+} runq_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct rate_window);
+} rate_windows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static const struct hist zero_hist;
+static const struct rate_window zero_window;
+
+/* task_struct::state was renamed __state in 5.14 (commit 2f064a59a11f). */
+struct task_struct___o {
+	volatile long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline long task_state(struct task_struct *t)
+{
+	struct task_struct___o *old = (void *)t;
+
+	if (bpf_core_field_exists(old->state))
+		return BPF_CORE_READ(old, state);
+	return BPF_CORE_READ(t, __state);
+}
+
+static __always_inline void mark_enqueued(struct task_struct *t)
+{
+	__u64 *ts;
+
+	if (!t->pid)
+		return; /* idle task */
+	ts = bpf_task_storage_get(&enqueued_at, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (ts)
+		*ts = bpf_ktime_get_ns();
+}
+
+static __always_inline bool allow_event(__u64 cgroup_id, __u32 limit, __u64 now)
+{
+	struct rate_window *w = lookup_or_init(&rate_windows, &cgroup_id, &zero_window);
+
+	if (!w)
+		return false;
+	if (now - w->start_ns > 1000000000ULL) {
+		w->start_ns = now;
+		w->count = 0;
+	}
+	if (w->count >= limit)
+		return false;
+	w->count++;
+	return true;
+}
+
+static __always_inline void emit_slow(struct task_struct *next, __u64 cgroup_id,
+				      struct task_struct *prev, __u64 delay, __u64 now)
+{
+	struct runq_event *e;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_RINGBUF_DROPPED);
+		return;
+	}
+	fill_header(&e->hdr, EVENT_RUNQ_SLOW, sizeof(*e), now, cgroup_id,
+		    (__u64)next->tgid << 32 | next->pid);
+	BPF_CORE_READ_STR_INTO(&e->hdr.comm, next, comm);
+	e->delay_ns = delay;
+	e->prev_cgroup_id = task_cgroup_id(prev);
+	e->cpu = bpf_get_smp_processor_id();
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void switch_in(struct task_struct *prev, struct task_struct *next)
+{
+	__u32 zero = 0;
+	struct runq_config *cfg;
+	struct hist *h;
+	__u64 *ts, now, delay, cgroup_id;
+
+	if (task_state(prev) == TASK_RUNNING)
+		mark_enqueued(prev);
+	if (!next->pid)
+		return;
+	ts = bpf_task_storage_get(&enqueued_at, next, 0, 0);
+	if (!ts || !*ts)
+		return;
+	now = bpf_ktime_get_ns();
+	delay = now - *ts;
+	*ts = 0;
+	if ((__s64)delay < 0)
+		return;
+	cgroup_id = task_cgroup_id(next);
+	h = lookup_or_init(&runq_hists, &cgroup_id, &zero_hist);
+	if (h) {
+		/* Per-CPU value: plain increments are safe. */
+		h->slots[log2_slot(delay)]++;
+		h->count++;
+		h->sum_ns += delay;
+	}
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || !cfg->max_events_per_sec || delay < cfg->slow_ns)
+		return;
+	if (!allow_event(cgroup_id, cfg->max_events_per_sec, now)) {
+		count(COUNTER_RATE_LIMITED);
+		return;
+	}
+	emit_slow(next, cgroup_id, prev, delay, now);
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(runq_wakeup, struct task_struct *p)
+{
+	mark_enqueued(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(runq_wakeup_new, struct task_struct *p)
+{
+	mark_enqueued(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(runq_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	switch_in(prev, next);
+	return 0;
+}
