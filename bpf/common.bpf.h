@@ -103,7 +103,9 @@ static __always_inline void flow_from_sock(struct flow *f, const struct sock *sk
 
 	f->family = family;
 	f->protocol = BPF_CORE_READ(sk, sk_protocol);
-	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: unhashing on CLOSE zeroes skc_num before the
+	 * state-change tracepoint fires, and a failed connect must keep its port. */
+	f->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
 		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);

@@ -129,7 +129,7 @@ def parse_cgroup_path(path: str) -> ContainerRef | None:
     return None
 
 
-def _cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
     """Mount point of the first cgroup2 filesystem, or "" (pure v1 host)."""
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
@@ -189,7 +189,7 @@ class CgroupResolver:
         rescan_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._root = _cgroup2_mount() if root is None else root
+        self._root = cgroup2_mount() if root is None else root
         self._interval = rescan_interval_s
         self._clock = clock
         self._paths: dict[int, str] = {}

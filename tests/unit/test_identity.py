@@ -273,10 +273,10 @@ def test_cgroup2_mount_from_mountinfo(tmp_path: Path) -> None:
         "41 31 0:38 / /host\\040cg/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n"
         "42 31 0:39 / /second rw,relatime - cgroup2 cgroup2 rw\n"
     )
-    assert _cgroup2_mount(str(info)) == "/host cg/unified"
+    assert cgroup2_mount(str(info)) == "/host cg/unified"
     info.write_text("32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n")
-    assert _cgroup2_mount(str(info)) == ""
-    assert _cgroup2_mount(str(tmp_path / "missing")) == ""
+    assert cgroup2_mount(str(info)) == ""
+    assert cgroup2_mount(str(tmp_path / "missing")) == ""
 
 
 # --- /proc lookups on a fake /proc ----------------------------------------------------
@@ -356,7 +356,7 @@ def sandbox() -> Iterator[Sandbox]:
     """A k8s-shaped cgroup tree under the real cgroup2 mount; always removed."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create cgroups")
-    mount = _cgroup2_mount()
+    mount = cgroup2_mount()
     if not mount:
         pytest.skip("no cgroup2 mount on this host")
     box = Sandbox(mount, Path(mount) / f"llm-slo-test-{secrets.token_hex(6)}")

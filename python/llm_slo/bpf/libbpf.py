@@ -7,6 +7,7 @@ releases links before the object, so nothing stays attached after the agent exit
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -339,6 +340,7 @@ def enable_run_time_stats() -> int | None:
     return int(fd) if fd >= 0 else None
 
 
+@functools.lru_cache(maxsize=256)
 def kernel_btf_has(name: str, kind: int = BTF_KIND_TYPEDEF, btf_path: str | None = None) -> bool:
     """Whether the kernel BTF (or ``btf_path``) defines ``name`` of ``kind``.
 

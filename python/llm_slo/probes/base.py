@@ -1,0 +1,169 @@
+"""The probe interface: options, attach points, and the BPF-backed base class.
+
+A probe owns one BPF object (or a /proc reader) for one signal. Inside a probe, an
+optional hook that is missing (e.g. getaddrinfo in a libc we cannot find) is a *gap*:
+reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import structlog
+
+from llm_slo import decode
+from llm_slo.bpf.libbpf import BTF_KIND_TYPEDEF, BpfObject, kernel_btf_has, possible_cpus
+from llm_slo.bpf.ringbuf import RingBuffer
+from llm_slo.errors import AttachPointMissing
+
+log = structlog.get_logger("probes")
+
+BPF_DIR = Path(os.environ.get("LLM_SLO_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
+
+
+class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Tunables shared by the probes; defaults suit a busy node."""
+
+    ringbuf_bytes: int = 256 * 1024
+    dns_slow_ms: float = 20.0
+    dns_sample_every: int = 0
+    dns_timeout_s: float = 5.0
+    runq_slow_ms: float = 10.0
+    runq_max_events_per_sec: int = 20
+    connect_slow_ms: float = 100.0
+    reclaim_slow_ms: float = 1.0
+    btf_path: str | None = None
+
+
+class AttachPoint(msgspec.Struct, frozen=True):
+    """A hook a probe needs, and whether this host has it."""
+
+    probe: str
+    kind: str  # tp_btf | cgroup | uprobe | procfs
+    target: str
+    present: bool
+    required: bool
+
+
+def _ms(v: float) -> int:
+    return int(v * 1_000_000)
+
+
+class Probe:
+    """Base: a named signal that yields records each poll."""
+
+    signal: str = ""
+
+    def __init__(self, options: ProbeOptions) -> None:
+        self.options = options
+        self.gaps: list[str] = []
+
+    def attach_points(self) -> list[AttachPoint]:
+        """What this probe hooks, checked against this host."""
+        return []
+
+    def open(self) -> None:
+        """Load and attach; raises ProbeError with the reason."""
+
+    def poll(self, now_ns: int) -> list[Any]:
+        """Records since the last poll."""
+        return []
+
+    def counters(self) -> dict[str, int]:
+        """Health counters: records dropped, rate-limited, map-full, bad."""
+        return {}
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """Per BPF program: (run_time_ns, run_cnt)."""
+        return {}
+
+    def close(self) -> None:
+        """Detach and free (idempotent)."""
+
+
+class BpfProbe(Probe):
+    """A probe backed by ``bpf/<object_name>.bpf.o``."""
+
+    object_name: str = ""
+    tracepoints: tuple[str, ...] = ()  # tp_btf targets; each must be in kernel BTF
+    rings: dict[str, np.dtype[Any]] = {}  # noqa: RUF012 - class-level table
+
+    def __init__(self, options: ProbeOptions) -> None:
+        super().__init__(options)
+        self.obj: BpfObject | None = None
+        self.ring_readers: dict[str, RingBuffer] = {}
+        self.stats = decode.DecodeStats()
+
+    def attach_points(self) -> list[AttachPoint]:
+        return [
+            AttachPoint(
+                self.signal,
+                "tp_btf",
+                tp,
+                kernel_btf_has(f"btf_trace_{tp}", BTF_KIND_TYPEDEF),
+                True,
+            )
+            for tp in self.tracepoints
+        ]
+
+    def open(self) -> None:
+        missing = [a.target for a in self.attach_points() if a.kind == "tp_btf" and not a.present]
+        if missing:
+            raise AttachPointMissing(
+                self.signal, f"tracepoint(s) {', '.join(missing)} not in kernel BTF"
+            )
+        self.obj = BpfObject(
+            str(BPF_DIR / f"{self.object_name}.bpf.o"),
+            probe=self.signal,
+            btf_custom_path=self.options.btf_path,
+        )
+        for name in self.rings:
+            self.obj.maps[name].set_max_entries(self.options.ringbuf_bytes)
+        self.obj.load()
+        self.configure(self.obj)
+        self.attach(self.obj)
+        self.ring_readers = {
+            name: RingBuffer(self.obj.maps[name].fd, self.obj.maps[name].max_entries, dtype)
+            for name, dtype in self.rings.items()
+        }
+
+    def configure(self, obj: BpfObject) -> None:
+        """Write the ``settings`` map after load, before attach."""
+
+    def attach(self, obj: BpfObject) -> None:
+        for prog in obj.programs.values():
+            prog.attach()
+
+    def drain(self, ring: str) -> Any:
+        return self.ring_readers[ring].drain()
+
+    def counters(self) -> dict[str, int]:
+        if self.obj is None:
+            return {}
+        ncpus = possible_cpus()
+        cmap = self.obj.maps["counters"]
+        out = {}
+        for idx, name in enumerate(("ringbuf_dropped", "rate_limited", "map_full")):
+            v = cmap.lookup(idx.to_bytes(4, "little"), 8 * ncpus)
+            out[name] = int(np.frombuffer(v, dtype="<u8").sum()) if v else 0
+        out["bad_records"] = sum(self.stats.bad_records.values()) + sum(
+            r.bad_records for r in self.ring_readers.values()
+        )
+        return out
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        if self.obj is None:
+            return {}
+        return {p.name: p.run_stats() for p in self.obj.programs.values() if p.autoload}
+
+    def close(self) -> None:
+        for r in self.ring_readers.values():
+            r.close()
+        self.ring_readers.clear()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
