@@ -46,3 +46,6 @@ bench: deps ## drain/decode and kernel-cost benchmarks into docs/benchmarks/
 
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
 	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'
+
+print-%: # `make -s print-BPF_CFLAGS`: lets the reproducibility test build exactly like `make bpf`
+	@echo $($*)

@@ -10,6 +10,13 @@
 #include <bpf/bpf_endian.h>
 #include "llm_slo.h"
 
+/*
+ * Ring-buffer records are only ever used through reserved pointers, so clang would
+ * leave them out of the object's BTF; a typed global keeps them in, for bpftool and
+ * for the ABI test that checks python/llm_slo/abi.py against the built object.
+ */
+#define BTF_EXPORT(name) const struct name *__btf_export_##name __attribute__((unused))
+
 #define AF_INET 2
 #define AF_INET6 10
 

@@ -12,6 +12,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+BTF_EXPORT(connect_event);
+
 #define IPPROTO_TCP 6
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110

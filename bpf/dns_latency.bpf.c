@@ -21,6 +21,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+BTF_EXPORT(dns_event);
+BTF_EXPORT(resolver_event);
+
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6

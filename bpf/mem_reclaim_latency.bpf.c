@@ -11,6 +11,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+BTF_EXPORT(reclaim_event);
+
 struct reclaim_start {
 	__u64 ts_ns;
 	__s32 order;

@@ -12,6 +12,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+BTF_EXPORT(runq_event);
+
 #define TASK_RUNNING 0
 
 struct {

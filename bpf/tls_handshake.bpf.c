@@ -14,6 +14,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+BTF_EXPORT(tls_event);
+
 struct tls_call {
 	__u64 ssl;
 	__u32 depth;

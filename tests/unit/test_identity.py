@@ -19,7 +19,7 @@ from llm_slo.identity import (
     ContainerRef,
     HostProcess,
     Identity,
-    _cgroup2_mount,
+    cgroup2_mount,
     cgroup_id_of_path,
     host_process,
     parse_cgroup_path,

@@ -1,0 +1,54 @@
+"""sloctl: help that explains, clear one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llm_slo.cli import build_parser, main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llm_slo.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["probe", "watch", "--help"],
+                                  ["prereq", "check", "--help"], ["btf", "--help"]])
+def test_help_exits_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command explains itself."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 0
+    assert "usage: sloctl" in capsys.readouterr().out
+
+
+def test_watch_help_lists_signals(capsys: pytest.CaptureFixture[str]) -> None:
+    """probe watch --help names every signal and shows examples."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["probe", "watch", "--help"])
+    out = capsys.readouterr().out
+    assert "dns_latency_ms" in out and "cfs_throttled_ms" in out and "examples:" in out
+
+
+def test_unknown_signal_is_a_clear_error() -> None:
+    """A misspelt signal names itself and the valid choices; no traceback."""
+    r = run("probe", "watch", "--signals", "dns_latency_ms,dsn_latency", "--duration", "1")
+    assert r.returncode == 2
+    assert "unknown signal(s) dsn_latency" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flag,value", [("--duration", "-3"), ("--interval", "abc")])
+def test_bad_numbers_rejected(flag: str, value: str) -> None:
+    """Non-positive or non-numeric durations are usage errors."""
+    r = run("probe", "watch", flag, value)
+    assert r.returncode == 2
+    assert flag in r.stderr and "Traceback" not in r.stderr
+
+
+def test_btf_missing_file_is_clear(tmp_path) -> None:
+    """sloctl btf --btf on a missing file says so in one line."""
+    assert main(["btf", "--btf", str(tmp_path / "none.btf")]) == 1
