@@ -266,11 +266,20 @@ class Differ:
         return out
 
 
+def row_bytes(rows: Records) -> list[bytes]:
+    """Each row's raw bytes, padding included: the exact key bytes a BPF map expects.
+
+    (``rows[i].tobytes()`` on a structured row drops trailing padding.)
+    """
+    raw, size = rows.tobytes(), rows.dtype.itemsize
+    return [raw[i * size : (i + 1) * size] for i in range(rows.shape[0])]
+
+
 def retransmit_aggregates(
     keys: Records, counts: Any, differ: Differ, ts_ns: int
 ) -> list[RetransmitAggregate]:
     """Per-flow retransmit deltas from a ``retransmits`` map snapshot."""
-    snapshot = {keys[i].tobytes(): np.uint64(counts[i]) for i in range(keys.shape[0])}
+    snapshot = {k: np.uint64(n) for k, n in zip(row_bytes(keys), counts, strict=True)}
     out = []
     for raw, n in differ.delta(snapshot).items():
         k = np.frombuffer(raw, dtype=abi.RETRANS_KEY)[0]

@@ -246,7 +246,16 @@ class Map:
             if err == errno_mod.ENOENT:
                 break
             in_batch = token
-        return np.concatenate(keys_out), np.concatenate(vals_out)
+        # np.concatenate would repack structured dtypes and drop their padding, breaking
+        # the byte-exact keys that delete/lookup need; fill arrays of the exact dtypes.
+        keys_all = np.zeros(sum(len(k) for k in keys_out), dtype=key_dtype)
+        vals_all = np.zeros((len(keys_all), ncpus) if ncpus else len(keys_all), dtype=value_dtype)
+        at = 0
+        for k, v in zip(keys_out, vals_out, strict=True):
+            keys_all[at : at + len(k)] = k
+            vals_all[at : at + len(k)] = v
+            at += len(k)
+        return keys_all, vals_all
 
 
 class BpfObject:

@@ -50,8 +50,8 @@ class HistReader:
         fails = (vals["outcomes"][:, 1:].sum(axis=1) if "outcomes" in (self.value.names or ())
                  else np.zeros(len(keys), dtype=np.uint64))
         snapshot = {
-            keys[i].tobytes(): np.concatenate([hist["slots"][i], [hist["sum_ns"][i], fails[i]]])
-            for i in range(len(keys))
+            k: np.concatenate([hist["slots"][i], [hist["sum_ns"][i], fails[i]]])
+            for i, k in enumerate(decode.row_bytes(keys))
         }
         out = []
         for raw, d in self.differ.delta(snapshot).items():
@@ -251,8 +251,8 @@ class DnsLatency(BpfProbe):
         if not len(keys):
             return []
         events, old = decode.dns_timeouts(vals, now_ns, int(self.options.dns_timeout_s * 1e9))
-        for k in keys[old]:
-            queries.delete(k.tobytes())
+        for k in decode.row_bytes(keys[old]):
+            queries.delete(k)
         return list(events)
 
 
