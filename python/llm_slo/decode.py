@@ -94,6 +94,12 @@ def parse_question(raw: bytes) -> tuple[str, int]:
     return ".".join(labels), 0
 
 
+def enum_name(names: tuple[str, ...], value: Any) -> str:
+    """Enum value -> name; a value this build does not know is "unknown", not a guess."""
+    i = int(value)
+    return names[i] if 0 <= i < len(names) else "unknown"
+
+
 def _ids(hdr: Any) -> dict[str, Any]:
     pid_tgid = int(hdr["pid_tgid"])
     return {
@@ -127,7 +133,7 @@ def dns_events(records: Records, stats: DecodeStats) -> list[DnsEvent]:
 
 
 def dns_timeouts(queries: Records, now_ns: int, timeout_ns: int) -> tuple[list[DnsEvent], Any]:
-    """Queries older than ``timeout_ns`` as timeout events, plus the mask of those entries."""
+    """Queries at least ``timeout_ns`` old as timeout events, plus the mask of those entries."""
     old = (now_ns - queries["ts_ns"].astype(np.int64)) >= timeout_ns
     out = []
     for q in queries[old]:
@@ -184,7 +190,7 @@ def connect_events(records: Records, stats: DecodeStats) -> list[ConnectEvent]:
         ConnectEvent(
             **_ids(r["hdr"]),
             latency_ms=int(r["latency_ns"]) / 1e6,
-            outcome=CONNECT_OUTCOMES[min(int(r["outcome"]), len(CONNECT_OUTCOMES) - 1)],
+            outcome=enum_name(CONNECT_OUTCOMES, r["outcome"]),
             errno=int(r["err"]),
             syn_retransmits=int(r["syn_retrans"]),
             conn=conn_tuple(r["flow"]),
@@ -199,8 +205,8 @@ def tls_events(records: Records, stats: DecodeStats) -> list[TlsHandshakeEvent]:
         TlsHandshakeEvent(
             **_ids(r["hdr"]),
             latency_ms=int(r["latency_ns"]) / 1e6,
-            outcome=TLS_OUTCOMES[min(int(r["outcome"]), 1)],
-            role=TLS_ROLES[min(int(r["role"]), 2)],
+            outcome=enum_name(TLS_OUTCOMES, r["outcome"]),
+            role=enum_name(TLS_ROLES, r["role"]),
             calls=int(r["calls"]),
         )
         for r in valid(records, abi.EVENT_TLS_HANDSHAKE, stats)
@@ -213,7 +219,7 @@ def reclaim_events(records: Records, stats: DecodeStats) -> list[ReclaimEvent]:
         ReclaimEvent(
             **_ids(r["hdr"]),
             latency_ms=int(r["latency_ns"]) / 1e6,
-            kind=RECLAIM_KINDS[min(int(r["kind"]), 1)],
+            kind=enum_name(RECLAIM_KINDS, r["kind"]),
             nr_reclaimed=int(r["nr_reclaimed"]),
             order=int(r["order"]),
         )

@@ -127,7 +127,7 @@ def _fields(rec: Any) -> dict[str, Any]:
         return dict(signal=rec.signal, value=rec.mean_ms, count=rec.count,
                     detail=f"{rec.detail + ' ' if rec.detail else ''}p99<={rec.p99_ms:g}ms "
                     f"max<={rec.max_ms:g}ms failures={rec.failures}".strip(),
-                    failed=rec.failures > 0 and rec.count == 0)
+                    failed=rec.failures > 0)
     if isinstance(rec, RetransmitAggregate):
         return dict(signal="tcp_retransmits_total", value=float(rec.count), count=rec.count,
                     conn_tuple=rec.conn, detail="syn" if rec.syn else "data")
@@ -168,10 +168,11 @@ class ProbeEventBuilder:
     def _event(self, *, ts: int, ident: Identity, signal: str, value: float,
                failed: bool = False, pid: int = 0, tid: int = 0, comm: str = "",
                **extra: Any) -> ProbeEvent:
+        value = round(float(value), 6)  # status from the value consumers will see
         return ProbeEvent(
             ts_unix_nano=max(ts, 0), signal=signal, node=self.node,
             namespace="", pod="", container="", pid=pid, tid=tid,
-            value=round(float(value), 6), unit=UNITS[signal],
+            value=value, unit=UNITS[signal],
             status=status_of(signal, value, failed),
             cgroup_id=ident.cgroup_id, cgroup_path=ident.cgroup_path,
             pod_uid=ident.pod_uid, container_id=ident.container_id, comm=comm, **extra)

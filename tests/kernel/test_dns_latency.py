@@ -101,7 +101,8 @@ RESOLVE = textwrap.dedent("""
 """)
 
 
-def test_getaddrinfo_includes_search_path(open_probe, collect, server_addr: str, tmp_path: Path) -> None:
+def test_getaddrinfo_includes_search_path(open_probe, collect, server_addr: str,
+                                          tmp_path: Path) -> None:
     """libc resolver latency covers ndots search expansion: two delayed queries, not one."""
     probe = open_probe(DnsLatency, dns_slow_ms=0)
     conf = tmp_path / "resolv.conf"

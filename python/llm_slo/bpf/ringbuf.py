@@ -74,7 +74,8 @@ class RingBuffer:
         n = int(busy[0]) if busy.size else raw.shape[0]
         lens = lens[:n]
         keep = (lens & _DISCARD) == 0
-        if np.any((lens[keep] & ~np.uint32(_DISCARD)) != self.dtype.itemsize):
+        # Every frame, discarded ones included, must have our size, or strides are wrong.
+        if np.any((lens & ~np.uint32(_DISCARD)) != self.dtype.itemsize):
             del raw, lens
             return self._walk(cons, prod)
         out = raw["rec"][:n][keep].copy()

@@ -10,7 +10,7 @@ import numpy as np
 from llm_slo import abi, decode
 from llm_slo.bpf.libbpf import BpfObject, possible_cpus
 from llm_slo.errors import AttachPointMissing, LlmSloError
-from llm_slo.events import LatencyAggregate
+from llm_slo.events import RECLAIM_KINDS, LatencyAggregate
 from llm_slo.identity import cgroup2_mount
 from llm_slo.libraries import find_libc, find_libssl
 from llm_slo.probes.base import AttachPoint, BpfProbe, _ms
@@ -58,7 +58,7 @@ class HistReader:
             key = np.frombuffer(raw, dtype=self.key)[0]
             named = self.key.names is not None
             cgroup_id = int(key["cgroup_id"]) if named else int(key)
-            detail = abi.RECLAIM_KINDS[min(int(key["kind"]), 1)] if named else self.detail
+            detail = decode.enum_name(RECLAIM_KINDS, key["kind"]) if named else self.detail
             agg = decode.hist_aggregate(self.signal, now_ns, cgroup_id, d[:-2], int(d[-2]),
                                         detail)
             failures = int(d[-1])
