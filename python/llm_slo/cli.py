@@ -159,6 +159,8 @@ def _watch(args: argparse.Namespace) -> int:
     from llm_slo.watch import watch
 
     signals = parse_signals(args.signals)
+    if args.btf and not os.path.isfile(args.btf):
+        raise ConfigError(f"--btf {args.btf}: no such file")
     options = ProbeOptions(dns_slow_ms=args.dns_slow_ms, connect_slow_ms=args.connect_slow_ms,
                            runq_slow_ms=args.runq_slow_ms, btf_path=args.btf)
     return watch(signals, output=args.output, interval_s=args.interval,
