@@ -3,6 +3,7 @@ the others keep running; the CLI says what is wrong in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,10 +95,8 @@ def test_watch_jsonl_events_follow_the_contract() -> None:
     def refused() -> None:
         time.sleep(1.5)
         for _ in range(3):
-            try:
+            with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", 1), timeout=1)
-            except OSError:
-                pass
 
     t = threading.Thread(target=refused)
     t.start()
