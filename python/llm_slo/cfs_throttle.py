@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 
 import msgspec
 
+from llm_slo.mounts import MOUNTINFO, parse_mountinfo, read_mounts
+
 SIGNAL = "cfs_throttled_ms"
 
-_MOUNTINFO = "/proc/self/mountinfo"
 # A cgroup being removed answers ENODEV instead of ENOENT for a short while.
 _VANISHED = (errno.ENOENT, errno.ENODEV)
 
@@ -98,42 +98,27 @@ def throttle_between(
     )
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def detect_cpu_root(mountinfo: str | None = None) -> str:
     """Mount point of the cgroup cpu controller: v1 ``cpu`` first, else cgroup2 with cpu.
 
     On a hybrid host the v1 hierarchy owns the controller and the v2 mount has none, so
-    v1 must win. Raises :class:`FileNotFoundError` when neither carries it.
+    v1 must win. ``mountinfo`` is the file's text (default: read this process's).
+    Raises :class:`FileNotFoundError` when neither carries it.
     """
-    if mountinfo is None:
-        with open(_MOUNTINFO, encoding="utf-8") as f:
-            mountinfo = f.read()
-    v2_roots: list[str] = []
-    for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
-        fields, tail = pre.split(), post.split()
-        if not sep or len(fields) < 5 or len(tail) < 3:
+    mounts = read_mounts() if mountinfo is None else parse_mountinfo(mountinfo)
+    for m in mounts:
+        if m.fstype == "cgroup" and "cpu" in m.options:
+            return m.point
+    for m in mounts:
+        if m.fstype != "cgroup2":
             continue
-        mount_point, fstype = _unescape(fields[4]), tail[0]
-        if fstype == "cgroup" and "cpu" in tail[2].split(","):
-            return mount_point
-        if fstype == "cgroup2":
-            v2_roots.append(mount_point)
-    for root in v2_roots:
         try:
-            with open(os.path.join(root, "cgroup.controllers"), encoding="ascii") as f:
+            with open(os.path.join(m.point, "cgroup.controllers"), encoding="ascii") as f:
                 if "cpu" in f.read().split():
-                    return root
+                    return m.point
         except OSError:
             continue
-    raise FileNotFoundError(errno.ENOENT, "no cgroup cpu controller mounted", _MOUNTINFO)
+    raise FileNotFoundError(errno.ENOENT, "no cgroup cpu controller mounted", MOUNTINFO)
 
 
 def _rel(path: str) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from llm_slo.mounts import cgroup2_mount
+
 # Runtimes differ only in how long an id they show; 12 hex digits keeps short forms
 # while rejecting ordinary words that happen to be hex ("cafe", "deadbeef").
 _ID = r"[0-9a-fA-F]{12,}"
@@ -34,7 +36,6 @@ _CRIO_LEAF = re.compile(rf"(crio-conmon|crio)-({_ID})")
 _BARE_LEAF = re.compile(_ID)
 _RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 _QOS = ("burstable", "besteffort")
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 class ContainerRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,22 +128,6 @@ def parse_cgroup_path(path: str) -> ContainerRef | None:
         if (ref := _ref_at(parts, i)) is not None:
             return ref
     return None
-
-
-def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
-    """Mount point of the first cgroup2 filesystem, or "" (pure v1 host)."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split(" ")
-        if sep and right.split(" ", 1)[0] == "cgroup2" and len(fields) > 4:
-            # mountinfo escapes blanks and backslashes in paths as \ooo octal.
-            return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
-    return ""
 
 
 def cgroup_id_of_path(path: str) -> int:

@@ -18,7 +18,8 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from llm_slo.identity import CgroupResolver, cgroup2_mount, cgroup_id_of_path
+from llm_slo.identity import CgroupResolver, cgroup_id_of_path
+from llm_slo.mounts import cgroup2_mount
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder, wall_offset_ns
 from llm_slo.probes import ProbeSet
 

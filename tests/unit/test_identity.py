@@ -19,12 +19,12 @@ from llm_slo.identity import (
     ContainerRef,
     HostProcess,
     Identity,
-    cgroup2_mount,
     cgroup_id_of_path,
     host_process,
     parse_cgroup_path,
     process_cgroup_path,
 )
+from llm_slo.mounts import cgroup2_mount
 
 CID = "4c8e7f1b2a3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9d0e1f2a3b"
 CID2 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import functools
 import os
-import re
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -27,42 +26,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from llm_slo import mounts
 from llm_slo.lab._util import LabError, is_stale, kill_quietly
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer",
                    "devices")
 
 
-def _mounts() -> list[tuple[str, str, list[str]]]:
-    """(mount point, fs type, super options) for every line of /proc/self/mountinfo."""
-    result = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            # Mountinfo escapes blanks as octal (\040); undo it for a usable path.
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            result.append((point, rfields[0], rfields[2].split(",") if len(rfields) > 2
-                           else []))
-    return result
-
-
 @functools.cache
 def cgroup2_mount() -> Path:
     """Mount point of the cgroup2 hierarchy (``/sys/fs/cgroup/unified`` here)."""
-    for point, fstype, _ in _mounts():
-        if fstype == "cgroup2":
-            return Path(point)
-    raise LabError("no cgroup2 hierarchy mounted")
+    point = mounts.cgroup2_mount()
+    if not point:
+        raise LabError("no cgroup2 hierarchy mounted")
+    return Path(point)
 
 
 @functools.cache
 def cgroup1_mount(controller: str) -> Path:
     """Mount point of the v1 hierarchy carrying ``controller`` (e.g. ``cpu``)."""
-    for point, fstype, opts in _mounts():
-        if fstype == "cgroup" and (controller in opts or f"name={controller}" in opts):
-            return Path(point)
-    raise LabError(f"no cgroup v1 hierarchy with controller {controller!r}")
+    point = mounts.cgroup1_mount(controller)
+    if not point:
+        raise LabError(f"no cgroup v1 hierarchy with controller {controller!r}")
+    return Path(point)
 
 
 def _write(path: Path, value: str) -> None:

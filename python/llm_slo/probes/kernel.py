@@ -11,8 +11,8 @@ from llm_slo import abi, decode
 from llm_slo.bpf.libbpf import BpfObject, possible_cpus
 from llm_slo.errors import AttachPointMissing, LlmSloError
 from llm_slo.events import RECLAIM_KINDS, LatencyAggregate
-from llm_slo.identity import cgroup2_mount
 from llm_slo.libraries import find_libc, find_libssl
+from llm_slo.mounts import cgroup2_mount
 from llm_slo.probes.base import AttachPoint, BpfProbe, _ms
 
 
