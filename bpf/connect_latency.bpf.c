@@ -126,14 +126,27 @@ cleanup:
 	bpf_map_delete_elem(&starts, &key);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(connect_state, const struct sock *sk, const int oldstate, const int newstate)
+static __always_inline void on_state(const struct sock *sk, int oldstate, int newstate)
 {
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+		return;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
 		on_start(sk);
 	else if (oldstate == TCP_SYN_SENT)
 		on_end(sk, newstate);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(connect_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	on_state(sk, oldstate, newstate);
+	return 0;
+}
+
+/* For kernels without BTF: same arguments, read as raw u64s. */
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(connect_state_raw, const struct sock *sk, const int oldstate, const int newstate)
+{
+	on_state(sk, oldstate, newstate);
 	return 0;
 }

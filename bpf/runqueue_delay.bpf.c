@@ -5,8 +5,10 @@
  *
  * tp_btf hooks (typed arguments, no tracefs): a task becomes runnable at sched_wakeup /
  * sched_wakeup_new, or stays runnable when preempted (sched_switch with prev still
- * TASK_RUNNING); its wait ends when sched_switch picks it as `next`. The enqueue time
- * lives in task storage, so there is no pid-keyed hash to overflow.
+ * TASK_RUNNING); its wait ends when sched_switch picks it as `next`. With tp_btf the
+ * enqueue time lives in task storage (no pid-keyed hash to overflow); the raw_tp
+ * twins, for kernels without BTF, get untrusted task pointers that task storage
+ * refuses, so they use a pid-keyed hash instead.
  */
 #include "common.bpf.h"
 
@@ -29,6 +31,14 @@ struct {
 	__type(key, int);
 	__type(value, __u64);
 } enqueued_at SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* pid (thread id) */
+	__type(value, __u64);
+} enqueued_by_pid SEC(".maps");
 
 /* Per-CPU histograms: sched_switch is the hottest hook on the node, no shared lines. */
 struct {
@@ -67,15 +77,42 @@ static __always_inline long task_state(struct task_struct *t)
 	return BPF_CORE_READ(t, __state);
 }
 
-static __always_inline void mark_enqueued(struct task_struct *t)
+/* `btf` is a constant per program: each flavour compiles only its own branch. */
+static __always_inline void mark_enqueued(struct task_struct *t, const bool btf)
 {
-	__u64 *ts;
+	__u32 pid = btf ? t->pid : BPF_CORE_READ(t, pid);
+	__u64 now, *ts;
 
-	if (!t->pid)
+	if (!pid)
 		return; /* idle task */
-	ts = bpf_task_storage_get(&enqueued_at, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (ts)
-		*ts = bpf_ktime_get_ns();
+	now = bpf_ktime_get_ns();
+	if (btf) {
+		ts = bpf_task_storage_get(&enqueued_at, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (ts)
+			*ts = now;
+	} else if (bpf_map_update_elem(&enqueued_by_pid, &pid, &now, BPF_ANY)) {
+		count(COUNTER_MAP_FULL);
+	}
+}
+
+static __always_inline __u64 take_enqueued(struct task_struct *t, __u32 pid, const bool btf)
+{
+	__u64 *ts, v = 0;
+
+	if (btf) {
+		ts = bpf_task_storage_get(&enqueued_at, t, 0, 0);
+		if (ts) {
+			v = *ts;
+			*ts = 0;
+		}
+	} else {
+		ts = bpf_map_lookup_elem(&enqueued_by_pid, &pid);
+		if (ts) {
+			v = *ts;
+			bpf_map_delete_elem(&enqueued_by_pid, &pid);
+		}
+	}
+	return v;
 }
 
 static __always_inline bool allow_event(__u64 cgroup_id, __u32 limit, __u64 now)
@@ -94,8 +131,9 @@ static __always_inline bool allow_event(__u64 cgroup_id, __u32 limit, __u64 now)
 	return true;
 }
 
-static __always_inline void emit_slow(struct task_struct *next, __u64 cgroup_id,
-				      struct task_struct *prev, __u64 delay, __u64 now)
+static __always_inline void emit_slow(struct task_struct *next, __u64 pid_tgid,
+				      __u64 cgroup_id, struct task_struct *prev, __u64 delay,
+				      __u64 now)
 {
 	struct runq_event *e;
 
@@ -104,8 +142,7 @@ static __always_inline void emit_slow(struct task_struct *next, __u64 cgroup_id,
 		count(COUNTER_RINGBUF_DROPPED);
 		return;
 	}
-	fill_header(&e->hdr, EVENT_RUNQ_SLOW, sizeof(*e), now, cgroup_id,
-		    (__u64)next->tgid << 32 | next->pid);
+	fill_header(&e->hdr, EVENT_RUNQ_SLOW, sizeof(*e), now, cgroup_id, pid_tgid);
 	BPF_CORE_READ_STR_INTO(&e->hdr.comm, next, comm);
 	e->delay_ns = delay;
 	e->prev_cgroup_id = task_cgroup_id(prev);
@@ -114,23 +151,24 @@ static __always_inline void emit_slow(struct task_struct *next, __u64 cgroup_id,
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void switch_in(struct task_struct *prev, struct task_struct *next)
+static __always_inline void switch_in(struct task_struct *prev, struct task_struct *next,
+				      const bool btf)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, pid, tgid;
 	struct runq_config *cfg;
 	struct hist *h;
-	__u64 *ts, now, delay, cgroup_id;
+	__u64 ts, now, delay, cgroup_id;
 
 	if (task_state(prev) == TASK_RUNNING)
-		mark_enqueued(prev);
-	if (!next->pid)
+		mark_enqueued(prev, btf);
+	pid = btf ? next->pid : BPF_CORE_READ(next, pid);
+	if (!pid)
 		return;
-	ts = bpf_task_storage_get(&enqueued_at, next, 0, 0);
-	if (!ts || !*ts)
+	ts = take_enqueued(next, pid, btf);
+	if (!ts)
 		return;
 	now = bpf_ktime_get_ns();
-	delay = now - *ts;
-	*ts = 0;
+	delay = now - ts;
 	if ((__s64)delay < 0)
 		return;
 	cgroup_id = task_cgroup_id(next);
@@ -148,26 +186,50 @@ static __always_inline void switch_in(struct task_struct *prev, struct task_stru
 		count(COUNTER_RATE_LIMITED);
 		return;
 	}
-	emit_slow(next, cgroup_id, prev, delay, now);
+	tgid = btf ? next->tgid : BPF_CORE_READ(next, tgid);
+	emit_slow(next, (__u64)tgid << 32 | pid, cgroup_id, prev, delay, now);
 }
 
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(runq_wakeup, struct task_struct *p)
 {
-	mark_enqueued(p);
+	mark_enqueued(p, true);
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(runq_wakeup_new, struct task_struct *p)
 {
-	mark_enqueued(p);
+	mark_enqueued(p, true);
 	return 0;
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(runq_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	switch_in(prev, next);
+	switch_in(prev, next, true);
+	return 0;
+}
+
+/* raw_tp twins for kernels without BTF (CO-RE then relocates against --btf FILE). */
+
+SEC("raw_tp/sched_wakeup")
+int BPF_PROG(runq_wakeup_raw, struct task_struct *p)
+{
+	mark_enqueued(p, false);
+	return 0;
+}
+
+SEC("raw_tp/sched_wakeup_new")
+int BPF_PROG(runq_wakeup_new_raw, struct task_struct *p)
+{
+	mark_enqueued(p, false);
+	return 0;
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(runq_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	switch_in(prev, next, false);
 	return 0;
 }

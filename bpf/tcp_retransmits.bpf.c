@@ -26,8 +26,7 @@ struct trace_event_raw_tcp_retransmit_skb___new {
 	int err;
 } __attribute__((preserve_access_index));
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(tcp_retransmit, const struct sock *sk, const struct sk_buff *skb)
+static __always_inline void on_retransmit(const struct sock *sk, unsigned long long *ctx)
 {
 	struct retrans_key key = {};
 	__u64 *n;
@@ -36,7 +35,7 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk, const struct sk_buff *skb)
 	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb___new, err)) {
 		/* Third argument only exists on kernels whose tracepoint has err. */
 		if ((int)ctx[2] != 0)
-			return 0;
+			return;
 	}
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	key.cgroup_id = sock_cgroup_id(sk);
@@ -45,5 +44,19 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk, const struct sk_buff *skb)
 	n = lookup_or_init(&retransmits, &key, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(tcp_retransmit, const struct sock *sk)
+{
+	on_retransmit(sk, ctx);
+	return 0;
+}
+
+/* For kernels without BTF: same arguments, read as raw u64s. */
+SEC("raw_tp/tcp_retransmit_skb")
+int BPF_PROG(tcp_retransmit_raw, const struct sock *sk)
+{
+	on_retransmit(sk, ctx);
 	return 0;
 }

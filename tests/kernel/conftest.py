@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from llm_slo.probes import Probe, ProbeOptions
+from llm_slo.probes.base import BpfProbe
 
 pytestmark = pytest.mark.kernel
 
@@ -22,6 +23,11 @@ def open_probe() -> Iterator[Callable[..., Probe]]:
         probe = cls(ProbeOptions(**options))
         opened.append(probe)
         probe.open()
+        mode = options.get("attach_mode")
+        if mode and isinstance(probe, BpfProbe) and probe.obj is not None:
+            loaded = {p.section.split("/")[0] for p in probe.obj.programs.values()
+                      if p.autoload and p.section.startswith(("tp_btf/", "raw_tp/"))}
+            assert loaded == {mode}, f"{cls.__name__} loaded {loaded}, wanted {mode}"
         return probe
 
     yield _open
@@ -47,3 +53,10 @@ def poll_until(probe: Probe, until: Callable[[Any], bool], timeout: float = 8.0,
 def collect() -> Callable[..., list[Any]]:
     """:func:`poll_until` as a fixture."""
     return poll_until
+
+
+@pytest.fixture(params=["tp_btf", "raw_tp"])
+def attach_mode(request: pytest.FixtureRequest) -> str:
+    """Both flavours of the tracepoint programs: tp_btf, and the raw_tp twins used on
+    kernels without BTF (forced here, since this kernel has BTF)."""
+    return str(request.param)

@@ -43,9 +43,11 @@ VICTIM = textwrap.dedent("""
 """)
 
 
-def test_noisy_neighbour_delay_charged_to_victim(open_probe, two_cgroups) -> None:
+def test_noisy_neighbour_delay_charged_to_victim(open_probe, two_cgroups,
+                                                 attach_mode: str) -> None:
     """Hogs in one cgroup make a sleeper in another wait; the wait is the victim's."""
-    probe = open_probe(RunqueueDelay, runq_slow_ms=2, runq_max_events_per_sec=50)
+    probe = open_probe(RunqueueDelay, runq_slow_ms=2, runq_max_events_per_sec=50,
+                       attach_mode=attach_mode)
     victim, noisy = two_cgroups
     victim_id, noisy_id = victim.id, noisy.id
     records: list = []
@@ -94,9 +96,10 @@ FILL = textwrap.dedent("""
 """)
 
 
-def test_memcg_reclaim_in_limited_cgroup(open_probe, collect, tmp_path) -> None:
+def test_memcg_reclaim_in_limited_cgroup(open_probe, collect, tmp_path,
+                                         attach_mode: str) -> None:
     """A memory-limited cgroup filling the page cache stalls in memcg reclaim, per cgroup."""
-    probe = open_probe(MemReclaimLatency, reclaim_slow_ms=0)
+    probe = open_probe(MemReclaimLatency, reclaim_slow_ms=0, attach_mode=attach_mode)
     with V2Cgroup(_name("mem")) as v2, \
             V1Cgroup("memory", _name("mem"), {"memory.limit_in_bytes": str(32 << 20)}) as v1:
         v2_id = v2.id

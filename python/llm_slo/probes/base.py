@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -22,6 +22,7 @@ from llm_slo.errors import AttachPointMissing
 
 log = structlog.get_logger("probes")
 
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 BPF_DIR = Path(os.environ.get("LLM_SLO_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
 
 
@@ -37,6 +38,9 @@ class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True):
     connect_slow_ms: float = 100.0
     reclaim_slow_ms: float = 1.0
     btf_path: str | None = None
+    # "auto": tp_btf when the kernel has BTF, else the raw_tp twins (CO-RE then needs
+    # btf_path); "tp_btf" or "raw_tp" force one flavour.
+    attach_mode: Literal["auto", "tp_btf", "raw_tp"] = "auto"
 
 
 class AttachPoint(msgspec.Struct, frozen=True):
@@ -99,28 +103,45 @@ class BpfProbe(Probe):
         self.stats = decode.DecodeStats()
 
     def attach_points(self) -> list[AttachPoint]:
+        if not os.path.exists(KERNEL_BTF):
+            # raw_tp needs no BTF, and without BTF (or tracefs) there is nothing to ask.
+            return [AttachPoint(self.signal, "raw_tp", f"{tp} (unverified)", True, True)
+                    for tp in self.tracepoints]
         return [
-            AttachPoint(
-                self.signal,
-                "tp_btf",
-                tp,
-                kernel_btf_has(f"btf_trace_{tp}", BTF_KIND_TYPEDEF),
-                True,
-            )
+            AttachPoint(self.signal, "tp_btf", tp,
+                        kernel_btf_has(f"btf_trace_{tp}", BTF_KIND_TYPEDEF), True)
             for tp in self.tracepoints
         ]
 
-    def open(self) -> None:
-        missing = [a.target for a in self.attach_points() if a.kind == "tp_btf" and not a.present]
+    def flavour(self) -> str:
+        """Which twin of the tracepoint programs to load: "tp_btf" or "raw_tp"."""
+        mode = self.options.attach_mode
+        kernel_btf = os.path.exists(KERNEL_BTF)
+        if mode == "raw_tp" or (mode == "auto" and not kernel_btf):
+            return "raw_tp"
+        if not kernel_btf:
+            raise AttachPointMissing(self.signal, f"tp_btf needs kernel BTF ({KERNEL_BTF}); "
+                                     "use the raw_tp attach mode with a BTF file")
+        missing = [a.target for a in self.attach_points() if not a.present]
         if missing:
             raise AttachPointMissing(
                 self.signal, f"tracepoint(s) {', '.join(missing)} not in kernel BTF"
             )
+        return "tp_btf"
+
+    def open(self) -> None:
+        flavour = self.flavour() if self.tracepoints else ""
         self.obj = BpfObject(
             str(BPF_DIR / f"{self.object_name}.bpf.o"),
             probe=self.signal,
             btf_custom_path=self.options.btf_path,
         )
+        for prog in self.obj.programs.values():
+            kind = prog.section.split("/", 1)[0]
+            if kind in ("tp_btf", "raw_tp"):
+                prog.set_autoload(kind == flavour)
+        if flavour:
+            log.debug("attach flavour", signal=self.signal, flavour=flavour)
         for name in self.rings:
             self.obj.maps[name].set_max_entries(self.options.ringbuf_bytes)
         self.obj.load()
@@ -136,7 +157,8 @@ class BpfProbe(Probe):
 
     def attach(self, obj: BpfObject) -> None:
         for prog in obj.programs.values():
-            prog.attach()
+            if prog.autoload:
+                prog.attach()
 
     def drain(self, ring: str) -> Any:
         return self.ring_readers[ring].drain()
