@@ -202,7 +202,9 @@ static __always_inline void on_query(struct __sk_buff *skb, struct flow *f,
 	len = (len & (DNS_QUESTION_LEN - 1)) + 1;
 	if (bpf_skb_load_bytes(skb, p->dns_off + DNS_HDR_LEN, q->question, len) == 0)
 		q->question_len = len;
-	if (bpf_map_update_elem(&dns_queries, &key, q, BPF_ANY))
+	/* A resend keeps the first send's time: that is what the application waits for. */
+	if (bpf_map_update_elem(&dns_queries, &key, q, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&dns_queries, &key))
 		count(COUNTER_MAP_FULL);
 }
 
@@ -254,13 +256,19 @@ static __always_inline void handle(struct __sk_buff *skb, bool egress)
 {
 	struct dns_packet p = {};
 	struct flow f = {};
-	__u16 hdr[2]; /* id, flags */
+	__u16 hdr[3]; /* id, flags, qdcount */
 
 	if (parse(skb, &f, &p))
 		return;
 	if (egress ? p.dport != DNS_PORT : p.sport != DNS_PORT)
 		return;
 	if (bpf_skb_load_bytes(skb, p.dns_off, hdr, sizeof(hdr)))
+		return;
+	/*
+	 * Real queries and answers carry exactly one question. This also rejects most
+	 * TCP segments that continue a message instead of starting one.
+	 */
+	if (bpf_ntohs(hdr[2]) != 1)
 		return;
 	hdr[1] = bpf_ntohs(hdr[1]);
 	if (egress && !(hdr[1] & 0x8000))

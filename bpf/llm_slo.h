@@ -12,7 +12,7 @@
 #define ABI_VERSION 1
 #define TASK_COMM_LEN 16
 #define HIST_SLOTS 40 /* log2(ns): slot 39 holds everything >= ~9 minutes */
-#define DNS_QUESTION_LEN 128 /* raw question section: qname labels + qtype + qclass */
+#define DNS_QUESTION_LEN 128 /* raw bytes after the DNS header: the question first */
 #define HOST_LEN 64
 
 enum event_kind {
@@ -49,7 +49,7 @@ struct flow {
 	__u8 daddr[16];
 	__u16 sport; /* host byte order */
 	__u16 dport;
-	__u16 family; /* AF_INET or AF_INET6 as seen on the socket */
+	__u16 family; /* AF_INET or AF_INET6 (of the socket, or of the packet for DNS) */
 	__u8 protocol;
 	__u8 _pad;
 };
@@ -218,7 +218,7 @@ struct tls_start_key {
 
 struct tls_start {
 	__u64 ts_ns;
-	__u32 calls; /* entries, non-blocking retries included */
+	__u32 calls; /* outermost handshake calls: 1 + non-blocking retries */
 	__u8 role;
 	__u8 _pad[3];
 };

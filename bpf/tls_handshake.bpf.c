@@ -54,11 +54,18 @@ static __always_inline int enter(void *ssl, __u8 role)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct tls_start_key key = { .ssl = (__u64)ssl, .tgid = pid_tgid >> 32 };
-	struct tls_start *s = bpf_map_lookup_elem(&tls_starts, &key);
-	struct tls_call *c;
+	struct tls_call *c = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	struct tls_call call = { .ssl = (__u64)ssl, .depth = 1 };
+	struct tls_start *s;
 
+	if (c) {
+		c->depth++; /* SSL_do_handshake inside SSL_connect/SSL_accept: same call */
+		return 0;
+	}
+	bpf_map_update_elem(&tls_calls, &pid_tgid, &call, BPF_ANY);
+	s = bpf_map_lookup_elem(&tls_starts, &key);
 	if (s) {
-		s->calls++;
+		s->calls++; /* a non-blocking retry of a pending handshake */
 		if (role && !s->role)
 			s->role = role;
 	} else {
@@ -66,14 +73,6 @@ static __always_inline int enter(void *ssl, __u8 role)
 
 		if (bpf_map_update_elem(&tls_starts, &key, &init, BPF_ANY))
 			count(COUNTER_MAP_FULL);
-	}
-	c = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
-	if (c) {
-		c->depth++;
-	} else {
-		struct tls_call call = { .ssl = (__u64)ssl, .depth = 1 };
-
-		bpf_map_update_elem(&tls_calls, &pid_tgid, &call, BPF_ANY);
 	}
 	return 0;
 }

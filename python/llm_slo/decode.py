@@ -132,11 +132,16 @@ def dns_events(records: Records, stats: DecodeStats) -> list[DnsEvent]:
     return out
 
 
-def dns_timeouts(queries: Records, now_ns: int, timeout_ns: int) -> tuple[list[DnsEvent], Any]:
-    """Queries at least ``timeout_ns`` old as timeout events, plus the mask of those entries."""
+def dns_timeouts(keys: Records, queries: Records, now_ns: int,
+                 timeout_ns: int) -> tuple[list[DnsEvent], Any]:
+    """Queries at least ``timeout_ns`` old as timeout events, plus the mask of those entries.
+
+    ``keys`` (``dns_query_key``) and ``queries`` (``dns_query``) are the in-flight map's
+    rows, in the same order.
+    """
     old = (now_ns - queries["ts_ns"].astype(np.int64)) >= timeout_ns
     out = []
-    for q in queries[old]:
+    for k, q in zip(keys[old], queries[old], strict=True):
         qname, qtype = parse_question(q["question"][: int(q["question_len"])].tobytes())
         pid_tgid = int(q["pid_tgid"])
         out.append(
@@ -147,7 +152,7 @@ def dns_timeouts(queries: Records, now_ns: int, timeout_ns: int) -> tuple[list[D
                 tid=pid_tgid & 0xFFFFFFFF,
                 comm=q["comm"].decode(errors="replace"),
                 latency_ms=(now_ns - int(q["ts_ns"])) / 1e6,
-                dns_id=0,
+                dns_id=int(k["dns_id"]),
                 rcode=-1,
                 qname=qname,
                 qtype=qtype,

@@ -119,7 +119,8 @@ class LatencyAggregate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One interval of an in-kernel per-cgroup latency histogram.
 
     ``p99_ms`` is the upper bound of the log2 bucket holding the 99th percentile.
-    ``detail`` tells sub-series apart (reclaim kind; connect failures per outcome).
+    ``detail`` tells sub-series apart (DNS wire/resolver, reclaim kind); ``failures``
+    counts connects that did not establish.
     """
 
     signal: str

@@ -116,6 +116,14 @@ async def run_watch(
     return totals
 
 
+def _run_time_summary(probes: ProbeSet) -> dict[str, dict[str, float]]:
+    """Average kernel time per program run (ns) and runs, from the kernel's stats."""
+    return {
+        sig: {prog: round(ns / cnt, 1) if cnt else 0.0 for prog, (ns, cnt) in progs.items()}
+        for sig, progs in probes.run_stats().items()
+    }
+
+
 def watch(signals: list[str], *, output: str, interval_s: float, duration_s: float | None,
           node: str, options: Any = None, out: IO[str] = sys.stdout) -> int:
     """Entry point for the CLI: open probes, report gaps, watch, close."""
@@ -134,7 +142,8 @@ def watch(signals: list[str], *, output: str, interval_s: float, duration_s: flo
                  duration_s=duration_s)
         totals = asyncio.run(run_watch(probes, make_printer(output, out), node=node,
                                        interval_s=interval_s, duration_s=duration_s))
-        log.info("done", counters=probes.counters(), **totals)
+        log.info("done", counters=probes.counters(), read_errors=probes.read_errors,
+                 bpf_run_time=_run_time_summary(probes), **totals)
         return 0
     finally:
         probes.close()

@@ -241,10 +241,17 @@ def _queries(ages_ns: list[int]) -> np.ndarray[Any, Any]:
     return q
 
 
+def _keys(n: int) -> np.ndarray[Any, Any]:
+    k = np.zeros(n, dtype=abi.DNS_QUERY_KEY)
+    k["sock_cookie"] = 9
+    k["dns_id"] = [0x1000 + i for i in range(n)]
+    return k
+
+
 def test_dns_timeouts_ages_only_old_entries() -> None:
     """Only queries older than the timeout become events; the mask marks exactly those."""
     ages = [TIMEOUT + 1, TIMEOUT - 1, 3 * TIMEOUT, 0, -1_000]  # the last is in the future
-    events, mask = decode.dns_timeouts(_queries(ages), NOW, TIMEOUT)
+    events, mask = decode.dns_timeouts(_keys(len(ages)), _queries(ages), NOW, TIMEOUT)
     assert mask.dtype == np.bool_
     assert mask.tolist() == [True, False, True, False, False]
     assert [e.conn.src_port for e in events] == [53124, 53126]
@@ -252,11 +259,11 @@ def test_dns_timeouts_ages_only_old_entries() -> None:
 
 def test_dns_timeout_event_fields() -> None:
     """A timed-out query carries its age, question, flow and ids, rcode -1 and timeout."""
-    (ev,), _ = decode.dns_timeouts(_queries([6_000_000_000]), NOW, TIMEOUT)
+    (ev,), _ = decode.dns_timeouts(_keys(1), _queries([6_000_000_000]), NOW, TIMEOUT)
     assert ev.timeout
     assert ev.ts_ns == NOW
     assert ev.latency_ms == 6000.0
-    assert (ev.rcode, ev.dns_id) == (-1, 0)
+    assert (ev.rcode, ev.dns_id) == (-1, 0x1000)  # the id from the map key
     assert (ev.qname, ev.qtype) == ("api.example.com", 1)
     assert ev.conn.canonical() == "10.0.0.5:53124->10.0.0.2:53/udp"
     assert (ev.pid, ev.tid, ev.comm, ev.cgroup_id) == (TGID, TID, "resolver", 77)
@@ -264,7 +271,8 @@ def test_dns_timeout_event_fields() -> None:
 
 def test_dns_timeouts_empty() -> None:
     """No in-flight queries: no events and an empty mask."""
-    events, mask = decode.dns_timeouts(np.zeros(0, dtype=abi.DNS_QUERY), NOW, TIMEOUT)
+    events, mask = decode.dns_timeouts(_keys(0), np.zeros(0, dtype=abi.DNS_QUERY), NOW,
+                                       TIMEOUT)
     assert events == []
     assert mask.shape == (0,)
 
@@ -488,5 +496,5 @@ def test_dns_timeouts_arbitrary_bytes(blob: bytes) -> None:
     """Random in-flight query entries never make dns_timeouts raise."""
     n = len(blob) // abi.DNS_QUERY.itemsize
     q = np.frombuffer(blob[: n * abi.DNS_QUERY.itemsize], dtype=abi.DNS_QUERY).copy()
-    events, mask = decode.dns_timeouts(q, NOW, TIMEOUT)
+    events, mask = decode.dns_timeouts(_keys(n), q, NOW, TIMEOUT)
     assert len(events) == int(np.count_nonzero(mask))

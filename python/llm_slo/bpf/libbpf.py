@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 
 from llm_slo.bpf._ffi import ffi, lib, libc
-from llm_slo.errors import AttachPointMissing, PrivilegeError, ProbeError
+from llm_slo.errors import AttachPointMissing, BtfError, PrivilegeError, ProbeError
 
 log = structlog.get_logger("libbpf")
 
@@ -273,6 +273,9 @@ class BpfObject:
         opts = ffi.new("struct bpf_object_open_opts *")
         opts.sz = ffi.sizeof("struct bpf_object_open_opts")
         if btf_custom_path:
+            if not os.access(btf_custom_path, os.R_OK):
+                raise BtfError(f"probe {probe}: BTF file {btf_custom_path} is missing or "
+                               "unreadable")
             btf = ffi.new("char[]", btf_custom_path.encode())
             self._keepalive.append(btf)
             opts.btf_custom_path = btf
@@ -322,6 +325,12 @@ class BpfObject:
     @property
     def links(self) -> list[Link]:
         return list(self._links)
+
+    def detach_since(self, n: int) -> None:
+        """Destroy the links made after the first ``n`` (undo a partial attach)."""
+        for link in self._links[n:]:
+            link.destroy()
+        del self._links[n:]
 
     def close(self) -> None:
         """Detach every link, then free the object (idempotent)."""

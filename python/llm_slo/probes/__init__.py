@@ -7,11 +7,13 @@ privilege, an attach point or library missing) is recorded with its reason in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
+from llm_slo.bpf.libbpf import enable_run_time_stats
 from llm_slo.errors import ConfigError, LlmSloError
 from llm_slo.events import SIGNALS
 from llm_slo.probes.base import AttachPoint, Probe, ProbeOptions
@@ -47,35 +49,41 @@ class ProbeSet:
         self.signals = list(signals)
         self.probes: dict[str, Probe] = {}
         self.failures: dict[str, str] = {}
+        self.read_errors: dict[str, int] = {}
+        self._stats_fd: int | None = None
 
     def open(self) -> None:
+        """Open each probe; a failure of any kind disables that probe only."""
+        self._stats_fd = enable_run_time_stats()
         for signal in self.signals:
             probe = PROBES[signal](self.options)
             try:
                 probe.open()
-            except LlmSloError as e:
+            except Exception as e:
                 probe.close()
-                self.failures[signal] = str(e)
-                log.warning("probe unavailable", signal=signal, reason=str(e))
-                continue
-            except OSError as e:
-                probe.close()
-                self.failures[signal] = f"probe {signal}: {e}"
-                log.warning("probe unavailable", signal=signal, reason=str(e))
+                reason = str(e) if isinstance(e, LlmSloError) else f"probe {signal}: {e!r}"
+                self.failures[signal] = reason
+                log.warning("probe unavailable", signal=signal, reason=reason)
                 continue
             self.probes[signal] = probe
             for gap in probe.gaps:
                 log.warning("probe degraded", signal=signal, gap=gap)
 
     def poll(self, now_ns: int) -> list[Any]:
-        """Records from every open probe since the last poll."""
+        """Records from every open probe since the last poll; a probe whose read fails
+        is logged and counted, and the others still deliver."""
         out: list[Any] = []
         for signal, probe in self.probes.items():
             try:
                 out.extend(probe.poll(now_ns))
-            except OSError as e:
-                log.error("probe read failed", signal=signal, error=str(e))
+            except Exception as e:
+                self.read_errors[signal] = self.read_errors.get(signal, 0) + 1
+                log.error("probe read failed", signal=signal, error=repr(e))
         return out
+
+    def run_stats(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per probe and program: (run_time_ns, run_cnt) from the kernel."""
+        return {s: p.run_stats() for s, p in self.probes.items() if p.run_stats()}
 
     def gaps(self) -> dict[str, list[str]]:
         """Missing optional hooks per open probe."""
@@ -85,9 +93,13 @@ class ProbeSet:
         return {s: p.counters() for s, p in self.probes.items()}
 
     def close(self) -> None:
+        """Detach and free every probe, then stop run-time accounting (idempotent)."""
         for probe in self.probes.values():
             probe.close()
         self.probes.clear()
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
 
     def __enter__(self) -> ProbeSet:
         self.open()

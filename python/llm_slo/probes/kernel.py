@@ -182,6 +182,7 @@ class TlsHandshake(BpfProbe):
                                      "container roots; TLS handshakes cannot be timed")
         attached = 0
         for lib in libs:
+            before = len(obj.links)
             try:
                 for symbol, prog in self.entries:
                     obj.programs[prog].attach_uprobe(lib, symbol)
@@ -189,6 +190,7 @@ class TlsHandshake(BpfProbe):
                 obj.programs["tls_free"].attach_uprobe(lib, "SSL_free")
                 attached += 1
             except LlmSloError as e:
+                obj.detach_since(before)  # half-probed library: no partial handshakes
                 self.gaps.append(f"{lib}: {e}")
         if not attached:
             raise AttachPointMissing(self.signal, "; ".join(self.gaps))
@@ -231,11 +233,13 @@ class DnsLatency(BpfProbe):
         if not libs:
             self.gaps.append("getaddrinfo: no libc found; resolver latency unavailable")
         for lib in libs:
+            before = len(obj.links)
             try:
                 obj.programs["resolver_enter"].attach_uprobe(lib, "getaddrinfo")
                 obj.programs["resolver_exit"].attach_uprobe(lib, "getaddrinfo", retprobe=True)
             except LlmSloError as e:
-                self.gaps.append(f"getaddrinfo in {lib}: {e.reason if hasattr(e, 'reason') else e}")
+                obj.detach_since(before)
+                self.gaps.append(f"getaddrinfo in {lib}: {e}")
 
     def poll(self, now_ns: int) -> list[Any]:
         assert self.obj is not None
@@ -250,7 +254,8 @@ class DnsLatency(BpfProbe):
         keys, vals = queries.read_all(abi.DNS_QUERY_KEY, abi.DNS_QUERY)
         if not len(keys):
             return []
-        events, old = decode.dns_timeouts(vals, now_ns, int(self.options.dns_timeout_s * 1e9))
+        events, old = decode.dns_timeouts(keys, vals, now_ns,
+                                          int(self.options.dns_timeout_s * 1e9))
         for k in decode.row_bytes(keys[old]):
             queries.delete(k)
         return list(events)
