@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--runq-slow-ms", type=float, default=10.0, metavar="MS",
                        help="stream run-queue waits at or above this (default 10)")
     watch.add_argument("--btf", metavar="FILE", help="BTF file for CO-RE relocation")
+    watch.add_argument("--attach-mode", choices=("auto", "tp_btf", "raw_tp"), default="auto",
+                       help="tracepoint flavour: tp_btf needs kernel BTF; raw_tp works "
+                       "without it (with --btf); auto picks (default)")
     return p
 
 
@@ -162,7 +165,8 @@ def _watch(args: argparse.Namespace) -> int:
     if args.btf and not os.path.isfile(args.btf):
         raise ConfigError(f"--btf {args.btf}: no such file")
     options = ProbeOptions(dns_slow_ms=args.dns_slow_ms, connect_slow_ms=args.connect_slow_ms,
-                           runq_slow_ms=args.runq_slow_ms, btf_path=args.btf)
+                           runq_slow_ms=args.runq_slow_ms, btf_path=args.btf,
+                           attach_mode=args.attach_mode)
     return watch(signals, output=args.output, interval_s=args.interval,
                  duration_s=args.duration, node=args.node, options=options)
 
