@@ -11,9 +11,9 @@ PY := $(VENV)/bin/python
 BPF_SRCS := $(wildcard bpf/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.c=.o)
 BPF_HDRS := bpf/llm_slo.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.h
-# Reproducible objects: relative paths (they end up in BTF line info), no DWARF.
+# Reproducible objects: the checkout path is mapped to "." in the BTF line info, no DWARF.
 BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
-	-Ivmlinux/$(ARCH) -Ibpf -fno-ident
+	-Ivmlinux/$(ARCH) -Ibpf -fno-ident -fdebug-prefix-map=$(CURDIR)=.
 
 .PHONY: help deps bpf test test-unit lint demo bench vmlinux clean-lab
 
