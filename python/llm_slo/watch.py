@@ -93,6 +93,7 @@ async def run_watch(
         loop.add_signal_handler(sig, stop.set)
     deadline = None if duration_s is None else loop.time() + duration_s
     totals = {"events": 0, "polls": 0}
+    last_dropped: dict[str, int] = {}
     try:
         while not stop.is_set():
             timeout = interval_s
@@ -108,12 +109,26 @@ async def run_watch(
                 emit(batch)
             totals["events"] += len(batch)
             totals["polls"] += 1
+            dropped = _losses(probes)
+            if dropped != last_dropped:
+                log.warning("records lost", since_start=dropped)
+                last_dropped = dropped
             if deadline is not None and loop.time() >= deadline:
                 break
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return totals
+
+
+def _losses(probes: ProbeSet) -> dict[str, int]:
+    """Records lost so far per signal: full ring, unreadable record, failed read."""
+    out = {}
+    for sig, c in probes.counters().items():
+        n = c.get("ringbuf_dropped", 0) + c.get("bad_records", 0) + probes.read_errors.get(sig, 0)
+        if n:
+            out[sig] = n
+    return out
 
 
 def _run_time_summary(probes: ProbeSet) -> dict[str, dict[str, float]]:

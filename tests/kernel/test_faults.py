@@ -113,3 +113,19 @@ def test_watch_jsonl_events_follow_the_contract() -> None:
                and e["pid"] == os.getpid() for e in events)
     assert {e["signal"] for e in events} >= {"runqueue_delay_ms", "cpu_steal_pct"}
     assert any(json.loads(line).get("event") == "done" for line in r.stderr.splitlines())
+
+
+def test_full_ring_drops_are_counted(open_probe) -> None:
+    """A ring too small for the event rate loses records, and every loss is counted."""
+    from llm_slo.lab.workloads import cpu_hogs
+    from llm_slo.probes.kernel import RunqueueDelay
+
+    probe = open_probe(RunqueueDelay, ringbuf_bytes=4096, runq_slow_ms=0.000001,
+                       runq_max_events_per_sec=1_000_000)
+    with cpu_hogs(3, max_s=10):
+        time.sleep(1.0)  # no draining meanwhile: a 4 KiB ring holds ~50 records
+    received = len([r for r in probe.poll(time.monotonic_ns())
+                    if type(r).__name__ == "RunqueueEvent"])
+    dropped = probe.counters()["ringbuf_dropped"]
+    assert 0 < received <= 4096 // 80 + 1
+    assert dropped > 0
