@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
+from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent
+from llm_slo.slo_event import SloEvent
 
 CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "contracts"
 BASE_ID = "https://llm-slo.dev/contracts/"
@@ -21,6 +23,8 @@ BASE_ID = "https://llm-slo.dev/contracts/"
 # path under contracts/ -> (Struct, title)
 SCHEMAS: dict[str, tuple[type[Any], str]] = {
     "v1alpha1/probe-event.schema.json": (ProbeEvent, "ProbeEvent"),
+    "v1/slo-event.schema.json": (SloEvent, "SloEvent"),
+    "v1/incident-attribution.schema.json": (IncidentAttribution, "IncidentAttribution"),
 }
 
 
