@@ -7,7 +7,7 @@ never guessed at.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,21 +60,28 @@ def valid(records: Records, kind: int, stats: DecodeStats) -> Records:
 
 def ip_text(raw: bytes, family: int) -> str:
     """Text form of a v4-mapped or v6 address as stored in ``struct flow``."""
-    if family == 2 or raw[:12] == _V4_PREFIX:
-        return str(ipaddress.IPv4Address(raw[12:16]))
-    return str(ipaddress.IPv6Address(raw))
+    if family == socket.AF_INET or raw[:12] == _V4_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 def conn_tuple(flow: Any) -> ConnTuple:
     """ConnTuple from one ``struct flow`` record."""
-    family = int(flow["family"])
-    return ConnTuple(
-        src_ip=ip_text(flow["saddr"].tobytes(), family),
-        dst_ip=ip_text(flow["daddr"].tobytes(), family),
-        src_port=int(flow["sport"]),
-        dst_port=int(flow["dport"]),
-        protocol=_PROTOCOLS.get(int(flow["protocol"]), str(int(flow["protocol"]))),
-    )
+    return conn_tuples(np.asarray(flow).reshape(1))[0]
+
+
+def conn_tuples(flows: Records) -> list[ConnTuple]:
+    """ConnTuples for a column of ``struct flow`` records."""
+    src, dst = flows["saddr"].tobytes(), flows["daddr"].tobytes()
+    out = []
+    for i, (fam, sport, dport, proto) in enumerate(zip(
+            flows["family"].tolist(), flows["sport"].tolist(), flows["dport"].tolist(),
+            flows["protocol"].tolist(), strict=True)):
+        out.append(ConnTuple(
+            src_ip=ip_text(src[16 * i : 16 * i + 16], fam),
+            dst_ip=ip_text(dst[16 * i : 16 * i + 16], fam),
+            src_port=sport, dst_port=dport, protocol=_PROTOCOLS.get(proto, str(proto))))
+    return out
 
 
 def parse_question(raw: bytes) -> tuple[str, int]:
@@ -100,36 +107,41 @@ def enum_name(names: tuple[str, ...], value: Any) -> str:
     return names[i] if 0 <= i < len(names) else "unknown"
 
 
-def _ids(hdr: Any) -> dict[str, Any]:
-    pid_tgid = int(hdr["pid_tgid"])
-    return {
-        "ts_ns": int(hdr["ts_ns"]),
-        "cgroup_id": int(hdr["cgroup_id"]),
-        "pid": pid_tgid >> 32,
-        "tid": pid_tgid & 0xFFFFFFFF,
-        "comm": hdr["comm"].decode(errors="replace"),
-    }
+# Decoders work on columns: one .tolist() per field, then a zip into Structs. Reading
+# fields row by row as numpy scalars cost ~2.5 us per record (make bench); columns
+# bring it well under 1 us.
+
+
+def _head(r: Records) -> tuple[list[int], list[int], list[int], list[int], list[str]]:
+    """ts_ns, cgroup_id, pid, tid and comm columns of the common header."""
+    hdr = r["hdr"]
+    pid_tgid = hdr["pid_tgid"]
+    comm = [c.decode(errors="replace") for c in hdr["comm"].tolist()]
+    return (hdr["ts_ns"].tolist(), hdr["cgroup_id"].tolist(), (pid_tgid >> 32).tolist(),
+            (pid_tgid & 0xFFFFFFFF).tolist(), comm)
+
+
+def _ms(ns: Any) -> list[float]:
+    return (ns / 1e6).tolist()
+
+
+def _questions(r: Records) -> list[tuple[str, int]]:
+    raw, size = r["question"].tobytes(), r["question"].shape[1]
+    return [parse_question(raw[size * i : size * i + n])
+            for i, n in enumerate(r["question_len"].tolist())]
 
 
 def dns_events(records: Records, stats: DecodeStats) -> list[DnsEvent]:
     """Answered queries streamed by the kernel (slow, failed or sampled)."""
-    out = []
-    for r in valid(records, abi.EVENT_DNS_RESPONSE, stats):
-        qname, qtype = parse_question(r["question"][: int(r["question_len"])].tobytes())
-        flags = int(r["flags"])
-        out.append(
-            DnsEvent(
-                **_ids(r["hdr"]),
-                latency_ms=int(r["latency_ns"]) / 1e6,
-                dns_id=int(r["dns_id"]),
-                rcode=int(r["rcode"]),
-                qname=qname,
-                qtype=qtype,
-                conn=conn_tuple(r["flow"]),
-                truncated=bool(flags & 0x2),
-            )
-        )
-    return out
+    r = valid(records, abi.EVENT_DNS_RESPONSE, stats)
+    return [
+        DnsEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, latency_ms=lat,
+                 dns_id=qid, rcode=rcode, qname=q[0], qtype=q[1], conn=conn,
+                 truncated=bool(flags & 0x2))
+        for ts, cg, pid, tid, comm, lat, qid, rcode, q, conn, flags in zip(
+            *_head(r), _ms(r["latency_ns"]), r["dns_id"].tolist(), r["rcode"].tolist(),
+            _questions(r), conn_tuples(r["flow"]), r["flags"].tolist(), strict=True)
+    ]
 
 
 def dns_timeouts(keys: Records, queries: Records, now_ns: int,
@@ -140,95 +152,80 @@ def dns_timeouts(keys: Records, queries: Records, now_ns: int,
     rows, in the same order.
     """
     old = (now_ns - queries["ts_ns"].astype(np.int64)) >= timeout_ns
-    out = []
-    for k, q in zip(keys[old], queries[old], strict=True):
-        qname, qtype = parse_question(q["question"][: int(q["question_len"])].tobytes())
-        pid_tgid = int(q["pid_tgid"])
-        out.append(
-            DnsEvent(
-                ts_ns=now_ns,
-                cgroup_id=int(q["cgroup_id"]),
-                pid=pid_tgid >> 32,
-                tid=pid_tgid & 0xFFFFFFFF,
-                comm=q["comm"].decode(errors="replace"),
-                latency_ms=(now_ns - int(q["ts_ns"])) / 1e6,
-                dns_id=int(k["dns_id"]),
-                rcode=-1,
-                qname=qname,
-                qtype=qtype,
-                conn=conn_tuple(q["flow"]),
-                timeout=True,
-            )
-        )
-    return out, old
+    q, k = queries[old], keys[old]
+    pid_tgid = q["pid_tgid"]
+    events = [
+        DnsEvent(ts_ns=now_ns, cgroup_id=cg, pid=pid, tid=tid,
+                 comm=comm.decode(errors="replace"), latency_ms=(now_ns - ts) / 1e6,
+                 dns_id=qid, rcode=-1, qname=question[0], qtype=question[1], conn=conn,
+                 timeout=True)
+        for ts, cg, pid, tid, comm, qid, question, conn in zip(
+            q["ts_ns"].tolist(), q["cgroup_id"].tolist(), (pid_tgid >> 32).tolist(),
+            (pid_tgid & 0xFFFFFFFF).tolist(), q["comm"].tolist(), k["dns_id"].tolist(),
+            _questions(q), conn_tuples(q["flow"]), strict=True)
+    ]
+    return events, old
 
 
 def resolver_events(records: Records, stats: DecodeStats) -> list[ResolverEvent]:
     """Slow or failed ``getaddrinfo`` calls."""
+    r = valid(records, abi.EVENT_DNS_RESOLVER, stats)
     return [
-        ResolverEvent(
-            **_ids(r["hdr"]),
-            latency_ms=int(r["latency_ns"]) / 1e6,
-            host=r["host"].decode(errors="replace"),
-            ret=int(r["ret"]),
-        )
-        for r in valid(records, abi.EVENT_DNS_RESOLVER, stats)
+        ResolverEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, latency_ms=lat,
+                      host=host.decode(errors="replace"), ret=ret)
+        for ts, cg, pid, tid, comm, lat, host, ret in zip(
+            *_head(r), _ms(r["latency_ns"]), r["host"].tolist(), r["ret"].tolist(),
+            strict=True)
     ]
 
 
 def runqueue_events(records: Records, stats: DecodeStats) -> list[RunqueueEvent]:
     """Slow run-queue waits."""
+    r = valid(records, abi.EVENT_RUNQ_SLOW, stats)
     return [
-        RunqueueEvent(
-            **_ids(r["hdr"]),
-            delay_ms=int(r["delay_ns"]) / 1e6,
-            prev_cgroup_id=int(r["prev_cgroup_id"]),
-            cpu=int(r["cpu"]),
-        )
-        for r in valid(records, abi.EVENT_RUNQ_SLOW, stats)
+        RunqueueEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, delay_ms=delay,
+                      prev_cgroup_id=prev, cpu=cpu)
+        for ts, cg, pid, tid, comm, delay, prev, cpu in zip(
+            *_head(r), _ms(r["delay_ns"]), r["prev_cgroup_id"].tolist(), r["cpu"].tolist(),
+            strict=True)
     ]
 
 
 def connect_events(records: Records, stats: DecodeStats) -> list[ConnectEvent]:
     """Failed or slow TCP connects."""
+    r = valid(records, abi.EVENT_CONNECT, stats)
     return [
-        ConnectEvent(
-            **_ids(r["hdr"]),
-            latency_ms=int(r["latency_ns"]) / 1e6,
-            outcome=enum_name(CONNECT_OUTCOMES, r["outcome"]),
-            errno=int(r["err"]),
-            syn_retransmits=int(r["syn_retrans"]),
-            conn=conn_tuple(r["flow"]),
-        )
-        for r in valid(records, abi.EVENT_CONNECT, stats)
+        ConnectEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, latency_ms=lat,
+                     outcome=enum_name(CONNECT_OUTCOMES, outcome), errno=err,
+                     syn_retransmits=syn, conn=conn)
+        for ts, cg, pid, tid, comm, lat, outcome, err, syn, conn in zip(
+            *_head(r), _ms(r["latency_ns"]), r["outcome"].tolist(), r["err"].tolist(),
+            r["syn_retrans"].tolist(), conn_tuples(r["flow"]), strict=True)
     ]
 
 
 def tls_events(records: Records, stats: DecodeStats) -> list[TlsHandshakeEvent]:
     """Completed or failed TLS handshakes."""
+    r = valid(records, abi.EVENT_TLS_HANDSHAKE, stats)
     return [
-        TlsHandshakeEvent(
-            **_ids(r["hdr"]),
-            latency_ms=int(r["latency_ns"]) / 1e6,
-            outcome=enum_name(TLS_OUTCOMES, r["outcome"]),
-            role=enum_name(TLS_ROLES, r["role"]),
-            calls=int(r["calls"]),
-        )
-        for r in valid(records, abi.EVENT_TLS_HANDSHAKE, stats)
+        TlsHandshakeEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, latency_ms=lat,
+                          outcome=enum_name(TLS_OUTCOMES, outcome),
+                          role=enum_name(TLS_ROLES, role), calls=calls)
+        for ts, cg, pid, tid, comm, lat, outcome, role, calls in zip(
+            *_head(r), _ms(r["latency_ns"]), r["outcome"].tolist(), r["role"].tolist(),
+            r["calls"].tolist(), strict=True)
     ]
 
 
 def reclaim_events(records: Records, stats: DecodeStats) -> list[ReclaimEvent]:
     """Long reclaim stalls."""
+    r = valid(records, abi.EVENT_RECLAIM, stats)
     return [
-        ReclaimEvent(
-            **_ids(r["hdr"]),
-            latency_ms=int(r["latency_ns"]) / 1e6,
-            kind=enum_name(RECLAIM_KINDS, r["kind"]),
-            nr_reclaimed=int(r["nr_reclaimed"]),
-            order=int(r["order"]),
-        )
-        for r in valid(records, abi.EVENT_RECLAIM, stats)
+        ReclaimEvent(ts_ns=ts, cgroup_id=cg, pid=pid, tid=tid, comm=comm, latency_ms=lat,
+                     kind=enum_name(RECLAIM_KINDS, kind), nr_reclaimed=n, order=order)
+        for ts, cg, pid, tid, comm, lat, kind, n, order in zip(
+            *_head(r), _ms(r["latency_ns"]), r["kind"].tolist(), r["nr_reclaimed"].tolist(),
+            r["order"].tolist(), strict=True)
     ]
 
 

@@ -13,6 +13,7 @@ u32 len with BUSY (bit 31) and DISCARD (bit 30) flags, then u32 page offset.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 from typing import Any
@@ -47,6 +48,10 @@ class RingBuffer:
             }
         )
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The kernel reads the consumer position while we write it: the store must be one
+        # aligned 8-byte write. struct.pack_into may copy bytewise, and a torn value made
+        # the producer see a full ring and drop records (make bench, publish diagnostic).
+        self._cons_word = ctypes.c_uint64.from_buffer(self._cons)
         self._data = mmap.mmap(
             map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
@@ -54,9 +59,8 @@ class RingBuffer:
         self.bad_records = 0
 
     def _positions(self) -> tuple[int, int]:
-        (cons,) = struct.unpack_from("<Q", self._cons, 0)
         (prod,) = struct.unpack_from("<Q", self._data, 0)
-        return cons, prod
+        return self._cons_word.value, prod
 
     def drain(self) -> np.ndarray[Any, Any]:
         """Copy out every committed record and advance the consumer position."""
@@ -80,7 +84,7 @@ class RingBuffer:
             return self._walk(cons, prod)
         out = raw["rec"][:n][keep].copy()
         del raw, lens
-        struct.pack_into("<Q", self._cons, 0, cons + n * self._stride)
+        self._cons_word.value = cons + n * self._stride
         return out
 
     def _walk(self, cons: int, prod: int) -> np.ndarray[Any, Any]:
@@ -99,7 +103,7 @@ class RingBuffer:
                 else:
                     self.bad_records += 1
             pos += (length + _HDR + 7) & ~7
-        struct.pack_into("<Q", self._cons, 0, pos)
+        self._cons_word.value = pos
         return np.frombuffer(b"".join(recs), dtype=self.dtype).copy()
 
     @property
@@ -110,6 +114,8 @@ class RingBuffer:
 
     def close(self) -> None:
         """Unmap both regions (idempotent)."""
-        for m in (self._cons, self._data):
-            if not m.closed:
-                m.close()
+        if not self._cons.closed:
+            del self._cons_word  # the exported buffer must go before the map can close
+            self._cons.close()
+        if not self._data.closed:
+            self._data.close()
