@@ -28,6 +28,7 @@ _PROG_INFO_SIZE = 232  # struct bpf_prog_info in 5.x-6.x UAPI
 _RUN_TIME_NS_OFF = 192
 _RUN_CNT_OFF = 200
 _LOG_BUF = 1 << 20
+_log_buf: Any = None
 
 # Set while one object loads, so verifier output ends up in the error we raise.
 _load_log: list[str] | None = None
@@ -35,8 +36,12 @@ _load_log: list[str] | None = None
 
 @ffi.callback("int(int, const char *, void *)")
 def _print(level: int, fmt: Any, ap: Any) -> int:
-    # Verifier logs arrive as one message; size for them, not for one-liners.
-    buf = ffi.new("char[]", _LOG_BUF)
+    # One buffer for the process (the callback runs with the GIL held); sized for
+    # verifier logs, which arrive as one message.
+    global _log_buf
+    if _log_buf is None:
+        _log_buf = ffi.new("char[]", _LOG_BUF)
+    buf = _log_buf
     libc.vsnprintf(buf, _LOG_BUF, fmt, ap)
     line = ffi.string(buf).decode(errors="replace").rstrip()
     if _load_log is not None and level <= 1:
@@ -358,20 +363,28 @@ def enable_run_time_stats() -> int | None:
     return int(fd) if fd >= 0 else None
 
 
+_btf_cache: dict[str | None, Any] = {}
+
+
 @functools.lru_cache(maxsize=256)
 def kernel_btf_has(name: str, kind: int = BTF_KIND_TYPEDEF, btf_path: str | None = None) -> bool:
     """Whether the kernel BTF (or ``btf_path``) defines ``name`` of ``kind``.
 
-    tp_btf programs attach to the typedef ``btf_trace_<tracepoint>``.
+    tp_btf programs attach to the typedef ``btf_trace_<tracepoint>``. The parsed BTF
+    (~10 ms for vmlinux) is kept until :func:`release_btf`, so start-up parses it once.
     """
-    btf = (
-        lib().btf__parse(btf_path.encode(), ffi.NULL)
-        if btf_path
-        else lib().btf__load_vmlinux_btf()
-    )
-    if btf == ffi.NULL:
-        return False
-    try:
-        return int(lib().btf__find_by_name_kind(btf, name.encode(), kind)) > 0
-    finally:
+    btf = _btf_cache.get(btf_path)
+    if btf is None:
+        btf = (lib().btf__parse(btf_path.encode(), ffi.NULL) if btf_path
+               else lib().btf__load_vmlinux_btf())
+        if btf == ffi.NULL:
+            return False
+        _btf_cache[btf_path] = btf
+    return int(lib().btf__find_by_name_kind(btf, name.encode(), kind)) > 0
+
+
+def release_btf() -> None:
+    """Free parsed BTF kept by :func:`kernel_btf_has` (answers stay cached)."""
+    for btf in _btf_cache.values():
         lib().btf__free(btf)
+    _btf_cache.clear()
