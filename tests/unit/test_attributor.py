@@ -1,0 +1,496 @@
+"""Tests for llm_slo.baseline and llm_slo.attributor: learned baselines, window features
+from real ProbeEvent shapes, and fault-domain attribution that never sees a fault label."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from llm_slo.attributor import (
+    DOMAINS,
+    AttributionConfig,
+    Violation,
+    attribute_violation,
+    default_leak,
+    default_likelihoods,
+)
+from llm_slo.baseline import (
+    FEATURES,
+    AppEvidence,
+    Baseline,
+    BaselineConfig,
+    WindowFeatures,
+    features_from,
+    workload_key,
+)
+from llm_slo.cfs_throttle import CfsThrottleSample
+from llm_slo.cpu_steal import CpuStealSample
+from llm_slo.events import (
+    ConnectEvent,
+    ConnTuple,
+    DnsEvent,
+    LatencyAggregate,
+    ReclaimEvent,
+    ResolverEvent,
+    RetransmitAggregate,
+    RunqueueEvent,
+    TlsHandshakeEvent,
+)
+from llm_slo.identity import Identity
+from llm_slo.incident import FAULT_DOMAINS, IncidentAttribution
+from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "v1"
+                     / "incident-attribution.schema.json").read_text())
+VALIDATOR = Draft202012Validator(SCHEMA)  # top-level $ref resolves inside the document
+
+KEY = workload_key("lab", "rag-ns", "rag")
+VIOLATION = Violation(service="rag", cluster="lab", namespace="rag-ns", sli="ttft_ms",
+                      burn_rate=14.4, window_minutes=5, ts=1_700_000_000.0,
+                      trace_ids=("a" * 32,), request_ids=("req-1",))
+
+# A calm window of the workload: every catalogued feature, values typical of the lab.
+CALM: dict[str, float] = {
+    "dns_wire_p99_ms": 16, "dns_wire_mean_ms": 3, "dns_resolver_p99_ms": 32,
+    "dns_resolver_mean_ms": 5, "dns_timeouts": 0, "dns_failures": 0, "tcp_retransmits": 0,
+    "tcp_syn_retransmits": 0, "connect_mean_ms": 1, "connect_max_ms": 4,
+    "connect_failures": 0, "connect_timeouts": 0, "tls_handshake_mean_ms": 8,
+    "tls_handshake_max_ms": 16, "tls_failures": 0, "runq_mean_ms": 0.05, "runq_p99_ms": 1,
+    "runq_slow_count": 0, "runq_other_delay_ms": 0, "cfs_throttled_ms": 0,
+    "cfs_throttled_share": 0, "mem_reclaim_ms": 0, "mem_reclaim_max_ms": 0,
+    "cpu_steal_pct": 0.2, "provider_429_share": 0, "provider_5xx_share": 0,
+    "retrieval_mean_ms": 20, "retrieval_p99_ms": 40,
+}
+
+
+def trained(windows: int = 60) -> Baseline:
+    """A baseline learned from calm windows with a little deterministic jitter; counters
+    see an occasional single event, as real calm windows do."""
+    b = Baseline()
+    for i in range(windows):
+        for name, v in CALM.items():
+            blip = FEATURES[name].abs_floor * (i % 15 == 0)
+            x = v * (1 + 0.08 * math.sin(1.7 * i + len(name))) if v else blip
+            b.update(KEY, name, x, 10.0 * i)
+    return b
+
+
+BASE = trained()
+
+
+def attribute(over: dict[str, float], baseline: Baseline = BASE,
+              config: AttributionConfig | None = None) -> IncidentAttribution:
+    feats = WindowFeatures(values={**CALM, **over})
+    att = attribute_violation(VIOLATION, feats, baseline, config or AttributionConfig())
+    VALIDATOR.validate(msgspec.to_builtins(att))
+    return att
+
+
+def posteriors(att: IncidentAttribution) -> dict[str, float]:
+    return {h.domain: h.posterior for h in att.fault_hypotheses or []}
+
+
+# ---- single faults: the deviating feature's domain wins, with its evidence -------------
+
+SINGLE = [
+    ("network_dns", "dns_latency", {"dns_wire_p99_ms": 256, "dns_resolver_p99_ms": 512}),
+    ("network_dns", "dns_timeout", {"dns_timeouts": 12, "dns_resolver_p99_ms": 64}),
+    ("network_egress", "packet_loss", {"tcp_retransmits": 40}),
+    ("network_connect", "syn_retransmits", {"tcp_syn_retransmits": 8, "connect_max_ms": 3000}),
+    ("tls_handshake", "slow_handshake", {"tls_handshake_mean_ms": 300}),
+    ("cpu_contention", "noisy_neighbour", {"runq_mean_ms": 4, "runq_other_delay_ms": 900}),
+    ("cpu_throttle", "cfs_quota", {"runq_mean_ms": 4, "cfs_throttled_ms": 400}),
+    ("memory_pressure", "reclaim_stall", {"mem_reclaim_ms": 300, "mem_reclaim_max_ms": 60}),
+    ("provider_throttle", "rate_limited_429", {"provider_429_share": 0.3}),
+    ("provider_error", "provider_5xx", {"provider_5xx_share": 0.25}),
+    ("retrieval_backend", "retrieval_slow", {"retrieval_p99_ms": 800}),
+]
+
+
+@pytest.mark.parametrize(("domain", "sub_cause", "over"), SINGLE,
+                         ids=[f"{d}-{s}" for d, s, _ in SINGLE])
+def test_single_deviation_wins_with_evidence(domain: str, sub_cause: str,
+                                             over: dict[str, float]) -> None:
+    """The domain whose signature deviates from the workload's own baseline is predicted,
+    with the deviating features as evidence carrying value, unit, baseline and source."""
+    att = attribute(over)
+    assert att.predicted_fault_domain == domain and not att.abstain
+    assert att.sub_cause == sub_cause
+    assert att.confidence >= AttributionConfig().min_confidence
+    assert att.fault_hypotheses and att.fault_hypotheses[0].domain == domain
+    by_signal = {e.signal: e for e in att.evidence}
+    for name, value in over.items():
+        ev = by_signal[name]
+        assert ev.value == value and ev.unit == FEATURES[name].unit
+        assert ev.source == ("otel" if name.startswith(("provider", "retrieval")) else "ebpf")
+        assert ev.baseline == pytest.approx(BASE.stats(KEY, name).center, abs=1e-6)
+    assert set(att.fault_hypotheses[0].evidence) <= set(by_signal)
+    assert att.slo_impact.burn_rate == 14.4 and att.trace_ids == ["a" * 32]
+
+
+def test_no_deviation_abstains() -> None:
+    att = attribute({})
+    assert att.abstain and att.predicted_fault_domain == "unknown"
+    assert att.abstain_reason and att.abstain_reason.startswith("no_deviation")
+    assert att.sub_cause is None and att.evidence == []
+
+
+def test_small_deviation_abstains() -> None:
+    """A wobble of about one baseline scale is not a fault."""
+    att = attribute({"dns_wire_p99_ms": 19})
+    assert att.abstain and att.abstain_reason.startswith("no_deviation")
+
+
+def test_no_baseline_abstains() -> None:
+    """During warm-up nothing is scored: abstain rather than judge against nothing."""
+    att = attribute({"dns_wire_p99_ms": 900}, baseline=trained(windows=5))
+    assert att.abstain and att.abstain_reason.startswith("no_baseline")
+    assert att.evidence == []
+
+
+def test_low_confidence_abstains() -> None:
+    att = attribute({"provider_429_share": 0.3}, config=AttributionConfig(min_confidence=0.99))
+    assert att.abstain and att.abstain_reason.startswith("low_confidence")
+    assert att.predicted_fault_domain == "unknown"
+    assert posteriors(att)["provider_throttle"] > 0.5  # still reported as a hypothesis
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 8), (0, 9), (4, 8), (7, 10)])
+def test_two_faults_both_reported(a: int, b: int) -> None:
+    """Overlapping faults: both hypotheses are listed above the report threshold."""
+    (da, _, oa), (db, _, ob) = SINGLE[a], SINGLE[b]
+    att = attribute({**oa, **ob})
+    post = posteriors(att)
+    threshold = AttributionConfig().report_threshold
+    assert post[da] >= threshold and post[db] >= threshold
+    assert sum(post.values()) <= 1 + 1e-9
+    assert att.predicted_fault_domain in (da, db, "unknown")
+
+
+def test_hypotheses_sorted_and_normalised() -> None:
+    att = attribute({**SINGLE[0][2], **SINGLE[8][2]}, config=AttributionConfig(
+        report_threshold=0.0))
+    post = [h.posterior for h in att.fault_hypotheses]
+    assert post == sorted(post, reverse=True)
+    assert {h.domain for h in att.fault_hypotheses} == set(FAULT_DOMAINS)
+    assert sum(post) == pytest.approx(1.0)
+
+
+# ---- cpu_contention vs cpu_throttle from real ProbeEvent shapes -------------------------
+
+OWN, NEIGHBOUR = 4242, 5151
+IDENT = Identity(cgroup_id=OWN, cgroup_path="/lab.slice/rag")
+BUILDER = ProbeEventBuilder("node-a", lambda cid: Identity(cgroup_id=cid, cgroup_path=""),
+                            cgroup_id_of=lambda path: OWN)
+CONN = ConnTuple(src_ip="10.0.0.5", dst_ip="10.0.0.2", src_port=40000, dst_port=443,
+                 protocol="tcp")
+
+
+def pe(rec: Any) -> ProbeEvent:
+    return BUILDER.build(rec, 0, 1_700_000_000_000_000_000)
+
+
+def runq_agg(mean: float, p99: float) -> ProbeEvent:
+    return pe(LatencyAggregate(signal="runqueue_delay_ms", ts_ns=1, cgroup_id=OWN, count=500,
+                               mean_ms=mean, p99_ms=p99, max_ms=p99 * 2))
+
+
+def slow_wait(prev: int, delay: float) -> ProbeEvent:
+    return pe(RunqueueEvent(ts_ns=1, cgroup_id=OWN, pid=10, delay_ms=delay,
+                            prev_cgroup_id=prev, cpu=0))
+
+
+def cfs(ms: float, share: float) -> ProbeEvent:
+    return pe(CfsThrottleSample(cgroup_path="/lab.slice/rag", throttled_ms=ms,
+                                throttled_periods=int(share * 10), periods=10,
+                                throttled_share=share, interval_s=1.0))
+
+
+def cpu_baseline() -> Baseline:
+    b = Baseline()
+    for i in range(40):
+        window = [runq_agg(0.05 + 0.01 * (i % 3), 0.5), cfs(0.0, 0.0)]
+        if i % 10 == 0:  # a rare slow wait behind someone else, as on any busy node
+            window.append(slow_wait(NEIGHBOUR, 11.0))
+        b.update_window(KEY, features_from(window, active_signals=["runqueue_delay_ms"]),
+                        float(i))
+    return b
+
+
+def test_cpu_contention_is_delay_caused_by_other_cgroups() -> None:
+    waits = [slow_wait(NEIGHBOUR, 30.0) for _ in range(20)]
+    feats = features_from([runq_agg(6.0, 64.0), cfs(0.0, 0.0), *waits])
+    assert feats.values["runq_other_delay_ms"] == pytest.approx(600.0)
+    att = attribute_violation(VIOLATION, feats, cpu_baseline(), AttributionConfig())
+    assert att.predicted_fault_domain == "cpu_contention"
+    assert att.sub_cause == "noisy_neighbour"
+
+
+def test_cpu_throttle_is_own_quota() -> None:
+    """The same run-queue delay, but behind our own cgroup and the idle task while the
+    quota is exhausted, is throttling, not a neighbour."""
+    waits = [slow_wait(OWN, 30.0) for _ in range(10)] + [slow_wait(1, 30.0)] * 10
+    feats = features_from([runq_agg(6.0, 64.0), cfs(450.0, 0.9), *waits])
+    assert feats.values["runq_other_delay_ms"] == 0.0
+    att = attribute_violation(VIOLATION, feats, cpu_baseline(), AttributionConfig())
+    assert att.predicted_fault_domain == "cpu_throttle"
+    assert att.sub_cause == "cfs_quota"
+    assert posteriors(att).get("cpu_contention", 0.0) < 0.15
+
+
+# ---- features_from ---------------------------------------------------------------------
+
+
+def test_features_from_network_signals() -> None:
+    dns = [pe(LatencyAggregate(signal="dns_latency_ms", ts_ns=1, cgroup_id=OWN, count=10,
+                               mean_ms=4.0, p99_ms=8.0, max_ms=16.0, detail="wire")),
+           pe(LatencyAggregate(signal="dns_latency_ms", ts_ns=1, cgroup_id=OWN, count=30,
+                               mean_ms=8.0, p99_ms=32.0, max_ms=32.0, detail="wire")),
+           pe(DnsEvent(ts_ns=1, cgroup_id=OWN, latency_ms=5000, dns_id=1, rcode=-1,
+                       qname="x", qtype=1, conn=CONN, timeout=True)),
+           pe(DnsEvent(ts_ns=1, cgroup_id=OWN, latency_ms=3, dns_id=2, rcode=2,
+                       qname="x", qtype=1, conn=CONN)),
+           # slow but answered: status "error" by threshold, yet not a failure
+           pe(DnsEvent(ts_ns=1, cgroup_id=OWN, latency_ms=300, dns_id=3, rcode=0,
+                       qname="x", qtype=1, conn=CONN)),
+           pe(DnsEvent(ts_ns=1, cgroup_id=OWN, latency_ms=300, dns_id=4, rcode=3,
+                       qname="x", qtype=1, conn=CONN))]
+    net = [pe(RetransmitAggregate(ts_ns=1, cgroup_id=OWN, conn=CONN, syn=True, count=3)),
+           pe(RetransmitAggregate(ts_ns=1, cgroup_id=OWN, conn=CONN, syn=False, count=5)),
+           pe(LatencyAggregate(signal="connect_latency_ms", ts_ns=1, cgroup_id=OWN, count=4,
+                               mean_ms=2.0, p99_ms=4.0, max_ms=1024.0, failures=2)),
+           pe(ConnectEvent(ts_ns=1, cgroup_id=OWN, latency_ms=3000, outcome="timeout",
+                           errno=110, syn_retransmits=2, conn=CONN)),
+           pe(TlsHandshakeEvent(ts_ns=1, cgroup_id=OWN, latency_ms=20, outcome="ok",
+                                role="client", calls=1)),
+           pe(TlsHandshakeEvent(ts_ns=1, cgroup_id=OWN, latency_ms=40, outcome="ok",
+                                role="client", calls=1)),
+           pe(TlsHandshakeEvent(ts_ns=1, cgroup_id=OWN, latency_ms=900, outcome="failed",
+                                role="client", calls=3))]
+    v = features_from([*dns, *net]).values
+    assert v["dns_wire_mean_ms"] == pytest.approx((40 + 240) / 40)
+    assert v["dns_wire_p99_ms"] == 32.0
+    assert v["dns_timeouts"] == 1 and v["dns_failures"] == 1
+    assert v["tcp_syn_retransmits"] == 3 and v["tcp_retransmits"] == 5
+    assert v["connect_failures"] == 2 and v["connect_timeouts"] == 1
+    assert v["connect_mean_ms"] == 2.0 and v["connect_max_ms"] == 1024.0
+    assert v["tls_handshake_mean_ms"] == 30.0 and v["tls_handshake_max_ms"] == 40.0
+    assert v["tls_failures"] == 1
+    assert "dns_resolver_mean_ms" not in v  # no resolver data is not "0 ms"
+    assert dns[4].status == "error"
+
+
+def test_features_from_streams_without_aggregates() -> None:
+    """Without histograms the tails come from streamed events; TLS streams every
+    handshake, so its mean does too; reclaim stalls add up."""
+    evs = [pe(ResolverEvent(ts_ns=1, cgroup_id=OWN, latency_ms=80, host="x", ret=0)),
+           pe(ResolverEvent(ts_ns=1, cgroup_id=OWN, latency_ms=40, host="x", ret=-3)),
+           pe(TlsHandshakeEvent(ts_ns=1, cgroup_id=OWN, latency_ms=10, outcome="ok",
+                                role="client", calls=1)),
+           pe(ConnectEvent(ts_ns=1, cgroup_id=OWN, latency_ms=150, outcome="established",
+                           errno=0, syn_retransmits=0, conn=CONN)),
+           pe(ReclaimEvent(ts_ns=1, cgroup_id=OWN, latency_ms=5, kind="memcg",
+                           nr_reclaimed=1, order=0)),
+           pe(ReclaimEvent(ts_ns=1, cgroup_id=OWN, latency_ms=7, kind="direct",
+                           nr_reclaimed=1, order=0)),
+           slow_wait(NEIGHBOUR, 12.0)]
+    v = features_from(evs).values
+    assert v["dns_resolver_p99_ms"] == 80 and "dns_resolver_mean_ms" not in v
+    assert v["dns_failures"] == 1 and v["dns_timeouts"] == 0
+    assert v["tls_handshake_mean_ms"] == 10 and v["tls_failures"] == 0
+    assert v["connect_max_ms"] == 150 and "connect_mean_ms" not in v
+    assert v["connect_failures"] == 0
+    assert v["mem_reclaim_ms"] == 12 and v["mem_reclaim_max_ms"] == 7
+    assert v["runq_p99_ms"] == 12 and v["runq_slow_count"] == 1
+
+
+def test_features_from_reclaim_cfs_and_steal() -> None:
+    evs = [pe(LatencyAggregate(signal="mem_reclaim_latency_ms", ts_ns=1, cgroup_id=OWN,
+                               count=4, mean_ms=2.5, p99_ms=4.0, max_ms=8.0, detail="memcg")),
+           pe(LatencyAggregate(signal="mem_reclaim_latency_ms", ts_ns=1, cgroup_id=OWN,
+                               count=2, mean_ms=1.0, p99_ms=2.0, max_ms=2.0, detail="direct")),
+           pe(ReclaimEvent(ts_ns=1, cgroup_id=OWN, latency_ms=6, kind="memcg",
+                           nr_reclaimed=1, order=0)),  # already in the histogram
+           cfs(120.0, 0.4), cfs(80.0, 0.6),
+           pe(CpuStealSample(cpu=-1, steal_pct=3.0, interval_s=1.0)),
+           pe(CpuStealSample(cpu=0, steal_pct=9.0, interval_s=1.0))]
+    v = features_from(evs).values
+    assert v["mem_reclaim_ms"] == 12.0 and v["mem_reclaim_max_ms"] == 8.0
+    assert v["cfs_throttled_ms"] == 200.0 and v["cfs_throttled_share"] == 0.6
+    assert v["cpu_steal_pct"] == 3.0  # the node figure wins over single CPUs
+
+
+def test_features_from_zero_fills_quiet_probes() -> None:
+    """A running probe that reported nothing means none happened: counts are 0, latencies
+    stay absent."""
+    v = features_from([], active_signals=["tcp_retransmits_total", "dns_latency_ms"]).values
+    assert v == {"tcp_retransmits": 0, "tcp_syn_retransmits": 0, "dns_timeouts": 0,
+                 "dns_failures": 0}
+    assert features_from([]).values == {}
+
+
+def test_features_from_app_evidence_and_meta() -> None:
+    app = AppEvidence(provider_requests=50, provider_429=10, provider_5xx=5,
+                      retrieval_count=20, retrieval_mean_ms=30.0, retrieval_p99_ms=90.0)
+    ev = msgspec.structs.replace(runq_agg(1.0, 2.0), trace_id="b" * 32, confidence=1.0)
+    f = features_from([ev, slow_wait(NEIGHBOUR, 12.0)], app)
+    assert f.values["provider_429_share"] == 0.2 and f.values["provider_5xx_share"] == 0.1
+    assert f.values["retrieval_p99_ms"] == 90.0
+    assert f.meta["runq_mean_ms"].correlation_tier == "trace_id_exact"
+    assert f.meta["runq_mean_ms"].confidence == 1.0
+    assert "provider_429_share" not in f.meta
+    assert "provider_429_share" not in features_from([], AppEvidence()).values
+
+
+def test_features_from_own_cgroups_are_not_neighbours() -> None:
+    waits = [slow_wait(NEIGHBOUR, 20.0), slow_wait(0, 20.0), slow_wait(1, 20.0)]
+    assert features_from(waits).values["runq_other_delay_ms"] == 20.0
+    mine = features_from(waits, own_cgroup_ids=[OWN, NEIGHBOUR]).values
+    assert mine["runq_other_delay_ms"] == 0.0
+
+
+# ---- baseline ----------------------------------------------------------------------------
+
+
+def test_baseline_warmup_and_score() -> None:
+    b = Baseline(BaselineConfig(warmup=3))
+    for i, x in enumerate([10.0, 12.0]):
+        b.update("k", "dns_wire_p99_ms", x, float(i))
+    assert b.score("k", "dns_wire_p99_ms", 50.0) is None  # still warming up
+    b.update("k", "dns_wire_p99_ms", 11.0, 2.0)
+    st_ = b.stats("k", "dns_wire_p99_ms")
+    assert st_.n == 3 and st_.center == pytest.approx(11.0)
+    scale = max(st_.mad * math.sqrt(math.pi / 2), 2.0, 0.2 * 11.0)
+    assert b.score("k", "dns_wire_p99_ms", 50.0) == pytest.approx(39.0 / scale)
+    assert b.score("k", "unseen", 1.0) is None and b.score("other", "x", 1.0) is None
+
+
+def test_baseline_floor_keeps_zero_baselines_finite() -> None:
+    b = Baseline(BaselineConfig(warmup=2))
+    for i in range(5):
+        b.update("k", "tcp_retransmits", 0.0, float(i))
+    assert b.score("k", "tcp_retransmits", 5.0) == pytest.approx(5.0)  # floor: 1 count
+
+
+def test_baseline_robust_to_an_outlier() -> None:
+    """After warm-up one huge value is clipped before it enters the average."""
+    b = Baseline(BaselineConfig(warmup=10, half_life_s=60.0))
+    for i in range(50):
+        b.update("k", "connect_mean_ms", 10.0 + (i % 2), float(i))
+    before = b.stats("k", "connect_mean_ms").center
+    b.update("k", "connect_mean_ms", 10_000.0, 50.0)
+    assert b.stats("k", "connect_mean_ms").center - before < 1.0
+
+
+def test_baseline_memory_is_bounded() -> None:
+    b = Baseline(BaselineConfig(max_keys=3, max_features=2))
+    for k in range(5):
+        for f in ("a", "b", "c"):
+            b.update(f"w{k}", f, 1.0, 0.0)
+    assert len(b) == 3 and b.stats("w0", "a") is None and b.stats("w4", "b") is not None
+    assert b.stats("w4", "c") is None
+    b.update("w4", "a", math.nan, 1.0)
+    assert b.stats("w4", "a").n == 1
+
+
+def test_baseline_decays_toward_a_new_level() -> None:
+    b = Baseline(BaselineConfig(warmup=2, half_life_s=10.0, huber_k=1e9))
+    b.update("k", "f", 0.0, 0.0)
+    b.update("k", "f", 0.0, 1.0)
+    b.update("k", "f", 100.0, 11.0)  # one half-life later: half way
+    assert b.stats("k", "f").center == pytest.approx(50.0)
+
+
+# ---- no labels ---------------------------------------------------------------------------
+
+LABELISH = ("fault", "label", "scenario", "truth", "domain", "injected", "expected")
+
+
+def test_attributor_inputs_carry_no_label() -> None:
+    """Nothing the attributor receives can say which fault is on: the Violation and the
+    features have no such field, and a document that tries to add one is rejected."""
+    params = list(inspect.signature(attribute_violation).parameters)
+    assert params == ["violation", "features", "baseline", "config"]
+    for struct in (Violation, WindowFeatures, AppEvidence):
+        for field in struct.__struct_fields__:
+            assert not any(word in field for word in LABELISH), (struct, field)
+    doc = msgspec.to_builtins(VIOLATION) | {"fault_domain": "network_dns"}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(doc, Violation)
+
+
+def test_attribution_does_not_touch_the_baseline() -> None:
+    b = trained()
+    before = {f: msgspec.structs.asdict(b.stats(KEY, f)) for f in CALM}
+    attribute({"dns_wire_p99_ms": 900}, baseline=b)
+    assert before == {f: msgspec.structs.asdict(b.stats(KEY, f)) for f in CALM}
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        AttributionConfig(min_confidence=1.5)
+    with pytest.raises(ValueError):
+        AttributionConfig(prior_unknown=0.6, prior_overlap=0.5)
+    with pytest.raises(ValueError):
+        AttributionConfig(max_concurrent=0)
+    with pytest.raises(ValueError):
+        AttributionConfig(likelihoods={"x": {"network_dns": 0.9}})
+    assert set(default_likelihoods()) == set(default_leak())
+    assert all(set(row) == set(DOMAINS) for row in default_likelihoods().values())
+    single = AttributionConfig(max_concurrent=1)
+    assert attribute(SINGLE[0][2], config=single).predicted_fault_domain == "network_dns"
+
+
+def test_incident_id_is_deterministic() -> None:
+    a, b = attribute(SINGLE[0][2]), attribute(SINGLE[0][2])
+    assert a.incident_id == b.incident_id and a.timestamp == "2023-11-14T22:13:20.000Z"
+    other = msgspec.structs.replace(VIOLATION, ts=VIOLATION.ts + 1)
+    c = attribute_violation(other, WindowFeatures(values=CALM), BASE)
+    assert c.incident_id != a.incident_id
+
+
+# ---- properties --------------------------------------------------------------------------
+
+feature_values = st.dictionaries(
+    st.sampled_from(sorted(CALM)),
+    st.floats(min_value=0, max_value=5000, allow_nan=False, allow_infinity=False),
+    max_size=len(CALM))
+
+
+@settings(max_examples=150, deadline=None)
+@given(over=feature_values)
+def test_posteriors_normalised_and_abstain_iff_unknown(over: dict[str, float]) -> None:
+    att = attribute(over, config=AttributionConfig(report_threshold=0.0))
+    post = [h.posterior for h in att.fault_hypotheses]
+    assert all(0.0 <= p <= 1.0 for p in post) and sum(post) <= 1 + 1e-9
+    assert 0.0 <= att.confidence <= 1.0
+    assert att.abstain == (att.predicted_fault_domain == "unknown")
+    assert att.abstain == (att.abstain_reason is not None)
+    if not att.abstain:
+        assert att.fault_hypotheses[0].domain == att.predicted_fault_domain
+
+
+@settings(max_examples=100, deadline=None)
+@given(over=feature_values, data=st.data(),
+       extra=st.dictionaries(st.text("xyz_", min_size=1, max_size=8),
+                             st.floats(allow_nan=False), max_size=5))
+def test_irrelevant_features_do_not_change_the_winner(over: dict[str, float], data: Any,
+                                                      extra: dict[str, float]) -> None:
+    """Feature order and uncatalogued features carry no evidence."""
+    values = {**CALM, **over}
+    order = data.draw(st.permutations(sorted(values)))
+    shuffled = {k: values[k] for k in order} | extra
+    a = attribute_violation(VIOLATION, WindowFeatures(values=values), BASE)
+    b = attribute_violation(VIOLATION, WindowFeatures(values=shuffled), BASE)
+    assert a.predicted_fault_domain == b.predicted_fault_domain
+    assert posteriors(a) == posteriors(b)
+    assert a.evidence == b.evidence
