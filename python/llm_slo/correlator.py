@@ -1,0 +1,434 @@
+"""Join kernel signals (ProbeEvents) to spans by tier; pure: no I/O, time is data.
+
+Tiers (the original ladder, configurable): ``trace_id_exact`` 1.00, ``pod_pid_100ms``
+0.90, ``pod_conn_250ms`` 0.80, ``service_node_500ms`` 0.65. A global gate ``window_ms``
+bounds every tier. Only joins at or above ``threshold`` enrich a span (at most
+``max_fanout``: best confidence, then smallest |Δt|, then kernel-flagged first).
+Spans that nothing enriches get their nearest below-threshold joins as ``diagnostics``.
+
+Time. Δt runs from the signal's timestamp to the span's *interval* ``[start, end]`` (0
+inside, negative before, positive after), not to its start: an LLM span lasts seconds
+and a DNS stall in the middle of it belongs to it. Interval aggregates (per-cgroup
+histograms, CFS throttling) count as points at their interval end. Span clocks are moved
+onto the kernel's wall clock with ``clock_offset_ns`` (span time + offset).
+
+Indexing. Signals live in per-key arrays sorted by time (trace id; (pod, pid); (pod,
+connection); (service, node)): a lookup is a dict get and two bisects. A signal that
+carries a trace id is indexed under it only: it names its request, so joining it to
+other requests by proximity would be wrong. Signals without a pod (host processes,
+node-wide steal) join by trace id only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from itertools import islice
+from typing import Annotated, Any
+
+import msgspec
+
+from llm_slo.events import ConnTuple
+from llm_slo.probe_event import ProbeEvent
+from llm_slo.spans import Span
+
+TRACE_ID_EXACT, POD_PID = "trace_id_exact", "pod_pid_100ms"
+POD_CONN, SERVICE_NODE = "pod_conn_250ms", "service_node_500ms"
+CONFIDENCE_ATTR = "llm.ebpf.correlation_confidence"
+ATTRIBUTES: dict[str, str] = {  # signal name -> span attribute (the original's names)
+    "dns_latency_ms": "llm.ebpf.dns.latency_ms",
+    "tcp_retransmits_total": "llm.ebpf.tcp.retransmits",
+    "runqueue_delay_ms": "llm.ebpf.sched.runqueue_delay_ms",
+    "cpu_steal_pct": "llm.ebpf.cpu.steal_pct",
+    "connect_latency_ms": "llm.ebpf.net.connect_latency_ms",
+    "tls_handshake_ms": "llm.ebpf.tls.handshake_ms",
+    "cfs_throttled_ms": "llm.ebpf.cpu.cfs_throttled_ms",
+    "mem_reclaim_latency_ms": "llm.ebpf.mm.reclaim_latency_ms",
+}
+# Among equally close joins the fan-out keeps those the kernel flagged, so a long span
+# full of routine signals still carries its one slow DNS lookup.
+_SEVERITY = {"error": 2, "warning": 1}
+_NULL_TRACE = "0" * 32
+_NONE: frozenset[int] = frozenset()
+Ms = Annotated[float, msgspec.Meta(ge=0)]
+Conf = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Windows (ms), confidences, enrichment threshold, gate and fan-out bound."""
+
+    window_ms: Annotated[float, msgspec.Meta(gt=0)] = 2000.0  # the gate, for every tier
+    pod_pid_window_ms: Ms = 100.0
+    pod_conn_window_ms: Ms = 250.0
+    service_node_window_ms: Ms = 500.0
+    trace_id_confidence: Conf = 1.0
+    pod_pid_confidence: Conf = 0.9
+    pod_conn_confidence: Conf = 0.8
+    service_node_confidence: Conf = 0.65
+    threshold: Conf = 0.7
+    max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 3
+
+
+class Match(msgspec.Struct, frozen=True):
+    """One join; ``delta_ms`` = signal time minus the nearest point of the span."""
+
+    signal: ProbeEvent
+    tier: str
+    confidence: float
+    delta_ms: float
+
+
+class EnrichedSpan(msgspec.Struct):
+    """A span, its enriching matches and the ``llm.ebpf.*`` attributes they give.
+
+    ``diagnostics``: for a span without enriching matches, its nearest joins below the
+    threshold (≤ max_fanout); never merged into ``attributes``.
+    """
+
+    span: Span
+    matches: list[Match]
+    attributes: dict[str, float]
+    diagnostics: list[Match] = msgspec.field(default_factory=list)
+
+
+class CorrelatorStats(msgspec.Struct):
+    """Counters. Each span is exactly one of enriched / low_confidence / unmatched."""
+
+    spans: int = 0
+    enriched: int = 0
+    low_confidence: int = 0  # joined, but only below the threshold
+    unmatched: int = 0  # no join at any tier
+    fanout_dropped: int = 0  # enriching joins beyond max_fanout
+    unsupported_type: int = 0  # kept matches whose signal has no llm.ebpf attribute
+    by_tier: dict[str, int] = msgspec.field(default_factory=dict)  # kept matches
+
+
+@lru_cache(maxsize=1 << 16)
+def canonical_ip(addr: str) -> str | None:
+    """IPv4 dotted, IPv6 compressed lowercase in brackets, v4-mapped → v4; None if no IP."""
+    try:
+        ip = ipaddress.ip_address(addr.strip().strip("[]"))
+    except ValueError:
+        return None  # a host name (e.g. server.address) can never equal a kernel tuple
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # dual-stack sockets report v4 peers as ::ffff:a.b.c.d
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+
+
+@lru_cache(maxsize=1 << 16)
+def canonical_conn(src: str, sport: Any, dst: str, dport: Any, proto: str = "tcp") -> str | None:
+    """``src:port->dst:port/proto`` (src = local side), both ends canonical; None if invalid."""
+    s, d = canonical_ip(str(src)), canonical_ip(str(dst))
+    try:
+        sp, dp = int(sport), int(dport)
+    except (TypeError, ValueError):
+        return None
+    if s is None or d is None or not (0 <= sp <= 65535 and 0 <= dp <= 65535):
+        return None
+    return f"{s}:{sp}->{d}:{dp}/{str(proto).strip().lower()}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _tuple_key(ct: ConnTuple) -> str | None:
+    # Per tuple: a flow emits many signals, and hashing a frozen Struct is cheap.
+    return canonical_conn(ct.src_ip, ct.src_port, ct.dst_ip, ct.dst_port, ct.protocol)
+
+
+def span_keys(span: Span) -> dict[str, Any]:
+    """The span's join key per tier kind (None where the span lacks that identity)."""
+    res, attrs = span.resource, span.attributes
+    # Identity lives in the resource; a span attribute is the fallback.
+    pod = str(res.get("k8s.pod.name") or attrs.get("k8s.pod.name") or "")
+    node = str(res.get("k8s.node.name") or attrs.get("k8s.node.name") or "")
+    service = str(res.get("service.name") or attrs.get("service.name") or "")
+    pid_v = res.get("process.pid") or attrs.get("process.pid")
+    try:
+        pid = int(pid_v) if pid_v and not isinstance(pid_v, bool) else 0
+    except ValueError:
+        pid = 0
+    peer, pport = attrs.get("network.peer.address"), attrs.get("network.peer.port")
+    if peer is None:
+        peer, pport = attrs.get("server.address"), attrs.get("server.port")
+    local, lport = attrs.get("network.local.address"), attrs.get("network.local.port")
+    conn = None
+    if None not in (peer, pport, local, lport):  # HTTP/gRPC rarely set transport: tcp
+        conn = canonical_conn(str(local), lport, str(peer), pport,
+                              str(attrs.get("network.transport") or "tcp"))
+    tid = span.trace_id.lower()
+    return {"trace": tid if tid and tid != _NULL_TRACE else None,
+            "pid": (pod, pid) if pod and pid > 0 else None,
+            "conn": (pod, conn) if pod and conn else None,
+            "svc": (service, node) if service and node else None}
+
+
+class SignalIndex:
+    """Recent signals by join key, sorted by time per key, evicted against a watermark.
+
+    ``service_of`` names a signal's service for the service/node tier: ProbeEvent has no
+    service, so the caller maps it (pod labels, or the ``service.name`` its spans carry);
+    a known answer is cached per pod. Without it that tier never matches.
+    """
+
+    def __init__(self, config: CorrelationConfig | None = None,
+                 service_of: Callable[[ProbeEvent], str | None] | None = None,
+                 bucket_ms: float = 1000.0) -> None:
+        self.config = config or CorrelationConfig()
+        self.service_of = service_of
+        self._bucket = max(1, round(bucket_ms * 1e6))  # eviction granularity
+        # kind -> key -> (ts, signals, ts of flagged, flagged signals), each by time;
+        # flagged = status warning/error. Arrays: compact, and no work for the GC.
+        self.maps: dict[str, dict[Any, tuple[Any, list[ProbeEvent], Any, list[ProbeEvent]]]]
+        self.maps = {k: {} for k in ("trace", "pid", "conn", "svc")}
+        self._svc: dict[str, tuple[str, tuple[str, str]]] = {}  # pod -> (node, key)
+        self._gen_count: dict[int, int] = {}  # signals indexed per generation
+        self._horizon = -(1 << 62)  # generations below this are evicted
+        self.size = self.unindexed = self.late = self.evicted = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _svc_key(self, sig: ProbeEvent) -> tuple[str, str] | None:
+        c = self._svc.get(sig.pod)
+        if c is not None and c[0] == sig.node:
+            return c[1]
+        svc = self.service_of(sig) if self.service_of and sig.node else None
+        if not svc:
+            return None  # not cached: the mapping may become known later
+        if len(self._svc) > 1 << 17:  # pods churn: forget them now and then
+            self._svc.clear()
+        self._svc[sig.pod] = (sig.node, (svc, sig.node))
+        return (svc, sig.node)
+
+    def add(self, signals: Iterable[ProbeEvent]) -> int:
+        """Index signals; returns how many were indexed under at least one key."""
+        m_trace, m_pid, m_conn, m_svc = self.maps.values()
+        counts, bucket, horizon, n = self._gen_count, self._bucket, self._horizon, 0
+        for sig in signals:
+            ts = sig.ts_unix_nano
+            gen = ts // bucket
+            if gen < horizon:
+                self.late += 1  # behind the last eviction: no span may still want it
+                continue
+            flagged = sig.status != "ok"
+            if sig.trace_id and (tid := sig.trace_id.lower()) != _NULL_TRACE:
+                _put(m_trace, tid, ts, sig, flagged)
+            elif pod := sig.pod:
+                hit = sig.pid > 0
+                if hit:
+                    _put(m_pid, (pod, sig.pid), ts, sig, flagged)
+                if sig.conn_tuple is not None and (ck := _tuple_key(sig.conn_tuple)):
+                    _put(m_conn, (pod, ck), ts, sig, flagged)
+                    hit = True
+                if (sk := self._svc_key(sig)) is not None:
+                    _put(m_svc, sk, ts, sig, flagged)
+                elif not hit:
+                    self.unindexed += 1
+                    continue
+            else:
+                self.unindexed += 1
+                continue
+            n += 1
+            counts[gen] = counts.get(gen, 0) + 1
+        self.size += n
+        return n
+
+    def evict(self, watermark_ns: int) -> int:
+        """Drop signals older than ``watermark_ns - window_ms``, in whole generations.
+
+        ``watermark_ns`` (kernel wall clock) promises that no span still to be correlated
+        starts before it. Returns the number of signals evicted.
+        """
+        limit = (watermark_ns - round(self.config.window_ms * 1e6)) // self._bucket
+        if limit <= self._horizon:
+            return 0
+        self._horizon, bound = limit, limit * self._bucket
+        # One sweep over every key per generation: cheaper than recording, at each
+        # insert, which keys a generation touched.
+        for m in self.maps.values():
+            dead = []
+            for key, (tl, sl, ftl, fsl) in m.items():
+                if tl[0] < bound:
+                    i = bisect_left(tl, bound)
+                    if i == len(tl):
+                        dead.append(key)
+                        continue
+                    del tl[:i], sl[:i]
+                    i = bisect_left(ftl, bound)
+                    del ftl[:i], fsl[:i]
+            for key in dead:
+                del m[key]
+        gone = sum(self._gen_count.pop(g) for g in [g for g in self._gen_count if g < limit])
+        self.size -= gone
+        self.evicted += gone
+        return gone
+
+
+class Correlator:
+    """Joins spans to an index's signals; ``clock_offset_ns`` may change at any time."""
+
+    def __init__(self, config: CorrelationConfig | None = None,
+                 index: SignalIndex | None = None, clock_offset_ns: int = 0) -> None:
+        c = self.config = config or (index.config if index is not None else CorrelationConfig())
+        # `is None`, not `or`: an empty index is falsy (it has __len__).
+        self.index = index if index is not None else SignalIndex(c)
+        self.clock_offset_ns = clock_offset_ns
+        self.stats = CorrelatorStats()
+
+        def ns(ms: float) -> int:
+            return round(min(ms, c.window_ms) * 1e6)
+
+        tiers = [(TRACE_ID_EXACT, c.trace_id_confidence, ns(c.window_ms), "trace"),
+                 (POD_PID, c.pod_pid_confidence, ns(c.pod_pid_window_ms), "pid"),
+                 (POD_CONN, c.pod_conn_confidence, ns(c.pod_conn_window_ms), "conn"),
+                 (SERVICE_NODE, c.service_node_confidence, ns(c.service_node_window_ms), "svc")]
+        # Most confident first (stable: ties keep ladder order): a signal that fits
+        # several tiers is claimed by the best, and enriching tiers precede diagnostic.
+        self._tiers = sorted(tiers, key=lambda t: -t[1])
+
+    def add(self, signals: Iterable[ProbeEvent]) -> int:
+        """Shorthand for ``self.index.add``."""
+        return self.index.add(signals)
+
+    def evict(self, watermark_ns: int) -> int:
+        """Shorthand for ``self.index.evict``."""
+        return self.index.evict(watermark_ns)
+
+    def correlate(self, span: Span) -> EnrichedSpan:
+        """Join one span against the indexed signals and update the counters."""
+        c, st, maps, keys = self.config, self.stats, self.index.maps, span_keys(span)
+        s = span.start_unix_nano + self.clock_offset_ns
+        e = max(span.end_unix_nano + self.clock_offset_ns, s)
+        k, thr = c.max_fanout, c.threshold
+        cands: list[tuple[Any, ...]] = []  # the best k enriching joins of each tier
+        diags: list[tuple[Any, ...]] = []
+        claimed: list[tuple[list[ProbeEvent], int, int]] = []  # ranges joined so far
+        seen: set[int] = set()
+        joins = 0
+        for tier, conf, w, kind in self._tiers:
+            if conf < thr and cands:
+                break  # diagnostics only explain spans that nothing enriches
+            key = keys[kind]
+            entry = maps[kind].get(key) if key is not None else None
+            if entry is None:
+                continue
+            tl, sl, *flagged = entry
+            lo, hi = bisect_left(tl, s - w), bisect_right(tl, e + w)
+            if lo == hi:
+                continue
+            if conf < thr:  # diagnostic: only the nearest few are worth returning
+                for i, d in _nearest(tl, sl, lo, hi, s, e, k, seen):
+                    seen.add(id(sl[i]))
+                    diags.append((-conf, abs(d), len(diags), tier, conf, d, sl[i]))
+                continue
+            if claimed:  # a signal under several keys belongs to its most confident tier
+                seen = {id(x) for cl, a, b in claimed for x in cl[a:b]}
+                keep = [j for j in range(lo, hi) if id(sl[j]) not in seen]
+                if len(keep) < hi - lo:
+                    claimed.append((sl, lo, hi))
+                    tl, sl, lo, hi = [tl[j] for j in keep], [sl[j] for j in keep], 0, len(keep)
+                    flagged = []  # they no longer line up with the filtered range
+            if kind != "trace":  # trace-id signals live under no other key
+                claimed.append((sl, lo, hi))
+            joins += hi - lo
+            for ad, sev, d, sig in _best(tl, sl, lo, hi, s, e, k, flagged):
+                cands.append((-conf, ad, sev, len(cands), tier, conf, d, sig))
+        cands.sort()
+        diags.sort()
+        matches = [Match(x[7], x[4], x[5], x[6] / 1e6) for x in cands[:k]]
+        st.spans += 1
+        st.fanout_dropped += joins - len(matches)
+        attrs: dict[str, float] = {}
+        if matches:
+            st.enriched += 1
+            attrs[CONFIDENCE_ATTR] = matches[0].confidence  # sorted: the first is the max
+            for m in matches:
+                st.by_tier[m.tier] = st.by_tier.get(m.tier, 0) + 1
+                name = ATTRIBUTES.get(m.signal.signal)
+                if name is None:
+                    st.unsupported_type += 1
+                elif m.signal.value > attrs.get(name, float("-inf")):
+                    attrs[name] = m.signal.value  # for every attribute higher is worse
+        elif diags:
+            st.low_confidence += 1
+        else:
+            st.unmatched += 1
+        return EnrichedSpan(span, matches, attrs,
+                            [Match(x[6], x[3], x[4], x[5] / 1e6) for x in diags[:k]])
+
+
+def _put(m: dict[Any, Any], key: Any, ts: int, sig: ProbeEvent, flagged: bool) -> None:
+    e = m.get(key)
+    if e is None:
+        e = m[key] = (array("q", (ts,)), [sig], array("q"), [])
+    elif ts >= e[0][-1]:  # kernel streams are nearly in order: append
+        e[0].append(ts)
+        e[1].append(sig)
+    else:
+        _insert(e[0], e[1], ts, sig)
+    if flagged:  # kept apart too, so the fan-out finds them without a scan
+        _insert(e[2], e[3], ts, sig)
+
+
+def _insert(tl: Any, sl: list[ProbeEvent], ts: int, sig: ProbeEvent) -> None:
+    """Insert in time order; stragglers belong near the end, so look there first."""
+    lo = max(0, len(tl) - 8)
+    if lo and tl[lo - 1] > ts:
+        lo = 0
+    i = bisect_right(tl, ts, lo)  # after equal times: arrival order breaks ties
+    tl.insert(i, ts)
+    sl.insert(i, sig)
+
+
+def _best(ts: Any, ss: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
+          flagged: list[Any]) -> list[tuple[int, int, int, ProbeEvent]]:
+    """The k joins in [lo, hi) closest to [s, e] as (|Δ|, -severity, Δ, signal).
+
+    Inside the span (all Δ = 0) flagged signals come first, found in ``flagged`` (their
+    ts and signals) when given. Never scores the whole range: a long span of a busy
+    pid holds hundreds of joins.
+    """
+    if hi - lo <= k:
+        return [(abs(d), -_SEVERITY.get(x.status, 0), d, x)
+                for t, x in zip(ts[lo:hi], ss[lo:hi], strict=True)
+                for d in (t - s if t < s else (t - e if t > e else 0),)]
+    a = bisect_left(ts, s, lo, hi)
+    b = bisect_right(ts, e, a, hi)
+    if b - a < k:  # all of the inside, then the nearest outside
+        return [(abs(d), -_SEVERITY.get(ss[i].status, 0), d, ss[i])
+                for i, d in _nearest(ts, ss, lo, hi, s, e, k, _NONE)]
+    if flagged:
+        inside = flagged[1][bisect_left(flagged[0], s):bisect_right(flagged[0], e)]
+    else:
+        inside = [x for x in ss[a:b] if x.status != "ok"]
+    pick = sorted(((-_SEVERITY.get(x.status, 0), j, x) for j, x in enumerate(inside)),
+                  key=lambda p: p[:2])[:k]
+    j = a
+    while len(pick) < k:  # fewer than k flagged: the earliest routine ones
+        if ss[j].status == "ok":
+            pick.append((0, j, ss[j]))
+        j += 1
+    return [(0, sev, 0, x) for sev, _, x in pick]
+
+
+def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
+             seen: set[int] | frozenset[int]) -> list[tuple[int, int]]:
+    """Up to k (position, Δns) in [lo, hi) closest to [s, e], skipping ``seen``.
+
+    Walks outward from the span rather than scoring the range: a busy service on a
+    node has hundreds of signals in a diagnostic window.
+    """
+    a = bisect_left(tl, s, lo, hi)
+    b = bisect_right(tl, e, a, hi)
+    out = list(islice(((i, 0) for i in range(a, b) if id(sl[i]) not in seen), k))  # Δ = 0
+    left, right = a - 1, b
+    while len(out) < k and (left >= lo or right < hi):
+        if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
+            i, d, left = left, tl[left] - s, left - 1
+        else:
+            i, d, right = right, tl[right] - e, right + 1
+        if id(sl[i]) not in seen:
+            out.append((i, d))
+    return out

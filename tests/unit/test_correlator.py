@@ -1,0 +1,448 @@
+"""Tests for llm_slo.correlator: tiers, windows, gate, threshold, fan-out, merge, eviction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_slo.correlator import (
+    CONFIDENCE_ATTR,
+    POD_CONN,
+    POD_PID,
+    SERVICE_NODE,
+    TRACE_ID_EXACT,
+    CorrelationConfig,
+    Correlator,
+    SignalIndex,
+    canonical_conn,
+    canonical_ip,
+    span_keys,
+)
+from llm_slo.events import ConnTuple
+from llm_slo.probe_event import ProbeEvent
+from llm_slo.spans import Span
+
+MS = 1_000_000
+T0 = 1_700_000_000_000_000_000  # span start, wall clock ns
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+OTHER_TRACE = "00f067aa0ba902b7a3ce929d0e0e4736"
+SERVICES = {"api-0": "api", "api-1": "api", "db-0": "db"}
+CONN = ConnTuple("10.0.0.5", "10.0.0.9", 41000, 443, "tcp")
+
+
+def sig(t_ms: float = 0.0, *, signal: str = "dns_latency_ms", value: float = 1.0,
+        pod: str = "api-0", pid: int = 0, conn: ConnTuple | None = None,
+        trace_id: str | None = None, node: str = "n1", status: str = "ok",
+        ts: int | None = None) -> ProbeEvent:
+    """A ProbeEvent at ``t_ms`` after T0 (exact integer ns via ``ts`` when given)."""
+    return ProbeEvent(ts_unix_nano=ts if ts is not None else T0 + round(t_ms * MS),
+                      signal=signal, node=node, namespace="ns", pod=pod, container="c",
+                      pid=pid, tid=pid, value=value, unit="ms", status=status,  # type: ignore[arg-type]
+                      conn_tuple=conn, trace_id=trace_id)
+
+
+def span(dur_ms: float = 50.0, *, trace_id: str = TRACE, pod: str = "api-0", pid: int = 42,
+         node: str = "n1", service: str = "api", attrs: dict[str, Any] | None = None,
+         start: int = T0) -> Span:
+    res: dict[str, Any] = {"service.name": service, "k8s.node.name": node}
+    if pod:
+        res["k8s.pod.name"] = pod
+    if pid:
+        res["process.pid"] = pid
+    return Span(trace_id=trace_id, span_id="00f067aa0ba902b7", name="chat", start_unix_nano=start,
+                end_unix_nano=start + round(dur_ms * MS), attributes=attrs or {}, resource=res)
+
+
+CONN_ATTRS = {"network.local.address": "10.0.0.5", "network.local.port": 41000,
+              "network.peer.address": "10.0.0.9", "network.peer.port": 443,
+              "network.transport": "tcp"}
+
+
+def run(signals: list[ProbeEvent], sp: Span, config: CorrelationConfig | None = None,
+        offset: int = 0) -> Any:
+    idx = SignalIndex(config, service_of=lambda s: SERVICES.get(s.pod))
+    idx.add(signals)
+    cor = Correlator(config, idx, clock_offset_ns=offset)
+    return cor.correlate(sp), cor
+
+
+def tiers(es: Any) -> list[str]:
+    return [m.tier for m in es.matches]
+
+
+# --- tiers at their window boundaries (span lasts 50 ms: Δt counts from its end) ----------
+
+@pytest.mark.parametrize(("tier", "window", "kw"), [
+    (POD_PID, 100, {"pid": 42}),
+    (POD_CONN, 250, {"conn": CONN}),
+])
+def test_pod_tiers_boundary(tier, window, kw):
+    sp = span(attrs=CONN_ATTRS)
+    end = T0 + 50 * MS
+    hit, _ = run([sig(ts=end + window * MS, **kw)], sp)
+    assert tiers(hit) == [tier]
+    assert hit.matches[0].delta_ms == window
+    before, _ = run([sig(ts=T0 - window * MS, **kw)], sp)
+    assert tiers(before) == [tier] and before.matches[0].delta_ms == -window
+    miss, _ = run([sig(ts=end + window * MS + 1000, **kw)], sp)  # 100.001 ms
+    assert miss.matches == []
+
+
+def test_service_node_boundary_is_diagnostic_only():
+    end = T0 + 50 * MS
+    at, cor = run([sig(ts=end + 500 * MS, pod="api-1")], span())
+    assert at.matches == [] and at.attributes == {}
+    assert [m.tier for m in at.diagnostics] == [SERVICE_NODE]
+    assert at.diagnostics[0].confidence == 0.65
+    assert cor.stats.low_confidence == 1 and cor.stats.enriched == 0
+    out, cor = run([sig(ts=end + 500 * MS + 1000, pod="api-1")], span())
+    assert out.diagnostics == [] and cor.stats.unmatched == 1
+    other_node, _ = run([sig(1, pod="api-1", node="n2")], span())
+    assert other_node.diagnostics == []
+
+
+def test_trace_tier_and_gate():
+    end = T0 + 50 * MS
+    at, _ = run([sig(ts=end + 2000 * MS, trace_id=TRACE.upper(), pod="")], span())
+    assert tiers(at) == [TRACE_ID_EXACT] and at.attributes[CONFIDENCE_ATTR] == 1.0
+    beyond, _ = run([sig(ts=end + 2000 * MS + 1, trace_id=TRACE)], span())
+    assert beyond.matches == []
+    # The gate caps every tier: a wide pod/pid window still stops at window_ms.
+    cfg = CorrelationConfig(window_ms=80, pod_pid_window_ms=100)
+    capped, _ = run([sig(ts=end + 90 * MS, pid=42)], span(), cfg)
+    assert capped.matches == []
+    inside, _ = run([sig(ts=end + 80 * MS, pid=42)], span(), cfg)
+    assert tiers(inside) == [POD_PID]
+
+
+def test_inside_span_is_zero_delta():
+    es, _ = run([sig(25, pid=42)], span())
+    assert es.matches[0].delta_ms == 0.0
+
+
+def test_misses_without_identity():
+    # Different pod, other pid, pid 0, host signal without trace id: no join.
+    signals = [sig(1, pid=42, pod="db-0"), sig(1, pid=43), sig(1, pid=0, pod="api-0"),
+               sig(1, pid=42, pod="")]
+    es, cor = run(signals, span(service="nosvc"))
+    assert es.matches == [] and es.diagnostics == [] and cor.stats.unmatched == 1
+    # A span without pod joins by trace id only.
+    es, _ = run([sig(1, pid=42), sig(1, trace_id=TRACE, pod="")], span(pod=""))
+    assert tiers(es) == [TRACE_ID_EXACT]
+
+
+def test_signal_with_other_trace_id_does_not_join_by_proximity():
+    es, _ = run([sig(1, pid=42, trace_id=OTHER_TRACE)], span())
+    assert es.matches == [] and es.diagnostics == []
+
+
+def test_higher_tier_wins_for_the_same_signal():
+    # Same pod, pid and connection, 50 ms after the end: pod_pid (0.9) beats pod_conn (0.8).
+    s = sig(100, pid=42, conn=CONN)
+    es, _ = run([s], span(attrs=CONN_ATTRS))
+    assert tiers(es) == [POD_PID] and len(es.matches) == 1
+    # At 200 ms after the end only the connection window still holds.
+    es, _ = run([sig(250, pid=42, conn=CONN)], span(attrs=CONN_ATTRS))
+    assert tiers(es) == [POD_CONN]
+    # Reordered confidences reorder the claim.
+    cfg = CorrelationConfig(pod_conn_confidence=0.95)
+    es, _ = run([s], span(attrs=CONN_ATTRS), cfg)
+    assert tiers(es) == [POD_CONN] and es.matches[0].confidence == 0.95
+
+
+def test_threshold_and_confidence_attribute():
+    cfg = CorrelationConfig(pod_pid_confidence=0.69)
+    es, cor = run([sig(1, pid=42)], span(), cfg)
+    assert es.matches == [] and [m.tier for m in es.diagnostics] == [POD_PID]
+    assert cor.stats.low_confidence == 1
+    es, _ = run([sig(1, pid=42), sig(200, conn=CONN)], span(attrs=CONN_ATTRS))
+    assert es.attributes[CONFIDENCE_ATTR] == 0.9
+    # 0.65 only enriches when configured at or above the threshold.
+    cfg = CorrelationConfig(threshold=0.65)
+    es, _ = run([sig(1, pod="api-1")], span(), cfg)
+    assert tiers(es) == [SERVICE_NODE] and es.attributes[CONFIDENCE_ATTR] == 0.65
+
+
+def test_fanout_bound_and_order():
+    signals = [sig(60 + i * 10, pid=42, value=i) for i in range(5)]  # 10..50 ms after end
+    signals += [sig(1, trace_id=TRACE, pod="", value=0.5), sig(300, conn=CONN, value=99)]
+    es, cor = run(signals, span(attrs=CONN_ATTRS))
+    assert tiers(es) == [TRACE_ID_EXACT, POD_PID, POD_PID]
+    assert [m.delta_ms for m in es.matches] == [0.0, 10.0, 20.0]
+    assert cor.stats.fanout_dropped == 4 and cor.stats.by_tier == {TRACE_ID_EXACT: 1, POD_PID: 2}
+    es, cor = run(signals, span(attrs=CONN_ATTRS), CorrelationConfig(max_fanout=10))
+    assert len(es.matches) == 7 and cor.stats.fanout_dropped == 0
+
+
+def test_fanout_prefers_flagged_signals_among_ties():
+    signals = [sig(i, pid=42, value=1) for i in range(1, 6)] + [sig(40, pid=42, value=300,
+                                                                   status="error")]
+    es, _ = run(signals, span())
+    assert es.matches[0].signal.value == 300
+
+
+def test_max_wins_merge():
+    signals = [sig(1, pid=42, value=20), sig(2, pid=42, value=250),
+               sig(3, pid=42, signal="tcp_retransmits_total", value=3)]
+    es, cor = run(signals, span())
+    assert es.attributes == {CONFIDENCE_ATTR: 0.9, "llm.ebpf.dns.latency_ms": 250,
+                             "llm.ebpf.tcp.retransmits": 3}
+    es, cor = run([sig(1, pid=42, signal="disk_io_latency_ms")], span())
+    assert cor.stats.unsupported_type == 1 and es.attributes == {CONFIDENCE_ATTR: 0.9}
+
+
+def test_every_signal_name_maps_to_the_original_attribute():
+    names = {"dns_latency_ms": "llm.ebpf.dns.latency_ms",
+             "tcp_retransmits_total": "llm.ebpf.tcp.retransmits",
+             "runqueue_delay_ms": "llm.ebpf.sched.runqueue_delay_ms",
+             "cpu_steal_pct": "llm.ebpf.cpu.steal_pct",
+             "connect_latency_ms": "llm.ebpf.net.connect_latency_ms",
+             "tls_handshake_ms": "llm.ebpf.tls.handshake_ms",
+             "cfs_throttled_ms": "llm.ebpf.cpu.cfs_throttled_ms",
+             "mem_reclaim_latency_ms": "llm.ebpf.mm.reclaim_latency_ms"}
+    for name, attr in names.items():
+        es, _ = run([sig(1, pid=42, signal=name, value=7)], span())
+        assert es.attributes[attr] == 7
+
+
+# --- canonical connection tuples -----------------------------------------------------------
+
+def test_canonical_ip_forms():
+    assert canonical_ip("::ffff:10.0.0.5") == "10.0.0.5"
+    assert canonical_ip("2001:DB8:0:0::1") == "[2001:db8::1]"
+    assert canonical_ip("[2001:db8::1]") == "[2001:db8::1]"
+    assert canonical_ip("api.openai.com") is None
+    assert canonical_conn("10.0.0.5", "41000", "::FFFF:10.0.0.9", 443, "TCP") == \
+        "10.0.0.5:41000->10.0.0.9:443/tcp"
+    assert canonical_conn("10.0.0.5", 70000, "10.0.0.9", 443) is None
+
+
+def test_conn_tier_across_representations():
+    v4mapped = ConnTuple("::ffff:10.0.0.5", "::FFFF:10.0.0.9", 41000, 443, "TCP")
+    attrs = dict(CONN_ATTRS, **{"network.transport": "TCP"})
+    es, _ = run([sig(1, conn=v4mapped)], span(attrs=attrs))
+    assert tiers(es) == [POD_CONN]
+    v6 = ConnTuple("fd00::5", "FD00:0:0::9", 41000, 443, "tcp")
+    a6 = {"network.local.address": "FD00::5", "network.local.port": 41000,
+          "server.address": "fd00::9", "server.port": 443}  # server.* as peer, tcp default
+    es, _ = run([sig(1, conn=v6)], span(attrs=a6))
+    assert tiers(es) == [POD_CONN]
+    udp = ConnTuple("10.0.0.5", "10.0.0.9", 41000, 443, "udp")
+    es, _ = run([sig(1, conn=udp)], span(attrs=CONN_ATTRS))
+    assert es.matches == []
+
+
+def test_span_keys():
+    k = span_keys(span(attrs=CONN_ATTRS))
+    assert k == {"trace": TRACE, "pid": ("api-0", 42),
+                 "conn": ("api-0", "10.0.0.5:41000->10.0.0.9:443/tcp"), "svc": ("api", "n1")}
+    k = span_keys(span(pod="", pid=0, node="", trace_id="0" * 32))
+    assert k == {"trace": None, "pid": None, "conn": None, "svc": None}
+
+
+# --- clocks and eviction -------------------------------------------------------------------
+
+def test_clock_offset_aligns_span_to_kernel_time():
+    off = 5_000 * MS  # span clock runs 5 s behind the kernel's wall clock
+    s = sig(5_000 + 1, pid=42)
+    es, _ = run([s], span(), offset=off)
+    assert tiers(es) == [POD_PID] and es.matches[0].delta_ms == 0
+    es, _ = run([s], span())
+    assert es.matches == []
+
+
+def test_eviction_by_watermark():
+    idx = SignalIndex(bucket_ms=100)
+    old, fresh = sig(0, pid=42), sig(3_000, pid=42)
+    assert idx.add([old, fresh]) == 2 and len(idx) == 2
+    # Watermark - gate = T0 exactly: T0 is not older than the gate, it stays.
+    assert idx.evict(T0 + 2_000 * MS) == 0 and len(idx) == 2
+    assert idx.evict(T0 + 2_100 * MS) == 1 and len(idx) == 1
+    cor = Correlator(index=idx)
+    assert cor.correlate(span()).matches == []
+    assert tiers(cor.correlate(span(start=T0 + 3_000 * MS))) == [POD_PID]
+    assert idx.add([sig(10, pid=42)]) == 0 and idx.late == 1  # behind the watermark
+    idx.evict(T0 + 10_000 * MS)
+    assert len(idx) == 0 and all(not m for m in idx.maps.values())
+
+
+def test_out_of_order_signals_are_sorted():
+    idx = SignalIndex()
+    idx.add([sig(30, pid=42), sig(10, pid=42), sig(20, pid=42)])
+    assert list(idx.maps["pid"][("api-0", 42)][0]) == sorted(idx.maps["pid"][("api-0", 42)][0])
+    assert idx.unindexed == 0
+    idx.add([sig(1, pod="", pid=5), sig(1, pod="x", pid=0)])
+    assert idx.unindexed == 2
+
+
+def test_config_validation_and_defaults():
+    c = CorrelationConfig()
+    assert (c.window_ms, c.pod_pid_window_ms, c.pod_conn_window_ms,
+            c.service_node_window_ms) == (2000, 100, 250, 500)
+    assert (c.trace_id_confidence, c.pod_pid_confidence, c.pod_conn_confidence,
+            c.service_node_confidence, c.threshold, c.max_fanout) == (1.0, 0.9, 0.8, 0.65, 0.7, 3)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"threshold": 1.5}, CorrelationConfig)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"max_fanout": 0}, CorrelationConfig)
+
+
+# --- properties ----------------------------------------------------------------------------
+
+PODS = ["api-0", "api-1", "db-0", ""]
+TRACES = [TRACE, OTHER_TRACE, None]
+CONNS = [CONN, ConnTuple("::ffff:10.0.0.5", "10.0.0.9", 41000, 443, "TCP"), None]
+
+
+@st.composite
+def signal_st(draw: Any, pods: list[str] = PODS) -> ProbeEvent:
+    return sig(ts=T0 + draw(st.integers(-3_000 * MS, 3_000 * MS)),
+               pod=draw(st.sampled_from(pods)), pid=draw(st.sampled_from([0, 42, 43])),
+               conn=draw(st.sampled_from(CONNS)), trace_id=draw(st.sampled_from(TRACES)),
+               node=draw(st.sampled_from(["n1", "n2"])), value=draw(st.floats(0, 1000)),
+               status=draw(st.sampled_from(["ok", "warning", "error"])),
+               signal=draw(st.sampled_from(["dns_latency_ms", "runqueue_delay_ms"])))
+
+
+configs = st.builds(CorrelationConfig,
+                    window_ms=st.sampled_from([50.0, 300.0, 2000.0]),
+                    threshold=st.sampled_from([0.6, 0.7, 0.85]),
+                    max_fanout=st.integers(1, 5))
+spans_st = st.builds(lambda d, o: span(d, attrs=CONN_ATTRS, start=T0 + o * MS),
+                     st.integers(0, 1_500), st.integers(-500, 500))
+
+
+def _tier_of(c: CorrelationConfig) -> dict[str, tuple[float, float]]:
+    return {TRACE_ID_EXACT: (c.trace_id_confidence, c.window_ms),
+            POD_PID: (c.pod_pid_confidence, c.pod_pid_window_ms),
+            POD_CONN: (c.pod_conn_confidence, c.pod_conn_window_ms),
+            SERVICE_NODE: (c.service_node_confidence, c.service_node_window_ms)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(signal_st(), max_size=30), spans_st, configs)
+def test_match_invariants(signals, sp, cfg):
+    es, cor = run(signals, sp, cfg)
+    tier_of = _tier_of(cfg)
+    assert len(es.matches) <= cfg.max_fanout and len(es.diagnostics) <= cfg.max_fanout
+    for m in es.matches + es.diagnostics:
+        conf, window = tier_of[m.tier]
+        assert m.confidence == conf
+        assert abs(m.delta_ms) <= min(window, cfg.window_ms) + 1e-9
+    assert all(m.confidence >= cfg.threshold for m in es.matches)
+    assert all(m.confidence < cfg.threshold for m in es.diagnostics)
+    keys = [(-m.confidence, abs(m.delta_ms)) for m in es.matches]
+    assert keys == sorted(keys)
+    if es.matches:
+        assert es.attributes[CONFIDENCE_ATTR] == max(m.confidence for m in es.matches)
+    else:
+        assert es.attributes == {}
+    s = cor.stats
+    assert s.enriched + s.low_confidence + s.unmatched == s.spans == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(signal_st(), max_size=20), st.lists(signal_st(["web-0", "web-1"]), max_size=20),
+       spans_st, configs)
+def test_unrelated_signals_never_remove_a_match(signals, noise, sp, cfg):
+    # Noise: other pods, of no known service, never carrying this span's trace id.
+    noise = [msgspec.structs.replace(n, trace_id=None if n.trace_id == TRACE else n.trace_id)
+             for n in noise]
+    base, _ = run(signals, sp, cfg)
+    more, _ = run(signals + noise, sp, cfg)
+    assert [id(m.signal) for m in more.matches] == [id(m.signal) for m in base.matches]
+    assert more.attributes == base.attributes
+
+
+def _oracle(signals: list[ProbeEvent], sp: Span, c: CorrelationConfig) -> tuple[list, list]:
+    """Brute force over every signal: its best tier, then the (confidence, |Δt|) order."""
+    s, e = sp.start_unix_nano, sp.end_unix_nano
+    keys = span_keys(sp)
+    enrich, diag = [], []
+    for g in signals:
+        t = g.ts_unix_nano
+        d = max(s - t, t - e, 0) / MS
+        ok: list[float] = []
+        if g.trace_id:
+            if g.trace_id.lower() == keys["trace"] and d <= c.window_ms:
+                ok.append(c.trace_id_confidence)
+        elif g.pod:
+            w = {k: min(v, c.window_ms) for k, v in (("pid", c.pod_pid_window_ms),
+                 ("conn", c.pod_conn_window_ms), ("svc", c.service_node_window_ms))}
+            if g.pid > 0 and (g.pod, g.pid) == keys["pid"] and d <= w["pid"]:
+                ok.append(c.pod_pid_confidence)
+            ck = g.conn_tuple and canonical_conn(g.conn_tuple.src_ip, g.conn_tuple.src_port,
+                                                 g.conn_tuple.dst_ip, g.conn_tuple.dst_port,
+                                                 g.conn_tuple.protocol)
+            if ck and (g.pod, ck) == keys["conn"] and d <= w["conn"]:
+                ok.append(c.pod_conn_confidence)
+            if (SERVICES.get(g.pod), g.node) == keys["svc"] and d <= w["svc"]:
+                ok.append(c.service_node_confidence)
+        if ok:
+            (enrich if max(ok) >= c.threshold else diag).append((-max(ok), round(d, 6), g))
+    # Enriching: inside the span, flagged signals win ties.
+    return (sorted(_key(conf, d, g) for conf, d, g in enrich),
+            sorted((conf, d) for conf, d, _ in diag))
+
+
+def _key(neg_conf: float, abs_d: float, g: ProbeEvent) -> tuple[float, float, int]:
+    return (neg_conf, abs_d, -SEVERITY[g.status] if abs_d == 0 else 0)
+
+
+SEVERITY = {"ok": 0, "warning": 1, "error": 2}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(signal_st(), max_size=40), spans_st, configs)
+def test_agrees_with_brute_force(signals, sp, cfg):
+    es, cor = run(signals, sp, cfg)
+    enrich, diag = _oracle(signals, sp, cfg)
+    k = cfg.max_fanout
+    got = [_key(-m.confidence, round(abs(m.delta_ms), 6), m.signal) for m in es.matches]
+    assert sorted(got) == enrich[:k]
+    # Diagnostics are searched only for spans without an enriching join.
+    want = [] if enrich else diag[:k]
+    assert [(-m.confidence, round(abs(m.delta_ms), 6)) for m in es.diagnostics] == want
+    assert cor.stats.fanout_dropped == max(0, len(enrich) - k)
+
+
+def test_correlator_keeps_an_index_that_is_still_empty():
+    idx = SignalIndex()
+    cor = Correlator(index=idx)
+    idx.add([sig(1, pid=42)])
+    assert cor.index is idx and tiers(cor.correlate(span())) == [POD_PID]
+
+
+def test_overlapping_keys_with_flagged_ties():
+    # Two signals fit pod_pid and pod_conn (pod_pid claims them); five more, all inside
+    # the span, fit only the connection: in the conn tier's filtered range the flagged
+    # one still wins the tie.
+    both = [sig(i, pid=42, conn=CONN) for i in (1, 2)]
+    conn_only = [sig(10 + i, pid=43, conn=CONN, status="warning" if i == 4 else "ok")
+                 for i in range(5)]
+    es, cor = run(both + conn_only, span(attrs=CONN_ATTRS))
+    assert tiers(es) == [POD_PID, POD_PID, POD_CONN]
+    assert es.matches[2].signal.status == "warning"
+    assert cor.stats.fanout_dropped == 4  # 7 joins, each signal counted once
+
+
+def test_service_learned_later_is_used():
+    known: dict[str, str] = {}
+    idx = SignalIndex(service_of=lambda s: known.get(s.pod))
+    idx.add([sig(1, pod="api-1")])
+    known["api-1"] = "api"
+    idx.add([sig(2, pod="api-1")])
+    es = Correlator(index=idx).correlate(span())
+    assert [m.signal.ts_unix_nano for m in es.diagnostics] == [T0 + 2 * MS]
+
+
+def test_flagged_signals_are_evicted_too():
+    idx = SignalIndex(bucket_ms=100)
+    idx.add([sig(0, pid=42, status="error"), sig(3_000, pid=42, status="error")])
+    idx.evict(T0 + 2_100 * MS)
+    tl, sl, ftl, fsl = idx.maps["pid"][("api-0", 42)]
+    assert list(tl) == list(ftl) == [T0 + 3_000 * MS] and sl == fsl
