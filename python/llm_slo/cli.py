@@ -120,7 +120,90 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--attach-mode", choices=("auto", "tp_btf", "raw_tp"), default="auto",
                        help="tracepoint flavour: tp_btf needs kernel BTF; raw_tp works "
                        "without it (with --btf); auto picks (default)")
+    agent = sub.add_parser(
+        "agent",
+        help="run the agent: probes, OTLP span intake, SLOs, correlation, attribution",
+        description="Runs everything in one process: kernel probes, an OTLP/HTTP trace "
+        "receiver (POST /v1/traces), LLM SLIs and burn rates, correlation of spans with "
+        "kernel signals, and fault-domain attribution of every SLO violation. Results go "
+        "to JSONL files and/or an OTLP/HTTP logs endpoint. Flags override the config "
+        "file. Stops cleanly on SIGTERM/SIGINT.",
+        epilog="example:\n  sloctl agent --output-dir /var/lib/llm-slo "
+        "--otlp-endpoint http://otel-collector:4318/v1/logs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    agent.add_argument("--config", metavar="FILE", help="YAML or JSON config "
+                       "(schema: contracts/config.schema.json)")
+    agent.add_argument("--output", choices=("jsonl", "none"),
+                       help="jsonl: write probe-events, slo-events and attributions .jsonl")
+    agent.add_argument("--output-dir", metavar="DIR", help="directory for --output jsonl")
+    agent.add_argument("--otlp-endpoint", metavar="URL",
+                       help="OTLP/HTTP logs endpoint, e.g. http://collector:4318/v1/logs")
+    agent.add_argument("--listen", metavar="HOST:PORT",
+                       help="OTLP/HTTP trace receiver address (default 127.0.0.1:4318)")
+    agent.add_argument("--signals", metavar="A,B", help="comma-separated signals (default: all)")
+    agent.add_argument("--interval", type=_positive, metavar="S",
+                       help="probe poll and evaluation tick in seconds (default 1)")
+    agent.add_argument("--node", help="node name (default: $NODE_NAME or hostname)")
+
+    replay = sub.add_parser(
+        "replay",
+        help="re-run correlation and attribution over recorded JSONL, without a kernel",
+        description="Feeds recorded spans and ProbeEvents through the same engine as the "
+        "agent, in timestamp order, and writes slo-events.jsonl and attributions.jsonl.",
+    )
+    replay.add_argument("--spans", required=True, metavar="FILE",
+                        help="JSONL of Span objects (one per line)")
+    replay.add_argument("--signals", required=True, metavar="FILE",
+                        help="JSONL of ProbeEvents (e.g. an agent's probe-events.jsonl)")
+    replay.add_argument("--out", required=True, metavar="DIR")
+    replay.add_argument("--config", metavar="FILE", help="agent config whose engine section "
+                        "to use")
+    replay.add_argument("--tick", type=_positive, default=1.0, metavar="S",
+                        help="evaluation tick in seconds of recorded time (default 1)")
     return p
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llm_slo.agent import Agent
+    from llm_slo.config import IntakeConfig, load_config
+    from llm_slo.probes import parse_signals
+
+    cfg = load_config(args.config)
+    outputs = cfg.outputs
+    if args.output == "jsonl" and not (args.output_dir or outputs.jsonl_dir):
+        raise ConfigError("--output jsonl needs --output-dir (or outputs.jsonl_dir)")
+    if args.output_dir or args.output == "none":
+        outputs = msgspec.structs.replace(
+            outputs, jsonl_dir=None if args.output == "none" else args.output_dir)
+    if args.otlp_endpoint:
+        outputs = msgspec.structs.replace(outputs, otlp_endpoint=args.otlp_endpoint)
+    changes: dict[str, object] = {"outputs": outputs}
+    if args.listen:
+        changes["intake"] = IntakeConfig(listen=args.listen,
+                                         max_body_bytes=cfg.intake.max_body_bytes)
+    if args.signals:
+        changes["signal_set"] = parse_signals(args.signals)
+    if args.interval:
+        changes["interval_s"] = args.interval
+    if args.node:
+        changes["node"] = args.node
+    cfg = msgspec.structs.replace(cfg, **changes)
+    if not cfg.outputs.jsonl_dir and not cfg.outputs.otlp_endpoint:
+        raise ConfigError("no output: pass --output-dir DIR and/or --otlp-endpoint URL")
+    return asyncio.run(Agent(cfg).run())
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from llm_slo.config import load_config
+    from llm_slo.replay import replay
+
+    cfg = load_config(args.config)
+    totals = replay(args.spans, args.signals, args.out, cfg.engine, tick_s=args.tick)
+    print(msgspec.json.encode(totals).decode())
+    return 0
 
 
 def _prereq(args: argparse.Namespace) -> int:
@@ -175,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``sloctl``; returns the exit code."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    handlers = {"prereq": _prereq, "btf": _btf, "probe": _watch}
+    handlers = {"prereq": _prereq, "btf": _btf, "probe": _watch, "agent": _agent,
+                "replay": _replay}
     try:
         return handlers[args.command](args)
     except ConfigError as e:

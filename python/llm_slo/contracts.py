@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from llm_slo.config import AgentConfig
 from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent
 from llm_slo.slo_event import SloEvent
@@ -25,6 +26,7 @@ SCHEMAS: dict[str, tuple[type[Any], str]] = {
     "v1alpha1/probe-event.schema.json": (ProbeEvent, "ProbeEvent"),
     "v1/slo-event.schema.json": (SloEvent, "SloEvent"),
     "v1/incident-attribution.schema.json": (IncidentAttribution, "IncidentAttribution"),
+    "config.schema.json": (AgentConfig, "ToolkitConfig"),
 }
 
 

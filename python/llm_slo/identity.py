@@ -130,6 +130,17 @@ def parse_cgroup_path(path: str) -> ContainerRef | None:
     return None
 
 
+def cgroup_id_under(root: str, path: str) -> int:
+    """Id of the cgroup at ``path`` relative to the cgroup2 mount ``root``; 0 if none.
+
+    On hybrid hosts a v1 path (e.g. from ``cpu.stat`` polling) usually has a v2 twin.
+    """
+    try:
+        return cgroup_id_of_path(root + path) if root else 0
+    except OSError:
+        return 0
+
+
 def cgroup_id_of_path(path: str) -> int:
     """BPF cgroup id of a cgroup2 directory (its inode number)."""
     return os.stat(path).st_ino

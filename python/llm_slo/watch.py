@@ -18,7 +18,7 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from llm_slo.identity import CgroupResolver, cgroup_id_of_path
+from llm_slo.identity import CgroupResolver, cgroup_id_under
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder, wall_offset_ns
 from llm_slo.probes import ProbeSet
@@ -79,14 +79,7 @@ async def run_watch(
     """Poll until ``duration_s`` passes or a signal arrives; returns run totals."""
     resolver = CgroupResolver()
     root2 = cgroup2_mount()
-
-    def v2_id(path: str) -> int:
-        try:
-            return cgroup_id_of_path(root2 + path) if root2 else 0
-        except OSError:
-            return 0
-
-    builder = ProbeEventBuilder(node, resolver.resolve, v2_id)
+    builder = ProbeEventBuilder(node, resolver.resolve, lambda p: cgroup_id_under(root2, p))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

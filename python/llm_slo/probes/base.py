@@ -26,7 +26,7 @@ KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 BPF_DIR = Path(os.environ.get("LLM_SLO_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
 
 
-class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True):
+class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Tunables shared by the probes; defaults suit a busy node."""
 
     ringbuf_bytes: int = 256 * 1024

@@ -1,0 +1,172 @@
+"""``sloctl agent``: probes, span intake, identity, correlator, attributor and outputs in
+one asyncio process.
+
+The shell around :class:`~llm_slo.engine.SloEngine`: it polls the probes, turns kernel
+records into identified ProbeEvents, receives OTLP spans, maps each span's
+``process.pid`` to its cgroup (so the engine knows a service's cgroups), ticks the
+engine and writes results to JSONL files and/or an OTLP/HTTP logs endpoint. SIGTERM
+and SIGINT stop it cleanly: outputs flushed, every BPF link detached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import structlog
+
+from llm_slo.config import AgentConfig, parse_listen
+from llm_slo.engine import SloEngine
+from llm_slo.identity import (
+    CgroupResolver,
+    cgroup_id_of_path,
+    cgroup_id_under,
+    process_cgroup_path,
+)
+from llm_slo.mounts import cgroup2_mount
+from llm_slo.otlp_export import OtlpLogExporter
+from llm_slo.otlp_receiver import OtlpReceiver
+from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder, wall_offset_ns
+from llm_slo.probes import ProbeSet
+from llm_slo.spans import Span
+
+log = structlog.get_logger("agent")
+
+OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
+                "attribution": "attributions.jsonl"}
+
+
+class JsonlOutputs:
+    """One JSONL file per record kind in ``directory``, flushed after each batch."""
+
+    def __init__(self, directory: str) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, IO[bytes]] = {
+            kind: open(Path(directory) / name, "ab")  # noqa: SIM115 - closed in close()
+            for kind, name in OUTPUT_FILES.items()
+        }
+        self._enc = msgspec.json.Encoder()
+
+    def write(self, kind: str, records: list[Any]) -> None:
+        if records:
+            f = self._files[kind]
+            f.write(b"".join(self._enc.encode(r) + b"\n" for r in records))
+            f.flush()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+class PidCgroups(dict[int, int]):
+    """pid -> cgroup v2 id, read from /proc on first sight of a span's ``process.pid``."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = root
+
+    def learn(self, spans: list[Span]) -> None:
+        for span in spans:
+            pid = span.attr("process.pid")
+            if not isinstance(pid, int) or pid <= 0 or pid in self or not self.root:
+                continue
+            with contextlib.suppress(OSError):
+                path = process_cgroup_path(pid)
+                if path:
+                    self[pid] = cgroup_id_of_path(self.root + path)
+
+
+class Agent:
+    """The running agent; ``run()`` returns after ``stop()`` or a signal."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.node = config.node or os.environ.get("NODE_NAME") or socket.gethostname()
+        root = cgroup2_mount()
+        self.pid_cgroups = PidCgroups(root)
+        self.engine = SloEngine(config.engine, cgroup_of_pid=self.pid_cgroups)
+        self.resolver = CgroupResolver()
+        self.builder = ProbeEventBuilder(self.node, self.resolver.resolve,
+                                         lambda p: cgroup_id_under(root, p))
+        self.probes = ProbeSet(config.signal_set, config.probes)
+        host, port = parse_listen(config.intake.listen)
+        self.receiver = OtlpReceiver(self._on_spans, host, port, config.intake.max_body_bytes)
+        out = config.outputs
+        self.jsonl = JsonlOutputs(out.jsonl_dir) if out.jsonl_dir else None
+        self.exporter = (OtlpLogExporter(out.otlp_endpoint, node=self.node)
+                         if out.otlp_endpoint else None)
+        self._stop = asyncio.Event()
+        self.counters = {"probe_events": 0, "slo_events": 0, "attributions": 0}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:
+        if self.jsonl:
+            self.jsonl.write(kind, records)
+        if self.exporter:
+            for rec, (ts, status) in zip(records, ts_status, strict=True):
+                self.exporter.submit(kind, rec, ts, status)
+
+    def _on_spans(self, spans: list[Span]) -> None:
+        self.pid_cgroups.learn(spans)
+        events = self.engine.add_spans(spans)
+        now = time.time_ns()
+        self._emit("slo", events, [(now, e.status) for e in events])
+        self.counters["slo_events"] += len(events)
+
+    def _poll(self) -> None:
+        records = self.probes.poll(time.monotonic_ns())
+        offset, now = wall_offset_ns(), time.time_ns()
+        events: list[ProbeEvent] = [self.builder.build(r, offset, now) for r in records]
+        self.engine.add_signals(events)
+        if self.config.outputs.probe_events:
+            self._emit("probe", events, [(e.ts_unix_nano, e.status) for e in events])
+        self.counters["probe_events"] += len(events)
+        atts = self.engine.tick(time.time_ns())
+        self._emit("attribution", atts, [(now, "breach") for _ in atts])
+        self.counters["attributions"] += len(atts)
+        for a in atts:
+            log.info("attribution", service=a.service, domain=a.predicted_fault_domain,
+                     confidence=round(a.confidence, 3), abstain=a.abstain, sli=a.slo_impact.sli)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.probes.open()
+        for sig, reason in self.probes.failures.items():
+            log.warning("signal unavailable", signal=sig, reason=reason)
+        try:
+            await self.receiver.start()
+            if self.exporter:
+                await self.exporter.start()
+            log.info("agent running", node=self.node, signals=sorted(self.probes.probes),
+                     otlp_traces=f"http://{self.config.intake.listen}/v1/traces",
+                     jsonl_dir=self.config.outputs.jsonl_dir,
+                     otlp_logs=self.config.outputs.otlp_endpoint)
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.config.interval_s)
+                self._poll()
+            return 0
+        finally:
+            probe_counters = self.probes.counters()
+            await self.receiver.stop()
+            if self.exporter:
+                await self.exporter.stop()
+            self.probes.close()
+            if self.jsonl:
+                self.jsonl.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("agent stopped", **self.counters, engine=self.engine.counters,
+                     probes=probe_counters,
+                     exporter=self.exporter.counters if self.exporter else {})

@@ -1,0 +1,217 @@
+"""The SLO engine: spans and kernel signals in; SLO events, enriched spans and
+attributions out. Pure: no sockets, files or clocks (time comes in as arguments), so
+the live agent and ``sloctl replay`` run exactly the same logic.
+
+Per span: correlate with kernel signals, derive SLI samples, judge them against the
+thresholds (SloEvents), feed the burn-rate book. Per tick: every breach or burn-rate
+alert since the last tick becomes a Violation, explained by the attributor from the
+violating workload's recent kernel signals against its own learned baseline; calm
+windows teach that baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict, deque
+from collections.abc import Iterable
+
+import msgspec
+
+from llm_slo.attributor import AttributionConfig, Violation, attribute_violation
+from llm_slo.baseline import (
+    AppEvidence,
+    Baseline,
+    BaselineConfig,
+    WindowFeatures,
+    features_from,
+    workload_key,
+)
+from llm_slo.burn_rate import DEFAULT_RULES, AlertRule, SloBook, SloObjective
+from llm_slo.correlator import CorrelationConfig, Correlator
+from llm_slo.incident import IncidentAttribution
+from llm_slo.probe_event import ProbeEvent
+from llm_slo.sli import SliSample, SliThresholds, evaluate, slis_from_span, to_slo_event
+from llm_slo.slo_event import SloEvent
+from llm_slo.spans import Span
+
+NS = 1_000_000_000
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the engine decides with; defaults are the documented ones."""
+
+    window_s: float = 10.0  # evaluation window: features, baseline updates, attribution
+    cooldown_s: float = 30.0  # at most one attribution per (service, SLI) in this time
+    signal_retention_s: float = 120.0
+    thresholds: SliThresholds = msgspec.field(default_factory=SliThresholds)
+    objectives: list[SloObjective] = msgspec.field(default_factory=lambda: [
+        SloObjective(name="ttft", sli_name="ttft_ms", target=0.99),
+        SloObjective(name="errors", sli_name="error_rate", target=0.99),
+    ])
+    rules: list[AlertRule] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
+    correlation: CorrelationConfig = msgspec.field(default_factory=CorrelationConfig)
+    attribution: AttributionConfig = msgspec.field(default_factory=AttributionConfig)
+    baseline: BaselineConfig = msgspec.field(default_factory=BaselineConfig)
+
+
+class _Workload:
+    """What the engine knows of one service: its cgroups and its recent evidence."""
+
+    def __init__(self, cluster: str, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.cgroups: set[int] = set()
+        self.pids: set[int] = set()
+        self.samples: deque[tuple[int, SliSample, str]] = deque()
+        self.violations: list[tuple[SliSample, str]] = []
+        self.last_violation_ns = 0
+
+
+class SloEngine:
+    """Stateful core; see the module docstring. Time is Unix nanoseconds throughout."""
+
+    def __init__(self, config: EngineConfig | None = None, *,
+                 cgroup_of_pid: dict[int, int] | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.correlator = Correlator(self.config.correlation)
+        self.book = SloBook(self.config.objectives, self.config.rules)
+        self.baseline = Baseline(self.config.baseline)
+        # pid -> cgroup id, filled by the shell (from /proc) or by replay input.
+        self.cgroup_of_pid = cgroup_of_pid if cgroup_of_pid is not None else {}
+        self._signals: deque[ProbeEvent] = deque()
+        self._by_cgroup: dict[int, deque[ProbeEvent]] = defaultdict(deque)
+        self._workloads: dict[str, _Workload] = {}
+        self._cooldown: dict[tuple[str, str], int] = {}
+        self._last_window_ns = 0
+        self.counters = {"spans": 0, "signals": 0, "slo_events": 0, "attributions": 0,
+                         "abstained": 0}
+
+    # ---- intake --------------------------------------------------------------------
+
+    def add_signals(self, events: Iterable[ProbeEvent]) -> None:
+        """Kernel signals (already identified): index for joins, keep per cgroup."""
+        batch = list(events)
+        self.correlator.add(batch)
+        for ev in batch:
+            self._by_cgroup[ev.cgroup_id].append(ev)
+        self.counters["signals"] += len(batch)
+
+    def add_spans(self, spans: Iterable[Span]) -> list[SloEvent]:
+        """Judge every SLI of every span; returns the SloEvents (breaches included)."""
+        out = []
+        for span in spans:
+            self.counters["spans"] += 1
+            enriched = self.correlator.correlate(span)
+            work = self._workload(span)
+            for m in enriched.matches:
+                if m.signal.cgroup_id:
+                    work.cgroups.add(m.signal.cgroup_id)
+            for sample in slis_from_span(span):
+                status = evaluate(sample, self.config.thresholds)
+                self.book.observe(sample, status)
+                work.samples.append((sample.ts_unix_nano, sample, status))
+                if status == "breach":
+                    work.violations.append((sample, status))
+                out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
+        self.counters["slo_events"] += len(out)
+        return out
+
+    def _workload(self, span: Span) -> _Workload:
+        service = span.service
+        work = self._workloads.get(service)
+        if work is None:
+            work = self._workloads[service] = _Workload(
+                str(span.resource.get("k8s.cluster.name", "")),
+                str(span.resource.get("k8s.namespace.name", "")))
+        pid = span.attr("process.pid")
+        if isinstance(pid, int) and pid > 0 and pid not in work.pids:
+            work.pids.add(pid)
+            cgroup = self.cgroup_of_pid.get(pid)
+            if cgroup:
+                work.cgroups.add(cgroup)
+        return work
+
+    # ---- evaluation ----------------------------------------------------------------
+
+    def tick(self, now_ns: int) -> list[IncidentAttribution]:
+        """Explain violations since the last tick; learn baselines from calm windows."""
+        window_ns = int(self.config.window_s * NS)
+        self._expire(now_ns)
+        alerts = {(a.service, a.sli_name): a for a in self.book.alerts(now_ns)}
+        out: list[IncidentAttribution] = []
+        for service, work in self._workloads.items():
+            features = self._features(work, now_ns - window_ns, now_ns)
+            triggers = {s.sli_name: s for s, _ in work.violations}
+            for svc, sli in alerts:
+                if svc == service:
+                    triggers.setdefault(sli, None)  # type: ignore[arg-type]
+            work.violations.clear()
+            fired = False
+            for sli, sample in triggers.items():
+                if now_ns - self._cooldown.get((service, sli), -(1 << 62)) < \
+                        self.config.cooldown_s * NS:
+                    continue
+                alert = alerts.get((service, sli))
+                violation = Violation(
+                    service=service, cluster=work.cluster, namespace=work.namespace or None,
+                    sli=sli, burn_rate=alert.burn_rate_long if alert else 0.0,
+                    window_minutes=max(1, int((alert.long_window_s if alert else 300) // 60)),
+                    ts=now_ns / NS,
+                    trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
+                    request_ids=(sample.request_id,) if sample else ())
+                att = attribute_violation(violation, features, self.baseline,
+                                          self.config.attribution)
+                self._cooldown[(service, sli)] = now_ns
+                self.counters["attributions"] += 1
+                self.counters["abstained"] += att.abstain
+                out.append(att)
+                fired = True
+            if fired:
+                work.last_violation_ns = now_ns
+            elif now_ns - self._last_window_ns >= window_ns and \
+                    now_ns - work.last_violation_ns > 2 * window_ns:
+                self.baseline.update_window(self._key(service, work), features, now_ns / NS)
+        if now_ns - self._last_window_ns >= window_ns:
+            self._last_window_ns = now_ns
+        return out
+
+    def _key(self, service: str, work: _Workload) -> str:
+        return workload_key(work.cluster, work.namespace or None, service)
+
+    def _features(self, work: _Workload, start_ns: int, end_ns: int) -> WindowFeatures:
+        signals = [ev for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())
+                   if start_ns <= ev.ts_unix_nano <= end_ns]
+        active = {ev.signal for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())}
+        return features_from(signals, _app_evidence(work, start_ns, end_ns),
+                             active_signals=active, own_cgroup_ids=work.cgroups)
+
+    def _expire(self, now_ns: int) -> None:
+        horizon = now_ns - int(self.config.signal_retention_s * NS)
+        for dq in self._by_cgroup.values():
+            while dq and dq[0].ts_unix_nano < horizon:
+                dq.popleft()
+        for work in self._workloads.values():
+            while work.samples and work.samples[0][0] < horizon:
+                work.samples.popleft()
+        self.correlator.evict(now_ns - int(self.config.correlation.window_ms * 1e6))
+
+
+def _app_evidence(work: _Workload, start_ns: int, end_ns: int) -> AppEvidence:
+    provider = [s for ts, s, _ in work.samples
+                if start_ns <= ts <= end_ns and s.sli_name == "provider_error_rate"]
+    retrieval = sorted(s.value for ts, s, _ in work.samples
+                       if start_ns <= ts <= end_ns and s.sli_name == "retrieval_latency_ms")
+    return AppEvidence(
+        provider_requests=len(provider),
+        provider_429=sum(s.detail == "429" for s in provider),
+        provider_5xx=sum(s.detail == "5xx" for s in provider),
+        retrieval_count=len(retrieval),
+        retrieval_mean_ms=sum(retrieval) / len(retrieval) if retrieval else 0.0,
+        retrieval_p99_ms=retrieval[min(len(retrieval) - 1, int(0.99 * len(retrieval)))]
+        if retrieval else 0.0,
+    )
+
+
+def _event_id(sample: SliSample) -> str:
+    raw = f"{sample.trace_id}/{sample.span_id}/{sample.sli_name}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
