@@ -41,8 +41,9 @@ lint: deps ## ruff over python/ and tests/
 demo: deps ## watch every signal live for ~20 s while real traffic runs
 	$(PY) scripts/demo.py
 
-bench: deps ## drain/decode and kernel-cost benchmarks into docs/benchmarks/
+bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs/benchmarks/
 	$(PY) scripts/bench_ringbuf.py
+	$(PY) scripts/bench_correlator.py
 
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
 	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'
