@@ -33,7 +33,7 @@ from llm_slo.identity import (
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
 from llm_slo.otlp_receiver import OtlpReceiver
-from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder, wall_offset_ns
+from llm_slo.probe_event import PodName, ProbeEvent, ProbeEventBuilder, wall_offset_ns
 from llm_slo.probes import ProbeSet
 from llm_slo.spans import Span
 
@@ -66,11 +66,16 @@ class JsonlOutputs:
 
 
 class PidCgroups(dict[int, int]):
-    """pid -> cgroup v2 id, read from /proc on first sight of a span's ``process.pid``."""
+    """pid -> cgroup v2 id, read from /proc on first sight of a span's ``process.pid``.
+
+    The same span resource names the pod (``k8s.namespace.name``, ``k8s.pod.name``,
+    ``k8s.container.name``), so the cgroup's ProbeEvents can carry those names too.
+    """
 
     def __init__(self, root: str) -> None:
         super().__init__()
         self.root = root
+        self.pods: dict[int, PodName] = {}
 
     def learn(self, spans: list[Span]) -> None:
         for span in spans:
@@ -80,7 +85,12 @@ class PidCgroups(dict[int, int]):
             with contextlib.suppress(OSError):
                 path = process_cgroup_path(pid)
                 if path:
-                    self[pid] = cgroup_id_of_path(self.root + path)
+                    cgroup = self[pid] = cgroup_id_of_path(self.root + path)
+                    pod = str(span.resource.get("k8s.pod.name", ""))
+                    if pod:
+                        self.pods[cgroup] = PodName(
+                            str(span.resource.get("k8s.namespace.name", "")), pod,
+                            str(span.resource.get("k8s.container.name", "")))
 
 
 class Agent:
@@ -94,7 +104,8 @@ class Agent:
         self.engine = SloEngine(config.engine, cgroup_of_pid=self.pid_cgroups)
         self.resolver = CgroupResolver()
         self.builder = ProbeEventBuilder(self.node, self.resolver.resolve,
-                                         lambda p: cgroup_id_under(root, p))
+                                         lambda p: cgroup_id_under(root, p),
+                                         self.pid_cgroups.pods.get)
         self.probes = ProbeSet(config.signal_set, config.probes)
         host, port = parse_listen(config.intake.listen)
         self.receiver = OtlpReceiver(self._on_spans, host, port, config.intake.max_body_bytes)

@@ -42,7 +42,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     window_s: float = 10.0  # evaluation window: features, baseline updates, attribution
     cooldown_s: float = 30.0  # at most one attribution per (service, SLI) in this time
-    signal_retention_s: float = 120.0
+    signal_retention_s: float = 120.0  # also the longest span whose start can be joined
+    correlation_delay_s: float = 2.0  # wait after a span ends before joining it
     thresholds: SliThresholds = msgspec.field(default_factory=SliThresholds)
     objectives: list[SloObjective] = msgspec.field(default_factory=lambda: [
         SloObjective(name="ttft", sli_name="ttft_ms", target=0.99),
@@ -78,7 +79,7 @@ class SloEngine:
         self.baseline = Baseline(self.config.baseline)
         # pid -> cgroup id, filled by the shell (from /proc) or by replay input.
         self.cgroup_of_pid = cgroup_of_pid if cgroup_of_pid is not None else {}
-        self._signals: deque[ProbeEvent] = deque()
+        self._pending: list[Span] = []
         self._by_cgroup: dict[int, deque[ProbeEvent]] = defaultdict(deque)
         self._workloads: dict[str, _Workload] = {}
         self._cooldown: dict[tuple[str, str], int] = {}
@@ -97,15 +98,17 @@ class SloEngine:
         self.counters["signals"] += len(batch)
 
     def add_spans(self, spans: Iterable[Span]) -> list[SloEvent]:
-        """Judge every SLI of every span; returns the SloEvents (breaches included)."""
+        """Judge every SLI of every span; returns the SloEvents (breaches included).
+
+        Correlation waits until ``correlation_delay_s`` after the span's end (see
+        :meth:`tick`): kernel signals of the span's last moments may still be in a ring
+        buffer or an aggregate interval that has not been read yet.
+        """
         out = []
         for span in spans:
             self.counters["spans"] += 1
-            enriched = self.correlator.correlate(span)
+            self._pending.append(span)
             work = self._workload(span)
-            for m in enriched.matches:
-                if m.signal.cgroup_id:
-                    work.cgroups.add(m.signal.cgroup_id)
             for sample in slis_from_span(span):
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
@@ -133,9 +136,24 @@ class SloEngine:
 
     # ---- evaluation ----------------------------------------------------------------
 
+    def _correlate_due(self, now_ns: int) -> None:
+        """Join spans that ended long enough ago; matched cgroups join their workload."""
+        due_ns = now_ns - int(self.config.correlation_delay_s * NS)
+        keep = []
+        for span in self._pending:
+            if span.end_unix_nano > due_ns:
+                keep.append(span)
+                continue
+            work = self._workloads[span.service]
+            for m in self.correlator.correlate(span).matches:
+                if m.signal.cgroup_id:
+                    work.cgroups.add(m.signal.cgroup_id)
+        self._pending = keep
+
     def tick(self, now_ns: int) -> list[IncidentAttribution]:
         """Explain violations since the last tick; learn baselines from calm windows."""
         window_ns = int(self.config.window_s * NS)
+        self._correlate_due(now_ns)
         self._expire(now_ns)
         alerts = {(a.service, a.sli_name): a for a in self.book.alerts(now_ns)}
         out: list[IncidentAttribution] = []
@@ -193,7 +211,10 @@ class SloEngine:
         for work in self._workloads.values():
             while work.samples and work.samples[0][0] < horizon:
                 work.samples.popleft()
-        self.correlator.evict(now_ns - int(self.config.correlation.window_ms * 1e6))
+        # The correlator drops signals older than the watermark minus its gate; the
+        # watermark is the oldest instant a span still to be joined may start.
+        oldest = min((s.start_unix_nano for s in self._pending), default=now_ns)
+        self.correlator.evict(min(oldest, horizon))
 
 
 def _app_evidence(work: _Workload, start_ns: int, end_ns: int) -> AppEvidence:

@@ -86,6 +86,17 @@ class ProbeEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
     detail: str | None = None
 
 
+class PodName(msgspec.Struct, frozen=True):
+    """Kubernetes names of the pod and container a cgroup belongs to."""
+
+    namespace: str
+    pod: str
+    container: str = ""
+
+
+_NO_POD = PodName("", "", "")
+
+
 def status_of(signal: str, value: float, failed: bool = False) -> Status:
     """ok / warning / error from the signal's thresholds; a failure is always an error."""
     if failed:
@@ -138,10 +149,12 @@ class ProbeEventBuilder:
     """Attaches identity and wall-clock time to kernel and /proc records."""
 
     def __init__(self, node: str, resolve: Callable[[int], Identity],
-                 cgroup_id_of: Callable[[str], int] | None = None) -> None:
+                 cgroup_id_of: Callable[[str], int] | None = None,
+                 pod_of: Callable[[int], PodName | None] | None = None) -> None:
         self.node = node
         self.resolve = resolve
         self.cgroup_id_of = cgroup_id_of
+        self.pod_of = pod_of
 
     def build(self, rec: Any, offset_ns: int, now_unix_ns: int) -> ProbeEvent:
         """One ProbeEvent; ``offset_ns`` converts kernel monotonic time (once per batch)."""
@@ -169,9 +182,11 @@ class ProbeEventBuilder:
                failed: bool = False, pid: int = 0, tid: int = 0, comm: str = "",
                **extra: Any) -> ProbeEvent:
         value = round(float(value), 6)  # status from the value consumers will see
+        pod = (self.pod_of(ident.cgroup_id) if self.pod_of and ident.cgroup_id else None) \
+            or _NO_POD
         return ProbeEvent(
             ts_unix_nano=max(ts, 0), signal=signal, node=self.node,
-            namespace="", pod="", container="", pid=pid, tid=tid,
+            namespace=pod.namespace, pod=pod.pod, container=pod.container, pid=pid, tid=tid,
             value=value, unit=UNITS[signal],
             status=status_of(signal, value, failed),
             cgroup_id=ident.cgroup_id, cgroup_path=ident.cgroup_path,

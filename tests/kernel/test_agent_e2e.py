@@ -132,3 +132,7 @@ def test_slow_dns_breach_is_attributed_to_dns(tmp_path: Path) -> None:
     assert client_dns, "the client's DNS queries must be seen with its pid"
     assert max(p["value"] for p in client_dns) >= 1000
     assert os.path.basename(client_dns[0]["cgroup_path"]).startswith("llm-slo-test-e2e-")
+    # Identity learnt from the client's own spans: its kernel events carry its pod name
+    # (all but the first lookup or so, which can be read before the first span arrives).
+    named_pod = [p for p in client_dns if (p["namespace"], p["pod"]) == ("llm", "rag-7d9f")]
+    assert len(named_pod) >= len(client_dns) - 2
