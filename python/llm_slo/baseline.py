@@ -287,7 +287,7 @@ class FeatureStats(msgspec.Struct):
     last_ts: float = 0.0
 
 
-class BaselineConfig(msgspec.Struct, frozen=True, kw_only=True):
+class BaselineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Baseline parameters; see docs/attribution.md."""
 
     warmup: int = 20  # windows before a feature is scored

@@ -240,6 +240,16 @@ class SloBook:
                 self.trackers[key] = tracker
             tracker.add(sample.ts_unix_nano, obj.is_good(sample, status))
 
+    def burn_rate(self, service: str, sli_name: str, window_s: int,
+                  now_unix_nano: int) -> float | None:
+        """Burn rate over ``window_s`` of the first objective on ``sli_name`` for
+        ``service``; None if there is no such objective or no event in the window."""
+        for obj in self.objectives:
+            tracker = self.trackers.get((service, obj.name))
+            if obj.sli_name == sli_name and tracker is not None:
+                return tracker.burn_rate(window_s, now_unix_nano)
+        return None
+
     def alerts(self, now_unix_nano: int) -> list[BurnRateAlert]:
         """Every firing rule of every tracker, in tracker creation order."""
         return [a for t in self.trackers.values() for a in t.alerts(now_unix_nano)]

@@ -26,7 +26,7 @@ from llm_slo.baseline import (
     features_from,
     workload_key,
 )
-from llm_slo.burn_rate import DEFAULT_RULES, AlertRule, SloBook, SloObjective
+from llm_slo.burn_rate import DEFAULT_RULES, AlertRule, BurnRateAlert, SloBook, SloObjective
 from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent
@@ -35,6 +35,7 @@ from llm_slo.slo_event import SloEvent
 from llm_slo.spans import Span
 
 NS = 1_000_000_000
+BURN_BUCKET_S = 10  # burn-rate counts are bucketed; windows must be whole buckets
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +54,18 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     correlation: CorrelationConfig = msgspec.field(default_factory=CorrelationConfig)
     attribution: AttributionConfig = msgspec.field(default_factory=AttributionConfig)
     baseline: BaselineConfig = msgspec.field(default_factory=BaselineConfig)
+
+    def __post_init__(self) -> None:
+        # Checked at load, not at the first sample hours later (msgspec turns a
+        # ValueError here into a validation error naming the config).
+        for name in ("window_s", "cooldown_s", "signal_retention_s", "correlation_delay_s"):
+            if getattr(self, name) < 0 or (name == "window_s" and self.window_s == 0):
+                raise ValueError(f"engine.{name} must be positive")
+        for rule in self.rules:
+            if rule.long_window_s % BURN_BUCKET_S or rule.short_window_s % BURN_BUCKET_S:
+                raise ValueError(f"engine.rules: windows must be multiples of "
+                                 f"{BURN_BUCKET_S} s, got {rule.long_window_s}/"
+                                 f"{rule.short_window_s}")
 
 
 class _Workload:
@@ -75,7 +88,7 @@ class SloEngine:
                  cgroup_of_pid: dict[int, int] | None = None) -> None:
         self.config = config or EngineConfig()
         self.correlator = Correlator(self.config.correlation)
-        self.book = SloBook(self.config.objectives, self.config.rules)
+        self.book = SloBook(self.config.objectives, self.config.rules, bucket_s=BURN_BUCKET_S)
         self.baseline = Baseline(self.config.baseline)
         # pid -> cgroup id, filled by the shell (from /proc) or by replay input.
         self.cgroup_of_pid = cgroup_of_pid if cgroup_of_pid is not None else {}
@@ -155,7 +168,9 @@ class SloEngine:
         window_ns = int(self.config.window_s * NS)
         self._correlate_due(now_ns)
         self._expire(now_ns)
-        alerts = {(a.service, a.sli_name): a for a in self.book.alerts(now_ns)}
+        alerts: dict[tuple[str, str], BurnRateAlert] = {}
+        for a in self.book.alerts(now_ns):  # rules run fastest first: keep the fastest
+            alerts.setdefault((a.service, a.sli_name), a)
         out: list[IncidentAttribution] = []
         for service, work in self._workloads.items():
             features = self._features(work, now_ns - window_ns, now_ns)
@@ -170,10 +185,16 @@ class SloEngine:
                         self.config.cooldown_s * NS:
                     continue
                 alert = alerts.get((service, sli))
+                # A breach without a firing alert: report the burn over the shortest
+                # alert window, the closest thing to "right now".
+                short_s = min((r.short_window_s for r in self.config.rules), default=300)
+                burn = alert.burn_rate_long if alert else (
+                    self.book.burn_rate(service, sli, short_s, now_ns) or 0.0)
                 violation = Violation(
                     service=service, cluster=work.cluster, namespace=work.namespace or None,
-                    sli=sli, burn_rate=alert.burn_rate_long if alert else 0.0,
-                    window_minutes=max(1, int((alert.long_window_s if alert else 300) // 60)),
+                    sli=sli, burn_rate=burn,
+                    window_minutes=max(1, int((alert.long_window_s if alert else short_s)
+                                              // 60)),
                     ts=now_ns / NS,
                     trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
                     request_ids=(sample.request_id,) if sample else ())
