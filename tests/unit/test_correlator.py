@@ -446,3 +446,18 @@ def test_flagged_signals_are_evicted_too():
     idx.evict(T0 + 2_100 * MS)
     tl, sl, ftl, fsl = idx.maps["pid"][("api-0", 42)]
     assert list(tl) == list(ftl) == [T0 + 3_000 * MS] and sl == fsl
+
+
+def test_generation_counts_across_interleaved_batches():
+    """Per-generation counts stay exact when a batch hops between generations."""
+    idx = SignalIndex(bucket_ms=100)
+    batch = [sig(t, pid=42, status="warning" if t % 2 else "ok")
+             for t in (0, 150, 10, 250, 160, 20, 5)]  # generations 0,1,0,2,1,0,0
+    batch += [sig(1, pod="", pid=0), sig(2, pod="x", pid=0)]  # unindexed, not counted
+    assert idx.add(batch) == 7 and idx.unindexed == 2 and len(idx) == 7
+    tl, sl, ftl, fsl = idx.maps["pid"][("api-0", 42)]
+    assert list(tl) == sorted(tl) == [x.ts_unix_nano for x in sl] and list(ftl) == sorted(ftl)
+    assert [x.ts_unix_nano for x in fsl] == list(ftl) and len(fsl) == 1
+    # Gate 2000 ms: watermark T0 + 2100 ms evicts generation 0 (4 signals) only.
+    assert idx.evict(T0 + 2_100 * MS) == 4 and len(idx) == 3
+    assert idx.evict(T0 + 2_300 * MS) == 3 and len(idx) == 0 and idx.evicted == 7
