@@ -35,8 +35,8 @@ vmlinux: ## regenerate vmlinux/$(ARCH)/vmlinux.h from this kernel's BTF
 test: deps ## run every test; kernel tests need root
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-lint: deps ## ruff over python/ and tests/
-	$(VENV)/bin/ruff check python tests
+lint: deps ## ruff over python/, tests/ and scripts/
+	$(VENV)/bin/ruff check python tests scripts
 
 demo: deps ## watch every signal live for ~20 s while real traffic runs
 	$(PY) scripts/demo.py
