@@ -45,10 +45,11 @@ class HistReader:
         ncpus = possible_cpus() if self.percpu else 0
         keys, vals = obj.maps[self.map_name].read_all(self.key, self.value, ncpus)
         if self.percpu:
-            vals = vals.sum(axis=1) if vals.dtype.names is None else _sum_percpu(vals)
-        hist = vals["hist"] if "outcomes" in (self.value.names or ()) else vals
-        fails = (vals["outcomes"][:, 1:].sum(axis=1) if "outcomes" in (self.value.names or ())
-                 else np.zeros(len(keys), dtype=np.uint64))
+            vals = _sum_percpu(vals)
+        if "outcomes" in self.value.names:  # connect_stats: outcome 0 is "established"
+            hist, fails = vals["hist"], vals["outcomes"][:, 1:].sum(axis=1)
+        else:
+            hist, fails = vals, np.zeros(len(keys), dtype=np.uint64)
         snapshot = {
             k: np.concatenate([hist["slots"][i], [hist["sum_ns"][i], fails[i]]])
             for i, k in enumerate(decode.row_bytes(keys))
