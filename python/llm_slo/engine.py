@@ -77,8 +77,8 @@ class _Workload:
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
         self.samples: deque[tuple[int, SliSample, str]] = deque()
-        self.violations: list[tuple[SliSample, str]] = []
-        self.last_violation_ns = 0
+        self.violations: list[SliSample] = []  # breaches since the last tick
+        self.last_violation_ns = 0  # last breach or alert, attributed or not
 
 
 class SloEngine:
@@ -127,7 +127,7 @@ class SloEngine:
                 self.book.observe(sample, status)
                 work.samples.append((sample.ts_unix_nano, sample, status))
                 if status == "breach":
-                    work.violations.append((sample, status))
+                    work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
         self.counters["slo_events"] += len(out)
         return out
@@ -166,6 +166,7 @@ class SloEngine:
     def tick(self, now_ns: int) -> list[IncidentAttribution]:
         """Explain violations since the last tick; learn baselines from calm windows."""
         window_ns = int(self.config.window_s * NS)
+        window_done = now_ns - self._last_window_ns >= window_ns
         self._correlate_due(now_ns)
         self._expire(now_ns)
         alerts: dict[tuple[str, str], BurnRateAlert] = {}
@@ -173,46 +174,52 @@ class SloEngine:
             alerts.setdefault((a.service, a.sli_name), a)
         out: list[IncidentAttribution] = []
         for service, work in self._workloads.items():
-            features = self._features(work, now_ns - window_ns, now_ns)
-            triggers = {s.sli_name: s for s, _ in work.violations}
+            triggers: dict[str, SliSample | None] = {s.sli_name: s for s in work.violations}
+            work.violations.clear()
             for svc, sli in alerts:
                 if svc == service:
-                    triggers.setdefault(sli, None)  # type: ignore[arg-type]
-            work.violations.clear()
-            fired = False
-            for sli, sample in triggers.items():
-                if now_ns - self._cooldown.get((service, sli), -(1 << 62)) < \
-                        self.config.cooldown_s * NS:
-                    continue
-                alert = alerts.get((service, sli))
-                # A breach without a firing alert: report the burn over the shortest
-                # alert window, the closest thing to "right now".
-                short_s = min((r.short_window_s for r in self.config.rules), default=300)
-                burn = alert.burn_rate_long if alert else (
-                    self.book.burn_rate(service, sli, short_s, now_ns) or 0.0)
-                violation = Violation(
-                    service=service, cluster=work.cluster, namespace=work.namespace or None,
-                    sli=sli, burn_rate=burn,
-                    window_minutes=max(1, int((alert.long_window_s if alert else short_s)
-                                              // 60)),
-                    ts=now_ns / NS,
-                    trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
-                    request_ids=(sample.request_id,) if sample else ())
-                att = attribute_violation(violation, features, self.baseline,
-                                          self.config.attribution)
+                    triggers.setdefault(sli, None)
+            if triggers:
+                # Any breach or alert marks the workload as unwell, attributed or not
+                # (cooldown): such windows must not teach the baseline.
+                work.last_violation_ns = now_ns
+            due = [(sli, sample) for sli, sample in triggers.items()
+                   if now_ns - self._cooldown.get((service, sli), -(1 << 62))
+                   >= self.config.cooldown_s * NS]
+            calm = now_ns - work.last_violation_ns > 2 * window_ns
+            if not due and not (window_done and calm):
+                continue
+            features = self._features(work, now_ns - window_ns, now_ns)
+            for sli, sample in due:
+                att = attribute_violation(
+                    self._violation(service, work, sli, sample, alerts.get((service, sli)),
+                                    now_ns),
+                    features, self.baseline, self.config.attribution)
                 self._cooldown[(service, sli)] = now_ns
                 self.counters["attributions"] += 1
                 self.counters["abstained"] += att.abstain
                 out.append(att)
-                fired = True
-            if fired:
-                work.last_violation_ns = now_ns
-            elif now_ns - self._last_window_ns >= window_ns and \
-                    now_ns - work.last_violation_ns > 2 * window_ns:
+            if not due:
                 self.baseline.update_window(self._key(service, work), features, now_ns / NS)
-        if now_ns - self._last_window_ns >= window_ns:
+        if window_done:
             self._last_window_ns = now_ns
         return out
+
+    def _violation(self, service: str, work: _Workload, sli: str, sample: SliSample | None,
+                   alert: BurnRateAlert | None, now_ns: int) -> Violation:
+        """The attributor's input: what burned, how fast, and which requests."""
+        # A breach without a firing alert reports the burn over the shortest alert
+        # window, the closest thing to "right now".
+        short_s = min((r.short_window_s for r in self.config.rules), default=300)
+        burn = alert.burn_rate_long if alert else (
+            self.book.burn_rate(service, sli, short_s, now_ns) or 0.0)
+        return Violation(
+            service=service, cluster=work.cluster, namespace=work.namespace or None, sli=sli,
+            burn_rate=burn,
+            window_minutes=max(1, int((alert.long_window_s if alert else short_s) // 60)),
+            ts=now_ns / NS,
+            trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
+            request_ids=(sample.request_id,) if sample else ())
 
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)

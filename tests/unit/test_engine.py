@@ -100,6 +100,22 @@ def test_dns_fault_breach_is_attributed_to_dns() -> None:
     assert any(ev.signal.startswith("dns") and ev.source == "ebpf" for ev in first.evidence)
 
 
+def test_fault_windows_never_teach_the_baseline() -> None:
+    """A long fault keeps breaching during the attribution cooldown; those windows must
+    not be learnt as normal, or the next fault would look ordinary."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    for sec in range(30):
+        faulty = sec >= 8
+        for k in range(4):
+            t = T0 + sec * NS + k * NS // 4
+            engine.add_signals(_kernel(t, 1200.0 if faulty else 0.4 + 0.05 * (k % 2)))
+            engine.add_spans([*_children(sec * 4 + k, t),
+                              _span(sec * 4 + k, t, 1250.0 if faulty else 40.0 + k)])
+        engine.tick(T0 + (sec + 1) * NS)
+    learnt = engine.baseline.stats("lab/llm/rag", "dns_wire_mean_ms")
+    assert learnt is not None and learnt.center < 5.0, learnt
+
+
 def test_breach_before_any_baseline_abstains() -> None:
     """A fault from the first second: no learned baseline, so the engine abstains."""
     _, atts, _, _ = _run(fault_from=0, seconds=3)
