@@ -113,7 +113,9 @@ def test_fault_windows_never_teach_the_baseline() -> None:
                               _span(sec * 4 + k, t, 1250.0 if faulty else 40.0 + k)])
         engine.tick(T0 + (sec + 1) * NS)
     learnt = engine.baseline.stats("lab/llm/rag", "dns_wire_mean_ms")
-    assert learnt is not None and learnt.center < 5.0, learnt
+    # Only the 8 calm seconds (one window each) may have been learnt.
+    assert learnt is not None and 1 <= learnt.n <= 8, learnt
+    assert learnt.center < 5.0, learnt
 
 
 def test_breach_before_any_baseline_abstains() -> None:
