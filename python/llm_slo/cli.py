@@ -28,6 +28,18 @@ examples:
 """
 
 
+class _StderrNow:
+    """Writes to whatever ``sys.stderr`` is at the time of the write, not at configure
+    time: embedding code and test runners swap it, and a cached, closed stream would
+    break every later log call."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(verbose: bool) -> None:
     """structlog to stderr: coloured console on a terminal, JSON lines otherwise."""
     renderer = (
@@ -44,7 +56,7 @@ def configure_logging(verbose: bool) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.DEBUG if verbose else logging.INFO
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_StderrNow()),
         cache_logger_on_first_use=True,
     )
 
