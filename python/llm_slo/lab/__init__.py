@@ -7,6 +7,12 @@ raises: network namespaces with veth pairs (:mod:`.netns`), nftables packet loss
 are named ``<prefix>-<owner pid>-<random>`` so :func:`cleanup_all` can remove what a
 crashed run left behind without touching runs still in progress.
 
+The LLM workload: an OpenAI-compatible provider emulator with SSE streaming and
+switchable 429/5xx (:mod:`.provider`), a vector DB emulator with switchable latency
+(:mod:`.vectordb`), the OpenTelemetry-instrumented RAG service (:mod:`.rag_service`)
+and a seeded fixed-rate load generator (:mod:`.loadgen`). Each runs in-process or as a
+subprocess, e.g. inside a lab network namespace.
+
 Traffic stays on loopback or inside namespaces the lab creates.
 """
 

@@ -1,0 +1,641 @@
+"""The lab's RAG application: retrieve, call the LLM provider, stream tokens back.
+
+``POST /chat`` with ``{"prompt": str, "max_tokens": int}`` answers ``text/event-stream``:
+one ``data: {"content": "<token>"}`` event per token as the provider produces it, then
+``data: [DONE]``. A failure before the first token is a plain JSON error with an HTTP
+status (429 when the provider throttled, 504 on a timeout, else 502); one after it is an
+``event: error`` and the stream ends without ``[DONE]``.
+
+Per request the service does, in order, everything a fault in the lab can touch:
+
+1. resolves each backend **by name through libc** (``socket.getaddrinfo`` in a thread
+   pool), every time: no cache, so DNS delay, SERVFAIL and drops are felt per request,
+   and short names go through the resolv.conf search path as they would on Kubernetes;
+2. opens a fresh connection to each backend (no keep-alive), so SYN drops, loss and a
+   slow TLS handshake are felt per request too;
+3. retrieves from the vector DB (CLIENT span ``retrieval <source>``);
+4. calls the provider over verified TLS with a streaming request (CLIENT span
+   ``chat <model>``); a 429 is recorded and not retried, as is a 5xx;
+5. streams tokens to its client as they arrive.
+
+The SERVER span ``chat <model>`` carries TTFT the way :mod:`llm_slo.sli` reads it: event
+``gen_ai.first_token`` when the first token has been written to the client, and attribute
+``llm.slo.ttft_ms`` from request start (DNS and retrieval included). Only the SERVER span
+carries TTFT: a provider-side TTFT on the CLIENT span would give the engine a second,
+smaller ``ttft_ms`` sample for the same request. All spans of one request share
+``llm.request.id`` so consumers can deduplicate the SERVER and CLIENT request samples.
+
+Spans leave over OTLP/HTTP protobuf through a BatchSpanProcessor and are flushed on
+shutdown. Run in-process (``with RagService(cfg) as rag: rag.port``, its own event loop in
+a background thread) or as a subprocess that prints its port once listening::
+
+    python -m llm_slo.lab.rag_service --port 0 --provider-url https://provider.lab:8443 \\
+        --vectordb-url http://vectordb.lab:8080 --cafile ca.pem \\
+        --otlp-endpoint http://10.0.0.1:4318/v1/traces --pod rag-0 --namespace lab --node n1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from yarl import URL
+
+log = structlog.get_logger("lab.rag")
+
+#: Spans reach the agent within ~this long; short so a fault shows up in under a second.
+SCHEDULE_DELAY_MS = 200
+_MAX_ERROR_BODY = 4096  # bytes of a provider error body we keep for the log
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class RagConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the service needs; the CLI flags map one to one.
+
+    ``provider_url``/``vectordb_url`` keep their hostnames: those are resolved per
+    request. ``cafile`` verifies the provider (empty: the system store).
+    ``otlp_endpoint`` is the full traces URL (empty: spans are made but not exported).
+    """
+
+    provider_url: str
+    vectordb_url: str
+    cafile: str = ""
+    otlp_endpoint: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    pod: str = "rag-0"
+    namespace: str = "lab"
+    node: str = "lab-node"
+    cluster: str = "lab"
+    model: str = "gpt-4o-mini"
+    data_source: str = "lab-docs"
+    top_k: int = 4
+    connect_timeout_s: float = 5.0  # DNS + TCP + TLS of one backend call
+    read_timeout_s: float = 30.0  # between two reads (tokens) from a backend
+    dns_workers: int = 32
+    max_in_flight: int = 256  # connections per backend pool; beyond it requests queue
+
+
+class ChatRequest(msgspec.Struct, frozen=True):
+    """The body of ``POST /chat``."""
+
+    prompt: str
+    max_tokens: int = 64
+
+
+# --- provider stream chunks (only the fields we read) --------------------------------
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Chunk(msgspec.Struct):
+    id: str = ""
+    model: str = ""
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    error: Any = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+class UpstreamError(Exception):
+    """A backend call failed; ``error_type`` is its ``error.type``, ``status`` ours."""
+
+    def __init__(self, stage: str, error_type: str, status: int = 502,
+                 retry_after: str | None = None) -> None:
+        super().__init__(f"{stage}: {error_type}")
+        self.stage, self.error_type, self.status = stage, error_type, status
+        self.retry_after = retry_after
+
+
+def error_type(exc: BaseException) -> str:
+    """A low-cardinality ``error.type`` for a failed backend call.
+
+    The kinds a lab fault produces get their own names (the attributor reads them);
+    anything else falls back to the exception class, as the semantic conventions say.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return "dns_error"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return "read_timeout"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                  | ConnectionResetError):
+        return "connection_reset"
+    return type(exc).__qualname__
+
+
+class LibcResolver(AbstractResolver):
+    """aiohttp resolver that asks libc every time, in its own thread pool.
+
+    Its own pool, not the loop's default executor: under a DNS fault every lookup can
+    hang for the resolver timeout, and that must not starve unrelated ``to_thread`` work.
+    ``lookups`` counts calls, so a test can see that nothing is cached.
+    """
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self._executor = executor
+        self.lookups = 0
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        """All stream addresses of ``host`` in getaddrinfo's (RFC 6724) order."""
+        self.lookups += 1
+        infos = await asyncio.get_running_loop().run_in_executor(
+            self._executor, socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+        numeric = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [ResolveResult(hostname=host, host=str(addr[0]), port=int(addr[1]),
+                              family=fam, proto=proto, flags=numeric)
+                for fam, _, proto, _, addr in infos
+                if fam in (socket.AF_INET, socket.AF_INET6)]
+
+    async def close(self) -> None:
+        """Nothing to release: the pool belongs to the service."""
+
+
+def make_resource(cfg: RagConfig) -> Resource:
+    """The rag pod's identity as the agent's identity layer would report it on k8s."""
+    return Resource.create({
+        "service.name": "rag",
+        "process.pid": os.getpid(),
+        "k8s.pod.name": cfg.pod,
+        "k8s.namespace.name": cfg.namespace,
+        "k8s.node.name": cfg.node,
+        "k8s.cluster.name": cfg.cluster,
+        "k8s.deployment.name": "rag",
+    })
+
+
+def _peer(resp: aiohttp.ClientResponse) -> tuple[str, int] | None:
+    """The address the connection really went to (which A/AAAA record was used)."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return (str(peer[0]), int(peer[1])) if peer else None
+
+
+async def _open_stream(request: web.Request, request_id: str) -> web.StreamResponse:
+    """Send the 200 and SSE headers: from here on, errors can only go in-band."""
+    response = web.StreamResponse(headers={**_SSE_HEADERS, "X-Request-Id": request_id})
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    return response
+
+
+def _fail(span: Span, err: str, description: str = "") -> None:
+    span.set_attribute("error.type", err)
+    span.set_status(Status(StatusCode.ERROR, description or err))
+
+
+class RagService:
+    """The RAG HTTP service; see the module docstring.
+
+    Use ``with RagService(cfg) as rag:`` (own loop in a background thread; ``.port`` is
+    the bound port) or ``await astart()`` / ``await astop()`` on a running loop, then
+    :meth:`shutdown_tracing`. ``lookups`` counts DNS lookups made.
+    """
+
+    def __init__(self, config: RagConfig) -> None:
+        self.config = config
+        self.port = config.port
+        self._provider_url = URL(config.provider_url)
+        self._vectordb_url = URL(config.vectordb_url)
+        self._tracer_provider = TracerProvider(resource=make_resource(config))
+        if config.otlp_endpoint:
+            self._tracer_provider.add_span_processor(BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=config.otlp_endpoint, timeout=5),
+                schedule_delay_millis=SCHEDULE_DELAY_MS))
+        self._tracer = self._tracer_provider.get_tracer("llm_slo.lab.rag_service")
+        self._tracing_down = False
+        self._dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._resolver: LibcResolver | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def lookups(self) -> int:
+        """DNS lookups made so far (one per backend call: nothing is cached)."""
+        return self._resolver.lookups if self._resolver is not None else 0
+
+    # --- lifecycle on a running loop ----------------------------------------------------
+
+    async def astart(self) -> None:
+        """Bind and serve on the running loop; ``.port`` is set on return."""
+        cfg = self.config
+        self._dns_pool = concurrent.futures.ThreadPoolExecutor(
+            cfg.dns_workers, thread_name_prefix="rag-dns")
+        self._resolver = LibcResolver(self._dns_pool)
+        ssl_ctx = ssl.create_default_context(cafile=cfg.cafile or None)
+        # force_close: a new connection (lookup, connect, handshake) per call, see above.
+        connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False,
+                                         force_close=True, limit=cfg.max_in_flight,
+                                         ssl=ssl_ctx)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(
+                total=None, connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s))
+        app = web.Application()
+        app.router.add_post("/chat", self._handle_chat)
+        app.router.add_get("/healthz", self._handle_health)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=5.0)
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, cfg.host, cfg.port)
+            await site.start()
+        except BaseException:
+            await self.astop()
+            raise
+        self.port = self._runner.addresses[0][1]
+        log.info("rag_started", host=cfg.host, port=self.port, provider=cfg.provider_url,
+                 vectordb=cfg.vectordb_url, otlp=cfg.otlp_endpoint or None)
+
+    async def astop(self) -> None:
+        """Stop serving (in-flight requests get a few seconds) and close the clients."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+        if self._dns_pool is not None:
+            # A lookup hung in libc cannot be interrupted; do not wait for it.
+            self._dns_pool.shutdown(wait=False, cancel_futures=True)
+            self._dns_pool = None
+
+    def force_flush(self, timeout_s: float = 10.0) -> bool:
+        """Export every finished span now; True if it all went out in time."""
+        return self._tracer_provider.force_flush(int(timeout_s * 1000))
+
+    def shutdown_tracing(self) -> None:
+        """Flush and stop the span exporter (after :meth:`astop`, so every span ended).
+
+        Idempotent.
+        """
+        if not self._tracing_down:
+            self._tracing_down = True
+            self._tracer_provider.shutdown()
+
+    # --- lifecycle in a background thread -------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Serve from a new event loop in a daemon thread; return once listening."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            try:
+                await self.astart()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await self.astop()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True,
+                                        name="rag-service")
+        self._thread.start()
+        if not ready.wait(timeout_s):
+            self.close()
+            raise TimeoutError(f"rag service not listening after {timeout_s} s")
+        if failure:
+            self.close()
+            raise failure[0]
+
+    def close(self) -> None:
+        """Stop the thread's server, then flush spans. Idempotent."""
+        if self._thread is not None:
+            if self._loop is not None and self._stop is not None:
+                with contextlib.suppress(RuntimeError):  # loop already gone
+                    self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(15.0)
+            self._thread = None
+        self.shutdown_tracing()
+
+    # --- request handling ---------------------------------------------------------------
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        # Request start for TTFT: wall clock for the span, monotonic for durations, so
+        # a clock step cannot make a negative TTFT.
+        t0 = time.monotonic_ns()
+        start_ns = time.time_ns()
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        model = self.config.model
+        span = self._tracer.start_span(
+            f"chat {model}", kind=SpanKind.SERVER, start_time=start_ns, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+                "llm.request.id": request_id, "http.request.method": "POST",
+                "url.path": "/chat"})
+        try:
+            return await self._serve_chat(request, span, request_id, t0, start_ns)
+        finally:
+            span.end()
+
+    async def _serve_chat(self, request: web.Request, span: Span, request_id: str,
+                          t0: int, start_ns: int) -> web.StreamResponse:
+        try:
+            chat = msgspec.json.decode(await request.read(), type=ChatRequest)
+            if chat.max_tokens < 1:
+                raise msgspec.ValidationError("max_tokens must be >= 1")
+        except msgspec.DecodeError as exc:
+            # A client mistake is not a service error: no ERROR status on the span.
+            span.set_attribute("http.response.status_code", 400)
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+        span.set_attribute("gen_ai.request.max_tokens", chat.max_tokens)
+        ctx = trace.set_span_in_context(span)
+        response: web.StreamResponse | None = None
+        tokens = 0
+        try:
+            documents = await self._retrieve(chat.prompt, ctx, request_id)
+            # aclosing: a client that leaves mid-stream must still end the CLIENT span.
+            async with contextlib.aclosing(
+                    self._generate(chat, documents, ctx, request_id)) as stream:
+                async for token in stream:
+                    if response is None:
+                        response = await _open_stream(request, request_id)
+                    await response.write(b"data: " + msgspec.json.encode({"content": token})
+                                         + b"\n\n")
+                    tokens += 1
+                    if tokens == 1:  # the first token is now on its way to the client
+                        ttft_ns = time.monotonic_ns() - t0
+                        span.add_event("gen_ai.first_token", timestamp=start_ns + ttft_ns)
+                        span.set_attribute("llm.slo.ttft_ms", ttft_ns / 1e6)
+        except UpstreamError as exc:
+            _fail(span, exc.error_type, str(exc))
+            span.set_attribute("gen_ai.usage.output_tokens", tokens)
+            log.debug("rag_upstream_failed", request_id=request_id, stage=exc.stage,
+                      error_type=exc.error_type)
+            if response is None:
+                span.set_attribute("http.response.status_code", exc.status)
+                headers = {"X-Request-Id": request_id}
+                if exc.retry_after is not None:
+                    headers["Retry-After"] = exc.retry_after
+                return web.json_response({"error": exc.error_type, "stage": exc.stage},
+                                         status=exc.status, headers=headers)
+            with contextlib.suppress(ConnectionError):
+                await response.write(b"event: error\ndata: " + msgspec.json.encode(
+                    {"error": exc.error_type, "stage": exc.stage}) + b"\n\n")
+                await response.write_eof()
+            return response
+        except ConnectionError:  # our client went away mid-stream
+            _fail(span, "client_disconnected")
+            span.set_attribute("gen_ai.usage.output_tokens", tokens)
+            return response if response is not None else web.Response(status=499)
+        span.set_attribute("gen_ai.usage.output_tokens", tokens)
+        span.set_attribute("http.response.status_code", 200)
+        if response is None:  # a stream without tokens is still a complete answer
+            response = await _open_stream(request, request_id)
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    async def _retrieve(self, prompt: str, ctx: Context, request_id: str) -> list[str]:
+        """Top-k documents from the vector DB, inside a ``retrieval <source>`` span."""
+        assert self._session is not None
+        cfg, url = self.config, self._vectordb_url
+        span = self._tracer.start_span(
+            f"retrieval {cfg.data_source}", context=ctx, kind=SpanKind.CLIENT, attributes={
+                "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": cfg.data_source,
+                "gen_ai.request.top_k": cfg.top_k, "server.address": url.host or "",
+                "server.port": url.port or 80, "llm.request.id": request_id})
+        try:
+            async with self._session.post(url / "search", json={
+                    "query": prompt, "top_k": cfg.top_k}) as resp:
+                span.set_attribute("http.response.status_code", resp.status)
+                if (peer := _peer(resp)) is not None:
+                    span.set_attribute("network.peer.address", peer[0])
+                    span.set_attribute("network.peer.port", peer[1])
+                if resp.status != 200:
+                    raise UpstreamError("retrieval", str(resp.status))
+                body = await resp.json(content_type=None)
+            results = body.get("results", []) if isinstance(body, dict) else []
+            span.set_attribute("llm.slo.retrieval.results", len(results))
+            # {"id", "score", "text"} per result; only the text goes into the prompt
+            return [str(r.get("text", "")) if isinstance(r, dict) else str(r)
+                    for r in results]
+        except UpstreamError as exc:
+            _fail(span, exc.error_type)
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            err = error_type(exc)
+            _fail(span, err, repr(exc))
+            raise UpstreamError("retrieval", err, 504 if isinstance(exc, TimeoutError)
+                                else 502) from exc
+        finally:
+            span.end()
+
+    async def _generate(self, chat: ChatRequest, documents: list[str], ctx: Context,
+                        request_id: str) -> AsyncIterator[str]:
+        """Yield the provider's tokens as they arrive, inside a CLIENT ``chat`` span.
+
+        An async generator: the caller writes each token to its client before the next
+        one is read, so tokens flow through instead of being buffered. The span is not
+        made current (a generator suspends across the caller's context).
+        """
+        assert self._session is not None
+        cfg, url = self.config, self._provider_url
+        span = self._tracer.start_span(
+            f"chat {cfg.model}", context=ctx, kind=SpanKind.CLIENT, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": cfg.model, "gen_ai.request.max_tokens": chat.max_tokens,
+                "gen_ai.request.stream": True, "server.address": url.host or "",
+                "server.port": url.port or 443, "llm.request.id": request_id})
+        payload = {
+            "model": cfg.model, "stream": True, "max_tokens": chat.max_tokens,
+            "stream_options": {"include_usage": True},
+            "messages": [
+                {"role": "system", "content": "Answer from this context:\n"
+                 + "\n".join(documents)},
+                {"role": "user", "content": chat.prompt}],
+        }
+        tokens = 0
+        usage: _Usage | None = None
+        finish: list[str] = []
+        try:
+            async with self._session.post(url / "v1/chat/completions", json=payload,
+                                          headers={"Authorization": "Bearer lab",
+                                                   "X-Request-Id": request_id}) as resp:
+                span.set_attribute("http.response.status_code", resp.status)
+                if (peer := _peer(resp)) is not None:
+                    span.set_attribute("network.peer.address", peer[0])
+                    span.set_attribute("network.peer.port", peer[1])
+                if resp.status != 200:
+                    # Throttled or broken: record and give up; retrying would hide
+                    # the provider's state from the SLO and add load while it is hurting.
+                    await resp.content.read(_MAX_ERROR_BODY)
+                    retry_after = resp.headers.get("Retry-After")
+                    if retry_after is not None:
+                        span.set_attribute("http.response.header.retry-after", [retry_after])
+                    raise UpstreamError("provider", str(resp.status),
+                                        429 if resp.status == 429 else 502, retry_after)
+                async for line in resp.content:
+                    data = line.strip()
+                    if not data.startswith(b"data:"):
+                        continue  # blank separators, comments, event names
+                    data = data[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = _chunk_decoder.decode(data)
+                    if chunk.error is not None:
+                        raise UpstreamError("provider", "stream_error")
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if tokens == 0 and chunk.id:
+                        span.set_attribute("gen_ai.response.id", chunk.id)
+                        span.set_attribute("gen_ai.response.model", chunk.model or cfg.model)
+                    for choice in chunk.choices:
+                        if choice.finish_reason:
+                            finish.append(choice.finish_reason)
+                        if choice.delta.content:
+                            tokens += 1
+                            yield choice.delta.content
+                else:  # the stream closed without [DONE]: the answer is cut short
+                    raise UpstreamError("provider", "stream_truncated")
+        except UpstreamError as exc:
+            _fail(span, exc.error_type, str(exc))
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError) as exc:
+            err = error_type(exc)
+            _fail(span, err, repr(exc))
+            raise UpstreamError("provider", err, 504 if isinstance(exc, TimeoutError)
+                                else 502) from exc
+        finally:
+            out = usage.completion_tokens if usage and usage.completion_tokens else tokens
+            span.set_attribute("gen_ai.usage.output_tokens", out)
+            if usage is not None and usage.prompt_tokens is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            if finish:
+                span.set_attribute("gen_ai.response.finish_reasons", finish)
+            span.end()
+
+
+# --- subprocess entry point -------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the subprocess (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m llm_slo.lab.rag_service",
+                                description="Lab RAG service (prints its port when ready).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--provider-url", required=True)
+    p.add_argument("--vectordb-url", required=True)
+    p.add_argument("--cafile", default="")
+    p.add_argument("--otlp-endpoint", default="")
+    p.add_argument("--pod", default="rag-0")
+    p.add_argument("--namespace", default="lab")
+    p.add_argument("--node", default="lab-node")
+    p.add_argument("--model", default="gpt-4o-mini")
+    p.add_argument("--data-source", default="lab-docs")
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--read-timeout", type=float, default=30.0)
+    p.add_argument("--max-seconds", type=float, default=3600.0,
+                   help="exit after this long, so a crashed runner leaves nothing running")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> RagConfig:
+    """The :class:`RagConfig` of parsed :func:`build_parser` arguments."""
+    return RagConfig(host=a.host, port=a.port, provider_url=a.provider_url,
+                     vectordb_url=a.vectordb_url, cafile=a.cafile,
+                     otlp_endpoint=a.otlp_endpoint, pod=a.pod, namespace=a.namespace,
+                     node=a.node, model=a.model, data_source=a.data_source, top_k=a.top_k,
+                     connect_timeout_s=a.connect_timeout, read_timeout_s=a.read_timeout)
+
+
+async def _serve(cfg: RagConfig, max_seconds: float) -> None:
+    service = RagService(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.astart()
+    print(service.port, flush=True)  # readiness line for the starter
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max_seconds)
+    finally:
+        await service.astop()
+        # Blocking flush off the loop thread; the loop has nothing left to serve.
+        await asyncio.to_thread(service.shutdown_tracing)
+        log.info("rag_stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT or ``--max-seconds``; flush spans on exit."""
+    from llm_slo.cli import configure_logging  # deferred: the CLI module is heavier
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)  # to stderr: stdout carries only the port line
+    asyncio.run(_serve(config_from_args(args), args.max_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The lab RAG service and load generator against the real provider and vector DB emulators.
+
+Everything runs on 127.0.0.1: the provider (HTTPS, SSE) and vector DB emulators, the RAG
+service (reaching them as ``localhost``, i.e. through libc name resolution), and the
+project's OTLP receiver as the span sink. The spans it receives must give the SLO
+engine's samples (:func:`llm_slo.sli.slis_from_span`) that agree with what the load
+generator measured as the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from llm_slo.lab._util import stop_process
+from llm_slo.lab.loadgen import (
+    PROFILES,
+    LoadProfile,
+    PromptClass,
+    plan,
+    read_jsonl,
+    run_load,
+    write_jsonl,
+)
+from llm_slo.lab.provider import ProviderEmulator
+from llm_slo.lab.rag_service import RagConfig, RagService
+from llm_slo.lab.vectordb import VectorDbEmulator
+from llm_slo.lab.workloads import wait_ready
+from llm_slo.otlp_receiver import OtlpReceiver
+from llm_slo.sli import SliSample, slis_from_span
+from llm_slo.spans import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span
+
+PROVIDER_TTFT_MS = 80.0
+RETRIEVAL_MS = 40.0
+PROFILE = PROFILES["rag_mixed_20rps"]
+
+
+class ReceiverThread:
+    """The project's OtlpReceiver on its own event loop thread, collecting spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.rx = OtlpReceiver(self.spans.extend, port=0)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ReceiverThread:
+        self.thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.rx.start(), self.loop).result(10)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.rx.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.rx.port}/v1/traces"
+
+    def by_request(self, request_ids: set[str], per_request: int = 3,
+                   timeout_s: float = 10.0) -> dict[str, list[Span]]:
+        """Spans grouped by ``llm.request.id``, once every id has ``per_request`` of them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            groups: dict[str, list[Span]] = {rid: [] for rid in request_ids}
+            for span in list(self.spans):
+                rid = str(span.attributes.get("llm.request.id", ""))
+                if rid in groups:
+                    groups[rid].append(span)
+            if all(len(g) >= per_request for g in groups.values()) \
+                    or time.monotonic() > deadline:
+                return groups
+            time.sleep(0.05)
+
+
+class Lab(msgspec.Struct, kw_only=True):
+    provider: ProviderEmulator
+    vectordb: VectorDbEmulator
+    receiver: ReceiverThread
+    rag: RagService
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rag.port}/chat"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    # ExitStack: whatever started is stopped, in reverse order, also when a start fails.
+    with contextlib.ExitStack() as stack:
+        provider = stack.enter_context(ProviderEmulator(ttft_ms=PROVIDER_TTFT_MS,
+                                                        tokens_per_s=400.0))
+        vectordb = stack.enter_context(VectorDbEmulator(latency_ms=RETRIEVAL_MS))
+        receiver = stack.enter_context(ReceiverThread())
+        rag = stack.enter_context(RagService(RagConfig(
+            provider_url=f"https://localhost:{provider.port}",
+            vectordb_url=f"http://localhost:{vectordb.port}", cafile=provider.cafile,
+            otlp_endpoint=receiver.endpoint, pod="rag-7f9c", namespace="lab-ns",
+            node="node-a")))
+        yield Lab(provider=provider, vectordb=vectordb, receiver=receiver, rag=rag)
+
+
+def samples(spans: list[Span], name: str) -> list[SliSample]:
+    return [s for span in spans for s in slis_from_span(span) if s.sli_name == name]
+
+
+def one(spans: list[Span], kind: int, prefix: str) -> Span:
+    found = [s for s in spans if s.kind == kind and s.name.startswith(prefix)]
+    assert len(found) == 1, [(s.name, s.kind) for s in spans]
+    return found[0]
+
+
+def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
+    lookups_before = lab.rag.lookups
+    run = asyncio.run(run_load(lab.url, PROFILE, 3.0, seed=7))
+    assert len(run.results) == 60 and run.dropped == 0
+    assert [r.error for r in run.results if not r.ok] == []
+    assert all(r.tokens == r.max_tokens for r in run.results)
+    # Resolved by name for every backend call: nothing cached.
+    assert lab.rag.lookups - lookups_before == 2 * len(run.results)
+
+    # Client TTFT = retrieval + provider TTFT + small overheads (DNS, TCP, TLS, hops).
+    floor = PROVIDER_TTFT_MS + RETRIEVAL_MS
+    ttfts = sorted(r.ttft_ms for r in run.results if r.ttft_ms is not None)
+    assert len(ttfts) == 60 and ttfts[0] >= floor
+    assert ttfts[len(ttfts) // 2] <= 1.5 * floor
+
+    assert lab.rag.force_flush()
+    groups = lab.receiver.by_request({r.request_id for r in run.results})
+    for r in run.results:
+        spans = groups[r.request_id]
+        server = one(spans, SPAN_KIND_SERVER, "chat ")
+        client = one(spans, SPAN_KIND_CLIENT, "chat ")
+        retrieval = one(spans, SPAN_KIND_CLIENT, "retrieval ")
+        assert len(spans) == 3
+        assert {s.trace_id for s in spans} == {server.trace_id}
+        assert client.parent_span_id == retrieval.parent_span_id == server.span_id
+        assert server.name == client.name == "chat gpt-4o-mini"
+        assert retrieval.name == "retrieval lab-docs"
+        assert retrieval.attributes["gen_ai.operation.name"] == "retrieval"
+        assert retrieval.attributes["gen_ai.data_source.id"] == "lab-docs"
+        assert server.events[0].name == "gen_ai.first_token"
+        assert client.attributes["gen_ai.provider.name"] == "openai"
+        assert client.attributes["server.address"] == "localhost"
+        assert client.attributes["server.port"] == lab.provider.port
+        assert client.attributes["http.response.status_code"] == 200
+        assert client.attributes["network.peer.address"] == "127.0.0.1"
+        assert server.attributes["gen_ai.usage.output_tokens"] == r.tokens
+        assert client.attributes["gen_ai.usage.output_tokens"] == r.tokens
+
+        # Exactly one TTFT per request, from the SERVER span, close to the client's.
+        (ttft,) = samples(spans, "ttft_ms")
+        assert ttft.span_id == server.span_id
+        assert abs(ttft.value - r.ttft_ms) <= 0.3 * r.ttft_ms
+        (retr,) = samples(spans, "retrieval_latency_ms")
+        assert retr.value >= RETRIEVAL_MS
+        (perr,) = samples(spans, "provider_error_rate")
+        assert perr.value == 0.0 and perr.span_id == client.span_id
+        assert [s.value for s in samples(spans, "error_rate")] == [0.0, 0.0]
+        assert len(samples(spans, "token_throughput_tps")) == 1
+        assert (ttft.service, ttft.workload, ttft.cluster, ttft.namespace, ttft.pod,
+                ttft.node, ttft.pid) == ("rag", "rag", "lab", "lab-ns", "rag-7f9c",
+                                         "node-a", os.getpid())
+        assert ttft.request_id == r.request_id
+
+
+@pytest.mark.parametrize(("mode", "client_status", "detail"),
+                         [("throttle", 429, "429"), ("error", 502, "5xx")])
+def test_provider_faults_give_error_spans(lab: Lab, mode: str, client_status: int,
+                                          detail: str) -> None:
+    lab.provider.mode = mode
+    try:
+        run = asyncio.run(run_load(lab.url, PROFILE, 0.5, seed=3))
+    finally:
+        lab.provider.mode = "ok"
+    assert len(run.results) == 10
+    assert {(r.status, r.error, r.ttft_ms) for r in run.results} == {
+        (client_status, f"http_{client_status}", None)}
+
+    assert lab.rag.force_flush()
+    groups = lab.receiver.by_request({r.request_id for r in run.results})
+    provider_status = 429 if mode == "throttle" else 503
+    for spans in groups.values():
+        server = one(spans, SPAN_KIND_SERVER, "chat ")
+        client = one(spans, SPAN_KIND_CLIENT, "chat ")
+        assert server.status_code == client.status_code == STATUS_ERROR
+        assert server.attributes["error.type"] == client.attributes["error.type"] \
+            == str(provider_status)
+        assert client.attributes["http.response.status_code"] == provider_status
+        if mode == "throttle":  # recorded, not retried
+            assert client.attributes["http.response.header.retry-after"] == '["1"]'
+        (perr,) = samples(spans, "provider_error_rate")
+        assert (perr.value, perr.detail) == (1.0, detail)
+        assert samples(spans, "ttft_ms") == []
+        assert [s.value for s in samples(spans, "error_rate")] == [1.0, 1.0]
+    # 10 requests, each failed at the provider once: no retries.
+    assert sum(len(g) for g in groups.values()) == 30
+
+
+def test_retrieval_failure_fails_the_request_before_the_provider(lab: Lab) -> None:
+    requests_before = lab.provider.counters["requests"]
+    lab.vectordb.error_rate = 1.0
+    try:
+        run = asyncio.run(run_load(lab.url, PROFILE, 0.2, seed=5))
+    finally:
+        lab.vectordb.error_rate = 0.0
+    assert {(r.status, r.error) for r in run.results} == {(502, "http_502")}
+    assert lab.provider.counters["requests"] == requests_before
+    assert lab.rag.force_flush()
+    for spans in lab.receiver.by_request({r.request_id for r in run.results}, 2).values():
+        retrieval = one(spans, SPAN_KIND_CLIENT, "retrieval ")
+        assert retrieval.status_code == STATUS_ERROR
+        assert retrieval.attributes["error.type"] == "503"
+        assert one(spans, SPAN_KIND_SERVER, "chat ").attributes["error.type"] == "503"
+        assert samples(spans, "provider_error_rate") == []
+
+
+def test_plan_is_seeded_fixed_rate_and_mixed() -> None:
+    a, b = plan(PROFILE, 3.0, seed=11), plan(PROFILE, 3.0, seed=11)
+    assert a == b and len(a) == 60
+    assert plan(PROFILE, 3.0, seed=12) != a
+    assert [p.offset_s for p in a] == [round(i / 20, 6) for i in range(60)]
+    big = plan(PROFILE, 500.0, seed=1)  # 10 000 requests
+    share = {c: sum(p.size == c for p in big) / len(big) for c in ("short", "medium", "long")}
+    assert share == pytest.approx({"short": 0.6, "medium": 0.3, "long": 0.1}, abs=0.02)
+    assert {(p.size, p.max_tokens) for p in big} == {("short", 16), ("medium", 48),
+                                                    ("long", 128)}
+    poisson = msgspec.structs.replace(PROFILE, arrival="poisson")
+    pa = plan(poisson, 50.0, seed=4)
+    assert pa == plan(poisson, 50.0, seed=4)
+    assert len(pa) == pytest.approx(1000, rel=0.1)
+    assert all(x.offset_s < y.offset_s for x, y in itertools.pairwise(pa))
+
+
+def test_loadgen_bounds_in_flight_and_counts_drops() -> None:
+    in_flight = peak = 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.3)
+            resp = web.StreamResponse()
+            resp.content_type = "text/event-stream"
+            await resp.prepare(request)
+            await resp.write(b'data: {"content": "x"}\n\ndata: [DONE]\n\n')
+            await resp.write_eof()
+            return resp
+        finally:
+            in_flight -= 1
+
+    profile = LoadProfile(name="t", rate_rps=20.0, max_in_flight=2, mix=(
+        PromptClass(name="short", weight=1.0, words=3, max_tokens=1),))
+
+    async def main() -> list:
+        app = web.Application()
+        app.router.add_post("/chat", slow)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            return (await run_load(f"http://127.0.0.1:{port}/chat", profile, 0.5, 1)).results
+        finally:
+            await runner.cleanup()
+
+    results = asyncio.run(main())
+    assert [r.seq for r in results] == list(range(10))
+    dropped = [r for r in results if r.error == "dropped"]
+    assert peak <= 2 and len(dropped) >= 5
+    assert all(r.ok and r.tokens == 1 for r in results if r.error != "dropped")
+
+
+def test_loadgen_cli_writes_jsonl(lab: Lab, tmp_path: Path) -> None:
+    # A subprocess: main() configures logging globally, which must not leak into pytest.
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "llm_slo.lab.loadgen", "--url", lab.url,
+                           "--profile", "rag_mixed_20rps", "--duration", "0.25", "--seed",
+                           "9", "--out", str(out)], capture_output=True, text=True,
+                          timeout=30, check=True)
+    results = read_jsonl(out)
+    assert [(r.seq, r.size, r.max_tokens) for r in results] == [
+        (p.seq, p.size, p.max_tokens) for p in plan(PROFILE, 0.25, 9)]
+    assert all(r.ok for r in results)
+    summary = msgspec.json.decode(proc.stdout)
+    assert summary["ok"] == summary["requests"] == 5
+    write_jsonl(results, tmp_path / "copy.jsonl")
+    assert read_jsonl(tmp_path / "copy.jsonl") == results
+
+
+def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:
+    argv = [sys.executable, "-m", "llm_slo.lab.rag_service", "--host", "127.0.0.1",
+            "--port", "0", "--provider-url", f"https://localhost:{lab.provider.port}",
+            "--vectordb-url", f"http://localhost:{lab.vectordb.port}",
+            "--cafile", lab.provider.cafile, "--otlp-endpoint", lab.receiver.endpoint,
+            "--pod", "rag-sub", "--namespace", "lab", "--node", "node-b",
+            "--max-seconds", "60"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        port = wait_ready(proc, timeout=15.0)
+        run = asyncio.run(run_load(f"http://127.0.0.1:{port}/chat", PROFILE, 0.1, seed=2))
+        assert [r.ok for r in run.results] == [True, True]
+        proc.send_signal(signal.SIGTERM)  # at once: the last spans are still batched
+        assert proc.wait(15.0) == 0
+    finally:
+        stop_process(proc)
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, timeout_s=2.0)
+    for spans in groups.values():
+        assert len(spans) == 3
+        assert {s.resource["process.pid"] for s in spans} == {proc.pid}
+        assert {s.resource["k8s.pod.name"] for s in spans} == {"rag-sub"}
