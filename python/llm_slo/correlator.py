@@ -139,6 +139,14 @@ def _tuple_key(ct: ConnTuple) -> str | None:
 
 def span_keys(span: Span) -> dict[str, Any]:
     """The span's join key per tier kind (None where the span lacks that identity)."""
+    return dict(zip(_KINDS, _span_key_tuple(span), strict=True))
+
+
+_KINDS = ("trace", "pid", "conn", "svc")  # tier kinds, in the order of the key tuple
+
+
+def _span_key_tuple(span: Span) -> tuple[Any, Any, Any, Any]:
+    """``span_keys`` as a tuple in ``_KINDS`` order: ``correlate`` needs no dict."""
     res, attrs = span.resource, span.attributes
     # Identity lives in the resource; a span attribute is the fallback.
     pod = str(res.get("k8s.pod.name") or attrs.get("k8s.pod.name") or "")
@@ -158,10 +166,10 @@ def span_keys(span: Span) -> dict[str, Any]:
         conn = canonical_conn(str(local), lport, str(peer), pport,
                               str(attrs.get("network.transport") or "tcp"))
     tid = span.trace_id.lower()
-    return {"trace": tid if tid and tid != _NULL_TRACE else None,
-            "pid": (pod, pid) if pod and pid > 0 else None,
-            "conn": (pod, conn) if pod and conn else None,
-            "svc": (service, node) if service and node else None}
+    return (tid if tid and tid != _NULL_TRACE else None,
+            (pod, pid) if pod and pid > 0 else None,
+            (pod, conn) if pod and conn else None,
+            (service, node) if service and node else None)
 
 
 class SignalIndex:
@@ -204,18 +212,23 @@ class SignalIndex:
 
     def add(self, signals: Iterable[ProbeEvent]) -> int:
         """Index signals; returns how many were indexed under at least one key."""
-        # Hot path (hundreds of thousands of signals a second): the per-key append is
-        # inlined as ``_put`` and lookups are bound to locals, which halves the cost.
+        # Hot path (hundreds of thousands of signals a second). The in-order append is
+        # inlined for the pod keys (``_put`` costs a call per key, ~3 per signal), the
+        # rare cases (new key, straggler, flagged) stay in helpers, and lookups are
+        # bound to locals. Grouping a batch by key first was measured slower: a key
+        # sees only ~3 signals a batch, too few to pay for the grouping.
         m_trace, m_pid, m_conn, m_svc = self.maps.values()
-        counts, bucket, horizon = self._gen_count, self._bucket, self._horizon
-        svc_cache, tuple_key, put = self._svc, _tuple_key, _put
-        n = late = unindexed = 0
-        # Generations change rarely within a batch: count runs, not one dict op a signal.
-        run_gen, run_n = None, 0
+        counts, bucket = self._gen_count, self._bucket
+        late_before = self._horizon * bucket  # ts // bucket < horizon  <=>  ts < this
+        svc_cache, tuple_key, put, new, put_flagged, insert = (
+            self._svc, _tuple_key, _put, _new_entry, _put_flagged, _insert)
+        late = unindexed = 0
+        # Generations change rarely within a batch: count runs of one generation
+        # ([run_lo, run_hi) in ns), not one dict op a signal; n is the sum of the runs.
+        run_gen, run_lo, run_hi, run_n, n = 0, 0, 0, 0, 0
         for sig in signals:
             ts = sig.ts_unix_nano
-            gen = ts // bucket
-            if gen < horizon:
+            if ts < late_before:
                 late += 1  # behind the last eviction: no span may still want it
                 continue
             flagged = sig.status != "ok"
@@ -224,30 +237,63 @@ class SignalIndex:
             elif pod := sig.pod:
                 hit = False
                 if (pid := sig.pid) > 0:
-                    put(m_pid, (pod, pid), ts, sig, flagged)
+                    if (e := m_pid.get(k := (pod, pid))) is None:
+                        m_pid[k] = new(ts, sig, flagged)
+                    else:
+                        if ts >= (tl := e[0])[-1]:  # kernel streams are nearly in order
+                            tl.append(ts)
+                            e[1].append(sig)
+                        else:
+                            insert(tl, e[1], ts, sig)
+                        if flagged:
+                            put_flagged(e, ts, sig)
                     hit = True
                 if (ct := sig.conn_tuple) is not None and (ck := tuple_key(ct)):
-                    put(m_conn, (pod, ck), ts, sig, flagged)
+                    if (e := m_conn.get(k := (pod, ck))) is None:
+                        m_conn[k] = new(ts, sig, flagged)
+                    else:
+                        if ts >= (tl := e[0])[-1]:
+                            tl.append(ts)
+                            e[1].append(sig)
+                        else:
+                            insert(tl, e[1], ts, sig)
+                        if flagged:
+                            put_flagged(e, ts, sig)
                     hit = True
-                c = svc_cache.get(pod)
-                sk = c[1] if c is not None and c[0] == sig.node else self._svc_key(sig)
+                if (c := svc_cache.get(pod)) is not None and c[0] == sig.node:
+                    sk = c[1]
+                elif not self.service_of:
+                    sk = None  # what _svc_key answers, without the call per signal
+                else:
+                    sk = self._svc_key(sig)
                 if sk is not None:
-                    put(m_svc, sk, ts, sig, flagged)
+                    if (e := m_svc.get(sk)) is None:
+                        m_svc[sk] = new(ts, sig, flagged)
+                    else:
+                        if ts >= (tl := e[0])[-1]:
+                            tl.append(ts)
+                            e[1].append(sig)
+                        else:
+                            insert(tl, e[1], ts, sig)
+                        if flagged:
+                            put_flagged(e, ts, sig)
                 elif not hit:
                     unindexed += 1
                     continue
             else:
                 unindexed += 1
                 continue
-            n += 1
-            if gen == run_gen:
+            if run_lo <= ts < run_hi:
                 run_n += 1
             else:
                 if run_n:
                     counts[run_gen] = counts.get(run_gen, 0) + run_n
-                run_gen, run_n = gen, 1
+                    n += run_n
+                run_gen = ts // bucket
+                run_lo, run_hi, run_n = run_gen * bucket, (run_gen + 1) * bucket, 1
         if run_n:
             counts[run_gen] = counts.get(run_gen, 0) + run_n
+            n += run_n
         self.size += n
         self.late += late
         self.unindexed += unindexed
@@ -304,7 +350,8 @@ class Correlator:
                  (SERVICE_NODE, c.service_node_confidence, ns(c.service_node_window_ms), "svc")]
         # Most confident first (stable: ties keep ladder order): a signal that fits
         # several tiers is claimed by the best, and enriching tiers precede diagnostic.
-        self._tiers = sorted(tiers, key=lambda t: -t[1])
+        # Each with its kind's position in the span's key tuple.
+        self._tiers = [(*t, _KINDS.index(t[3])) for t in sorted(tiers, key=lambda t: -t[1])]
 
     def add(self, signals: Iterable[ProbeEvent]) -> int:
         """Shorthand for ``self.index.add``."""
@@ -316,25 +363,25 @@ class Correlator:
 
     def correlate(self, span: Span) -> EnrichedSpan:
         """Join one span against the indexed signals and update the counters."""
-        c, st, maps, keys = self.config, self.stats, self.index.maps, span_keys(span)
+        c, st, maps, keys = self.config, self.stats, self.index.maps, _span_key_tuple(span)
         s = span.start_unix_nano + self.clock_offset_ns
         e = max(span.end_unix_nano + self.clock_offset_ns, s)
         k, thr = c.max_fanout, c.threshold
         cands: list[tuple[Any, ...]] = []  # the best k enriching joins of each tier
         diags: list[tuple[Any, ...]] = []
-        claimed: list[tuple[list[ProbeEvent], int, int]] = []  # ranges joined so far
+        claimed: list[tuple[Any, list[ProbeEvent], int, int]] = []  # ranges joined so far
         seen: set[int] = set()
         joins = 0
-        for tier, conf, w, kind in self._tiers:
+        for tier, conf, w, kind, pos in self._tiers:
             if conf < thr and cands:
                 break  # diagnostics only explain spans that nothing enriches
-            key = keys[kind]
-            entry = maps[kind].get(key) if key is not None else None
-            if entry is None:
+            key = keys[pos]
+            if key is None or (entry := maps[kind].get(key)) is None:
                 continue
             tl, sl = entry[0], entry[1]
-            flagged: tuple[Any, ...] = entry[2:]  # not a star-unpack: no list per tier
-            lo, hi = bisect_left(tl, s - w), bisect_right(tl, e + w)
+            flagged: tuple[Any, ...] = entry  # its [2] and [3]: flagged ts and signals
+            lo = bisect_left(tl, s - w)
+            hi = bisect_right(tl, e + w, lo)
             if lo == hi:
                 continue
             if conf < thr:  # diagnostic: only the nearest few are worth returning
@@ -343,17 +390,15 @@ class Correlator:
                     diags.append((-conf, abs(d), len(diags), tier, conf, d, sl[i]))
                 continue
             if claimed:  # a signal under several keys belongs to its most confident tier
-                seen = {id(x) for cl, a, b in claimed for x in cl[a:b]}
-                keep = [j for j in range(lo, hi) if id(sl[j]) not in seen]
+                keep = [j for j in range(lo, hi) if not _claimed(claimed, tl[j], sl[j])]
                 if len(keep) < hi - lo:
-                    claimed.append((sl, lo, hi))
+                    claimed.append((tl, sl, lo, hi))
                     tl, sl, lo, hi = [tl[j] for j in keep], [sl[j] for j in keep], 0, len(keep)
-                    flagged = ()  # they no longer line up with the filtered range
+                    flagged = None  # they no longer line up with the filtered range
             if kind != "trace":  # trace-id signals live under no other key
-                claimed.append((sl, lo, hi))
+                claimed.append((tl, sl, lo, hi))
             joins += hi - lo
-            for ad, sev, d, sig in _best(tl, sl, lo, hi, s, e, k, flagged):
-                cands.append((-conf, ad, sev, len(cands), tier, conf, d, sig))
+            cands += _best(tl, sl, lo, hi, s, e, k, flagged, (-conf, tier, conf), len(cands))
         cands.sort()
         diags.sort()
         matches = [Match(x[7], x[4], x[5], x[6] / 1e6) for x in cands[:k]]
@@ -378,11 +423,28 @@ class Correlator:
                             [Match(x[6], x[3], x[4], x[5] / 1e6) for x in diags[:k]])
 
 
+def _claimed(claimed: list[tuple[Any, list[ProbeEvent], int, int]], t: int,
+             sig: ProbeEvent) -> bool:
+    """Whether ``sig`` (at ``t``) lies in one of the ``claimed`` (ts, signals, lo, hi) ranges.
+
+    Bisects each range for ``t`` and compares identities among equal times, rather than
+    collecting the ids of whole ranges: a busy pid's range holds dozens of signals, the
+    range being filtered only a few.
+    """
+    for ctl, csl, a, b in claimed:
+        i, j = bisect_left(ctl, t, a, b), bisect_right(ctl, t, a, b)
+        while i < j:
+            if csl[i] is sig:
+                return True
+            i += 1
+    return False
+
+
 def _put(m: dict[Any, Any], key: Any, ts: int, sig: ProbeEvent, flagged: bool) -> None:
+    """Add one signal under ``key`` (``add`` inlines this for the pod keys)."""
     e = m.get(key)
     if e is None:
-        m[key] = (array("q", (ts,)), [sig], array("q", (ts,)) if flagged else array("q"),
-                  [sig] if flagged else [])
+        m[key] = _new_entry(ts, sig, flagged)
         return
     tl = e[0]
     if ts >= tl[-1]:  # kernel streams are nearly in order: append
@@ -390,13 +452,24 @@ def _put(m: dict[Any, Any], key: Any, ts: int, sig: ProbeEvent, flagged: bool) -
         e[1].append(sig)
     else:
         _insert(tl, e[1], ts, sig)
-    if flagged:  # kept apart too, so the fan-out finds them without a scan
-        ftl = e[2]
-        if not ftl or ts >= ftl[-1]:
-            ftl.append(ts)
-            e[3].append(sig)
-        else:
-            _insert(ftl, e[3], ts, sig)
+    if flagged:
+        _put_flagged(e, ts, sig)
+
+
+def _new_entry(ts: int, sig: ProbeEvent, flagged: bool) -> tuple[Any, ...]:
+    """A key's first signal: (ts, signals, ts of flagged, flagged signals)."""
+    return (array("q", (ts,)), [sig], array("q", (ts,)) if flagged else array("q"),
+            [sig] if flagged else [])
+
+
+def _put_flagged(e: tuple[Any, ...], ts: int, sig: ProbeEvent) -> None:
+    """Flagged signals are kept apart too, so the fan-out finds them without a scan."""
+    ftl = e[2]
+    if not ftl or ts >= ftl[-1]:
+        ftl.append(ts)
+        e[3].append(sig)
+    else:
+        _insert(ftl, e[3], ts, sig)
 
 
 def _insert(tl: Any, sl: list[ProbeEvent], ts: int, sig: ProbeEvent) -> None:
@@ -410,34 +483,44 @@ def _insert(tl: Any, sl: list[ProbeEvent], ts: int, sig: ProbeEvent) -> None:
 
 
 def _best(ts: Any, ss: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
-          flagged: tuple[Any, ...]) -> list[tuple[int, int, int, ProbeEvent]]:
-    """The k joins in [lo, hi) closest to [s, e] as (|Δ|, -severity, Δ, signal).
+          flagged: tuple[Any, ...] | None, tier: tuple[float, str, float],
+          n: int) -> list[tuple[Any, ...]]:
+    """The k joins in [lo, hi) closest to [s, e] as candidates of ``tier``.
 
-    Inside the span (all Δ = 0) flagged signals come first, found in ``flagged`` (their
-    ts and signals) when given. Never scores the whole range: a long span of a busy
-    pid holds hundreds of joins.
+    A candidate is (−conf, |Δ|, −severity, n + i, tier, conf, Δ, signal): ``tier`` is
+    (−conf, name, conf), ``n + i`` numbers them in order (unique, so sorting candidates
+    never compares signals). Built here directly: no second tuple per join in the caller.
+    Inside the span (all Δ = 0) flagged signals come first, found in ``flagged[2:4]``
+    (an index entry: their ts and signals) when given. Never scores the whole range: a
+    long span of a busy pid holds hundreds of joins.
     """
+    nc, name, conf = tier
+    sev = _SEVERITY
     if hi - lo <= k:
-        return [(abs(d), -_SEVERITY.get(x.status, 0), d, x)
-                for t, x in zip(ts[lo:hi], ss[lo:hi], strict=True)
-                for d in (t - s if t < s else (t - e if t > e else 0),)]
+        out = []
+        for i in range(lo, hi):
+            t, x = ts[i], ss[i]
+            d = t - s if t < s else (t - e if t > e else 0)
+            out.append((nc, abs(d), -sev.get(x.status, 0), n + i - lo, name, conf, d, x))
+        return out
     a = bisect_left(ts, s, lo, hi)
     b = bisect_right(ts, e, a, hi)
     if b - a < k:  # all of the inside, then the nearest outside
-        return [(abs(d), -_SEVERITY.get(ss[i].status, 0), d, ss[i])
-                for i, d in _nearest(ts, ss, lo, hi, s, e, k, _NONE)]
-    if flagged:
-        inside = flagged[1][bisect_left(flagged[0], s):bisect_right(flagged[0], e)]
+        return [(nc, abs(d), -sev.get((x := ss[i]).status, 0), n + j, name, conf, d, x)
+                for j, (i, d) in enumerate(_nearest(ts, ss, lo, hi, s, e, k, _NONE))]
+    if flagged is not None:
+        ftl = flagged[2]
+        inside = flagged[3][bisect_left(ftl, s):bisect_right(ftl, e)]
     else:
         inside = [x for x in ss[a:b] if x.status != "ok"]
     # (−severity, position) is unique, so plain tuple order never compares signals.
-    pick = sorted([(-_SEVERITY.get(x.status, 0), j, x) for j, x in enumerate(inside)])[:k]
+    pick = sorted([(-sev.get(x.status, 0), j, x) for j, x in enumerate(inside)])[:k]
     j = a
     while len(pick) < k:  # fewer than k flagged: the earliest routine ones
         if ss[j].status == "ok":
             pick.append((0, j, ss[j]))
         j += 1
-    return [(0, sev, 0, x) for sev, _, x in pick]
+    return [(nc, 0, p[0], n + i, name, conf, 0, p[2]) for i, p in enumerate(pick)]
 
 
 def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
@@ -449,8 +532,18 @@ def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k:
     """
     a = bisect_left(tl, s, lo, hi)
     b = bisect_right(tl, e, a, hi)
-    out = list(islice(((i, 0) for i in range(a, b) if id(sl[i]) not in seen), k))  # Δ = 0
     left, right = a - 1, b
+    if not seen:  # the enriching case: no identity checks
+        out = [(i, 0) for i in range(a, min(b, a + k))]  # Δ = 0
+        while len(out) < k and (left >= lo or right < hi):
+            if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
+                out.append((left, tl[left] - s))
+                left -= 1
+            else:
+                out.append((right, tl[right] - e))
+                right += 1
+        return out
+    out = list(islice(((i, 0) for i in range(a, b) if id(sl[i]) not in seen), k))  # Δ = 0
     while len(out) < k and (left >= lo or right < hi):
         if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
             i, d, left = left, tl[left] - s, left - 1

@@ -461,3 +461,46 @@ def test_generation_counts_across_interleaved_batches():
     # Gate 2000 ms: watermark T0 + 2100 ms evicts generation 0 (4 signals) only.
     assert idx.evict(T0 + 2_100 * MS) == 4 and len(idx) == 3
     assert idx.evict(T0 + 2_300 * MS) == 3 and len(idx) == 0 and idx.evicted == 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(signal_st(), max_size=40), st.lists(signal_st(), max_size=40),
+       st.integers(-1_000, 5_000))
+def test_counters_agree_with_brute_force_across_eviction(first, second, wm_ms):
+    """late / unindexed / evicted / len match a per-signal count, across generations."""
+    idx = SignalIndex(bucket_ms=100, service_of=lambda s: SERVICES.get(s.pod))
+
+    def indexable(g: ProbeEvent) -> bool:
+        if g.trace_id:
+            return True
+        ct = g.conn_tuple
+        return bool(g.pod) and (g.pid > 0 or SERVICES.get(g.pod) is not None or (
+            ct is not None and canonical_conn(ct.src_ip, ct.src_port, ct.dst_ip,
+                                              ct.dst_port, ct.protocol) is not None))
+
+    assert idx.add(first) == sum(map(indexable, first)) == len(idx)
+    bound = (T0 + wm_ms * MS - 2_000 * MS) // (100 * MS) * (100 * MS)
+    gone = sum(1 for g in first if indexable(g) and g.ts_unix_nano < bound)
+    assert idx.evict(T0 + wm_ms * MS) == gone == idx.evicted
+    late = [g for g in second if g.ts_unix_nano < bound]
+    kept = [g for g in second if g.ts_unix_nano >= bound]
+    assert idx.add(second) == sum(map(indexable, kept))
+    assert idx.late == len(late)
+    assert idx.unindexed == sum(not indexable(g) for g in first + kept)
+    assert len(idx) == sum(map(indexable, first + kept)) - gone
+    for m in idx.maps.values():
+        for tl, sl, ftl, fsl in m.values():
+            assert list(tl) == sorted(tl) == [g.ts_unix_nano for g in sl]
+            assert list(ftl) == [g.ts_unix_nano for g in fsl] == sorted(ftl)
+            assert all(g.status != "ok" for g in fsl) and min(tl) >= bound
+
+
+def test_claim_is_by_identity_not_by_equal_time():
+    # Same time, same connection: the pid-42 signal is claimed by pod_pid; the pid-43 one
+    # (another object at the very same ns) must still join by connection.
+    a, b = sig(1, pid=42, conn=CONN), sig(1, pid=43, conn=CONN)
+    twin = sig(1, pid=42, conn=CONN)  # equal fields, distinct object: claimed too
+    es, cor = run([a, b, twin], span(attrs=CONN_ATTRS))
+    assert tiers(es) == [POD_PID, POD_PID, POD_CONN]
+    assert es.matches[0].signal is a and es.matches[1].signal is twin
+    assert es.matches[2].signal is b and cor.stats.fanout_dropped == 0
