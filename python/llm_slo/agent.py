@@ -24,6 +24,7 @@ import structlog
 
 from llm_slo.config import AgentConfig, parse_listen
 from llm_slo.engine import SloEngine
+from llm_slo.errors import ConfigError
 from llm_slo.identity import (
     CgroupResolver,
     cgroup_id_of_path,
@@ -47,11 +48,14 @@ class JsonlOutputs:
     """One JSONL file per record kind in ``directory``, flushed after each batch."""
 
     def __init__(self, directory: str) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, IO[bytes]] = {
-            kind: open(Path(directory) / name, "ab")  # noqa: SIM115 - closed in close()
-            for kind, name in OUTPUT_FILES.items()
-        }
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self._files: dict[str, IO[bytes]] = {
+                kind: open(Path(directory) / name, "ab")  # noqa: SIM115 - closed in close()
+                for kind, name in OUTPUT_FILES.items()
+            }
+        except OSError as e:
+            raise ConfigError(f"output directory {directory}: {e.strerror or e}") from e
         self._enc = msgspec.json.Encoder()
 
     def write(self, kind: str, records: list[Any]) -> None:
@@ -156,7 +160,11 @@ class Agent:
         for sig, reason in self.probes.failures.items():
             log.warning("signal unavailable", signal=sig, reason=reason)
         try:
-            await self.receiver.start()
+            try:
+                await self.receiver.start()
+            except OSError as e:
+                raise ConfigError(f"cannot listen on {self.config.intake.listen}: "
+                                  f"{e.strerror or e}") from e
             if self.exporter:
                 await self.exporter.start()
             log.info("agent running", node=self.node, signals=sorted(self.probes.probes),

@@ -52,3 +52,27 @@ def test_bad_numbers_rejected(flag: str, value: str) -> None:
 def test_btf_missing_file_is_clear(tmp_path) -> None:
     """sloctl btf --btf on a missing file says so in one line."""
     assert main(["btf", "--btf", str(tmp_path / "none.btf")]) == 1
+
+
+def test_agent_port_in_use_is_a_clear_error(tmp_path) -> None:
+    """The OTLP port already taken: one line naming the address, exit 2, no traceback."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("agent", "--signals", "cpu_steal_pct", "--listen", f"127.0.0.1:{port}",
+                "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_agent_unwritable_output_dir_is_a_clear_error(tmp_path) -> None:
+    """An output directory that cannot be created is named in one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = run("agent", "--signals", "cpu_steal_pct", "--listen", "127.0.0.1:0",
+            "--output-dir", str(blocker / "out"))
+    assert r.returncode == 2 and "output directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
