@@ -34,7 +34,7 @@ from llm_slo.identity import (
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
 from llm_slo.otlp_receiver import OtlpReceiver
-from llm_slo.probe_event import PodName, ProbeEvent, ProbeEventBuilder, wall_offset_ns
+from llm_slo.probe_event import PodName, ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
 from llm_slo.spans import Span
 
@@ -139,8 +139,8 @@ class Agent:
 
     def _poll(self) -> None:
         records = self.probes.poll(time.monotonic_ns())
-        offset, now = wall_offset_ns(), time.time_ns()
-        events: list[ProbeEvent] = [self.builder.build(r, offset, now) for r in records]
+        events: list[ProbeEvent] = self.builder.build_batch(records)
+        now = time.time_ns()
         self.engine.add_signals(events)
         if self.config.outputs.probe_events:
             self._emit("probe", events, [(e.ts_unix_nano, e.status) for e in events])

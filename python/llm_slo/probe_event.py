@@ -156,6 +156,11 @@ class ProbeEventBuilder:
         self.cgroup_id_of = cgroup_id_of
         self.pod_of = pod_of
 
+    def build_batch(self, records: list[Any]) -> list[ProbeEvent]:
+        """ProbeEvents for one poll; kernel time is converted to wall time once."""
+        offset, now = wall_offset_ns(), time.time_ns()
+        return [self.build(r, offset, now) for r in records]
+
     def build(self, rec: Any, offset_ns: int, now_unix_ns: int) -> ProbeEvent:
         """One ProbeEvent; ``offset_ns`` converts kernel monotonic time (once per batch)."""
         if isinstance(rec, CpuStealSample):

@@ -20,7 +20,7 @@ import structlog
 
 from llm_slo.identity import CgroupResolver, cgroup_id_under
 from llm_slo.mounts import cgroup2_mount
-from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder, wall_offset_ns
+from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
 
 log = structlog.get_logger("watch")
@@ -95,8 +95,7 @@ async def run_watch(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout)
             records = probes.poll(time.monotonic_ns())
-            offset, now = wall_offset_ns(), time.time_ns()
-            batch = [builder.build(r, offset, now) for r in records]
+            batch = builder.build_batch(records)
             batch.sort(key=lambda e: e.ts_unix_nano)
             if batch:
                 emit(batch)
