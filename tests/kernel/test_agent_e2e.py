@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -57,6 +58,9 @@ CLIENT = textwrap.dedent("""
                 c.set_attribute("http.response.status_code", 200)
             span.set_attribute("gen_ai.operation.name", "chat")
             span.set_attribute("llm.slo.ttft_ms", (time.monotonic() - t0) * 1000)
+        if not sys.stdout.closed:
+            print("sent", flush=True)  # the test starts its calm clock on the first one
+            sys.stdout.close()
         time.sleep(0.2)
     tp.shutdown()
 """)
@@ -99,7 +103,11 @@ def test_slow_dns_breach_is_attributed_to_dns(tmp_path: Path) -> None:
                 f"mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} -c "
                 f"'{CLIENT}' http://127.0.0.1:{port}/v1/traces 16"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            time.sleep(9)  # calm phase: the agent learns this workload's baseline
+            # Start the calm clock when the first span has been sent, not at spawn: a cold
+            # interpreter importing the OTel SDK can take seconds on a fresh CI machine.
+            ready, _, _ = select.select([client.stdout], [], [], 30)
+            assert ready and client.stdout.readline() == b"sent\n", "client never sent a span"
+            time.sleep(8)  # calm phase: the agent learns this workload's baseline
             dns.delay_s = 1.2  # fault: every lookup now takes 1.2 s
             _, stderr = client.communicate(timeout=60)
             assert client.returncode == 0, stderr.decode()
