@@ -27,6 +27,8 @@ from llm_slo.engine import SloEngine
 from llm_slo.errors import ConfigError
 from llm_slo.identity import (
     CgroupResolver,
+    PodDirectory,
+    PodName,
     cgroup_id_of_path,
     cgroup_id_under,
     process_cgroup_path,
@@ -34,7 +36,7 @@ from llm_slo.identity import (
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
 from llm_slo.otlp_receiver import OtlpReceiver
-from llm_slo.probe_event import PodName, ProbeEvent, ProbeEventBuilder
+from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
 from llm_slo.spans import Span
 
@@ -107,9 +109,10 @@ class Agent:
         self.pid_cgroups = PidCgroups(root)
         self.engine = SloEngine(config.engine, cgroup_of_pid=self.pid_cgroups)
         self.resolver = CgroupResolver()
+        pods_file = config.identity.pods_file
+        self.pod_directory = PodDirectory(pods_file) if pods_file else None
         self.builder = ProbeEventBuilder(self.node, self.resolver.resolve,
-                                         lambda p: cgroup_id_under(root, p),
-                                         self.pid_cgroups.pods.get)
+                                         lambda p: cgroup_id_under(root, p), self._pod_of)
         self.probes = ProbeSet(config.signal_set, config.probes)
         host, port = parse_listen(config.intake.listen)
         self.receiver = OtlpReceiver(self._on_spans, host, port, config.intake.max_body_bytes)
@@ -122,6 +125,14 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _pod_of(self, cgroup_id: int) -> PodName | None:
+        # Names a workload's own spans gave win; the pods file covers everything else
+        # (pods that send no spans: neighbours, backends).
+        pod = self.pid_cgroups.pods.get(cgroup_id)
+        if pod is None and self.pod_directory is not None:
+            pod = self.pod_directory.pod_of(self.resolver.resolve(cgroup_id))
+        return pod
 
     def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:
         if self.jsonl:

@@ -34,6 +34,13 @@ class OutputConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     probe_events: bool = True  # also export every ProbeEvent, not only SLO results
 
 
+class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where pod names come from besides span resources."""
+
+    # A PodList JSON file (``kubectl get pods -A -o json``), re-read when it changes.
+    pods_file: str | None = None
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``sloctl agent`` configuration."""
 
@@ -46,6 +53,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     probes: ProbeOptions = msgspec.field(default_factory=ProbeOptions)
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     outputs: OutputConfig = msgspec.field(default_factory=OutputConfig)
+    identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
 
 

@@ -256,3 +256,89 @@ def host_process(pid: int, proc: str = "/proc") -> HostProcess | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return HostProcess(pid=pid, comm=comm, cgroup_path=cgroup_path)
+
+
+class PodName(msgspec.Struct, frozen=True):
+    """Kubernetes names of the pod and container a cgroup belongs to."""
+
+    namespace: str
+    pod: str
+    container: str = ""
+
+
+class _Meta(msgspec.Struct):
+    uid: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+class _ContainerStatus(msgspec.Struct):
+    name: str = ""
+    containerID: str = ""  # "containerd://<64 hex>"
+
+
+class _PodStatus(msgspec.Struct):
+    containerStatuses: list[_ContainerStatus] = msgspec.field(default_factory=list)
+
+
+class _Pod(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+    status: _PodStatus = msgspec.field(default_factory=_PodStatus)
+
+
+class _PodList(msgspec.Struct):
+    items: list[_Pod]
+
+
+class PodDirectory:
+    """Pod and container names by pod UID and container id, from a PodList JSON file.
+
+    The file has the shape ``kubectl get pods -A -o json`` prints (only
+    ``metadata.uid/name/namespace`` and ``status.containerStatuses[].name/containerID``
+    are read), so a snapshot of a real cluster works as well as the one the incident lab
+    writes for its namespaces. It is re-read when its modification time changes, at most
+    once per ``recheck_s``. A file that cannot be read or parsed keeps the last good
+    directory and records why in ``error``.
+    """
+
+    def __init__(self, path: str, *, recheck_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.error = ""
+        self._recheck_s, self._clock = recheck_s, clock
+        self._checked = -float("inf")
+        self._mtime_ns = -1
+        self._pods: dict[str, PodName] = {}
+        self._containers: dict[str, str] = {}
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self._recheck_s:
+            return
+        self._checked = now
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+            if mtime == self._mtime_ns:
+                return
+            with open(self.path, "rb") as f:
+                pods = msgspec.json.decode(f.read(), type=_PodList).items
+        except (OSError, msgspec.DecodeError) as e:
+            self.error = f"pods file {self.path}: {e}"
+            return
+        self._mtime_ns, self.error = mtime, ""
+        self._pods = {p.metadata.uid.lower(): PodName(p.metadata.namespace, p.metadata.name)
+                      for p in pods if p.metadata.uid}
+        self._containers = {cs.containerID.rpartition("//")[2].lower(): cs.name
+                            for p in pods for cs in p.status.containerStatuses
+                            if cs.containerID}
+
+    def pod_of(self, ident: Identity) -> PodName | None:
+        """Names of the pod (and container) ``ident`` belongs to, if the file lists it."""
+        if not ident.pod_uid:
+            return None
+        self._refresh()
+        pod = self._pods.get(ident.pod_uid)
+        if pod is None:
+            return None
+        container = self._containers.get(ident.container_id.lower(), "")
+        return msgspec.structs.replace(pod, container=container) if container else pod

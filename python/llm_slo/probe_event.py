@@ -27,7 +27,7 @@ from llm_slo.events import (
     RunqueueEvent,
     TlsHandshakeEvent,
 )
-from llm_slo.identity import Identity
+from llm_slo.identity import Identity, PodName
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Status = Literal["ok", "warning", "error"]
@@ -84,14 +84,6 @@ class ProbeEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
     outcome: str | None = None
     target: str | None = None
     detail: str | None = None
-
-
-class PodName(msgspec.Struct, frozen=True):
-    """Kubernetes names of the pod and container a cgroup belongs to."""
-
-    namespace: str
-    pod: str
-    container: str = ""
 
 
 _NO_POD = PodName("", "", "")
