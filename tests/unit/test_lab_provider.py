@@ -226,7 +226,7 @@ def test_control_validates_and_applies_atomically() -> None:
                     {"mode": "throttle", "bogus": 1}, {"mode": "sleepy"},
                     {"error_rate": 1.5}, {"throttle_rate": -0.1}, {"error_status": 404},
                     {"tokens_per_s": 0}, {"ttft_ms": True}, {"retry_after_s": 1.5},
-                    [1], None)]
+                    {"tls_delay_ms": -1}, {"tls_delay_ms": 600_001}, [1], None)]
                 bad.append(await post(s, url, raw=b"nope"))
                 good = await post(s, url, {"mode": "throttle", "ttft_ms": 250,
                                            "throttle_rate": 0.5, "retry_after_s": 3})
@@ -240,7 +240,8 @@ def test_control_validates_and_applies_atomically() -> None:
         assert good[0] == 200 and good[2] == got
         assert got["settings"] == {"seed": 0, "mode": "throttle", "ttft_ms": 250.0,
                                    "tokens_per_s": 50.0, "throttle_rate": 0.5,
-                                   "error_rate": 0.0, "error_status": 503, "retry_after_s": 3}
+                                   "error_rate": 0.0, "error_status": 503, "retry_after_s": 3,
+                                   "tls_delay_ms": 0.0}
         assert {"requests", "streamed_tokens", "throttled", "errors"} <= got["counters"].keys()
         # the same rules for the in-process setters
         for name, value in (("error_rate", 2), ("mode", "slow"), ("tokens_per_s", -1)):

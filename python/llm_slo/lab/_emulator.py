@@ -224,6 +224,10 @@ class HttpEmulator:
     def _release(self) -> None:
         """Free what :meth:`_ssl_context` made (e.g. a temporary certificate directory)."""
 
+    def _site(self, runner: web.AppRunner, ctx: ssl.SSLContext | None) -> web.BaseSite:
+        """The site listening on ``host:port``; a subclass may gate new connections."""
+        return web.TCPSite(runner, self.host, self.port, ssl_context=ctx)
+
     async def start(self) -> None:
         """Bind ``host:port`` and serve; ``.port`` is the bound port afterwards."""
         if self._runner is not None:
@@ -238,7 +242,7 @@ class HttpEmulator:
         try:
             ctx = self._ssl_context()
             await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port, ssl_context=ctx)
+            site = self._site(runner, ctx)
             await site.start()
         except BaseException:
             with contextlib.suppress(Exception):  # the original error is what matters

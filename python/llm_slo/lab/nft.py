@@ -9,6 +9,10 @@ table, which cannot disturb any other ruleset on the host.
     with NftDrop("llm-slo-test", daddr=pair.ns_addr, dport=8080, percent=100,
                  syn_only=True):
         ...  # connects to pair.ns_addr:8080 now time out
+
+With ``direction="forward"`` the drop happens where this host routes packets between
+two network namespaces (a router between pods), and ``saddr`` narrows it to one
+sender.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from types import TracebackType
 
 from llm_slo.lab._util import LabError, is_stale, run_cmd, unique_name
 
-_DIRECTIONS = {"output": ("output",), "input": ("input",), "both": ("output", "input")}
+_DIRECTIONS = {"output": ("output",), "input": ("input",), "both": ("output", "input"),
+               "forward": ("forward",)}
 
 
 class NftError(LabError):
@@ -34,30 +39,46 @@ def _nft(script: str) -> None:
         raise NftError(str(exc)) from exc
 
 
+def _net(addr: str) -> tuple[int, str]:
+    """IP version and nft spelling of an address or network (``ValueError`` on junk)."""
+    net = ipaddress.ip_network(addr, strict=False)
+    return net.version, str(net.network_address if net.prefixlen == net.max_prefixlen
+                            else net.with_prefixlen)
+
+
 class NftDrop:
     """Context manager dropping ``percent``% of TCP packets to ``daddr[:dport]``.
 
-    ``daddr`` is an IPv4/IPv6 address or network. ``syn_only`` restricts the drop to
-    connection attempts (SYN without ACK), which delays or fails connects without
-    touching established flows. ``direction`` is ``"output"`` (packets this host
-    sends), ``"input"`` (packets it receives) or ``"both"``. Attribute ``table`` is the
-    table name; :meth:`dropped` reads the rule counters.
+    ``daddr`` is an IPv4/IPv6 address or network; ``saddr`` (optional, same family)
+    also requires that source. ``syn_only`` restricts the drop to connection attempts
+    (SYN without ACK), which delays or fails connects without touching established
+    flows. ``direction`` is ``"output"`` (packets this host sends), ``"input"``
+    (packets it receives), ``"both"``, or ``"forward"`` (packets it routes from one
+    interface to another, e.g. between two network namespaces; needs forwarding
+    enabled). Attribute ``table`` is the table name; :meth:`dropped` reads the rule
+    counters.
     """
 
     def __init__(self, table_prefix: str = "llm-slo", *, daddr: str, dport: int | None,
-                 percent: int, syn_only: bool = False, direction: str = "output") -> None:
+                 percent: int, syn_only: bool = False, direction: str = "output",
+                 saddr: str | None = None) -> None:
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be in 0..100, got {percent}")
         if dport is not None and not 0 < dport < 65536:
             raise ValueError(f"dport must be in 1..65535, got {dport}")
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be one of {sorted(_DIRECTIONS)}")
-        net = ipaddress.ip_network(daddr, strict=False)  # ValueError on junk
+        version, dst = _net(daddr)
         self.table = unique_name(table_prefix)
         self.hooks = _DIRECTIONS[direction]
-        family = "ip" if net.version == 4 else "ip6"
-        dst = net.with_prefixlen if net.prefixlen < net.max_prefixlen else net.network_address
-        match = [f"{family} daddr {dst}", "meta l4proto tcp"]
+        family = "ip" if version == 4 else "ip6"
+        match: list[str] = []
+        if saddr is not None:
+            src_version, src = _net(saddr)
+            if src_version != version:
+                raise ValueError(f"saddr {saddr} and daddr {daddr} are not the same family")
+            match.append(f"{family} saddr {src}")
+        match += [f"{family} daddr {dst}", "meta l4proto tcp"]
         if dport is not None:
             match.append(f"tcp dport {dport}")
         if syn_only:

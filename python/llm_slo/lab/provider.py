@@ -1,11 +1,13 @@
-"""An OpenAI-compatible LLM provider emulator: TLS, SSE token streaming, 429s and 5xxs.
+"""An OpenAI-compatible LLM provider emulator: TLS, SSE token streaming, 429s and 5xxs,
+slow TLS handshakes.
 
 The lab's RAG service calls "the provider" exactly as it would call a hosted LLM API:
 ``POST /v1/chat/completions`` over HTTPS, usually with ``stream: true``. This emulator
 answers with realistic ``chat.completion.chunk`` Server-Sent Events, paced like a real
 model (time to first token, then a steady token rate), and can be switched at runtime to
 throttle (429 with ``Retry-After``) or fail (5xx), always or for a seeded share of
-requests, which is what the ``provider_throttle`` and ``provider_error`` faults need.
+requests, which is what the ``provider_throttle`` and ``provider_error`` faults need,
+and to hold every new TLS handshake for a while (the ``tls_slow`` fault).
 
 Two ways to run it, same code:
 
@@ -27,16 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
 import secrets
 import shutil
+import socket
 import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +87,108 @@ def ensure_cert(cert_dir: str | os.PathLike[str], *, days: int = 7) -> tuple[str
                  "-days", str(days), "-subj", f"/CN={PROVIDER_HOSTNAME}", "-addext",
                  f"subjectAltName=DNS:{PROVIDER_HOSTNAME},DNS:localhost,IP:127.0.0.1"])
     return str(cert), str(key)
+
+
+# --- slow TLS handshakes ----------------------------------------------------------------------
+
+# asyncio's own default limit for a TLS handshake: a client that connects but never
+# sends its ClientHello is dropped after it, as it would be without the gate.
+_HANDSHAKE_TIMEOUT_S = 60.0
+
+
+class _Handoff(asyncio.Protocol):
+    """Takes each connection from asyncio's listener before a byte of it is read."""
+
+    def __init__(self, admit: Callable[[socket.socket], None]) -> None:
+        self._admit = admit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The duplicate outlives the transport: abort() only closes the transport's own
+        # descriptor (no FIN, no RST), so the connection itself stays untouched.
+        sock = transport.get_extra_info("socket").dup()
+        transport.abort()
+        self._admit(sock)
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Return once ``sock`` has bytes (or EOF) to read; reads none of them."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+class _TlsGateSite(web.BaseSite):
+    """An HTTPS site that holds each new connection's handshake for ``delay_s()``.
+
+    Per connection: accept, wait for the client's first bytes (its ClientHello), sleep
+    the delay on the event loop, then hand the socket to the TLS transport aiohttp
+    would have made. The client's handshake takes that much longer, while every other
+    connection is served as usual. Without a delay the socket is handed over at once:
+    the same transport as a plain ``TCPSite``, nothing added per request.
+    """
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int,
+                 ctx: ssl.SSLContext | None, delay_s: Callable[[], float]) -> None:
+        super().__init__(runner, ssl_context=ctx)
+        self._host, self._port, self._delay_s = host, port, delay_s
+        self._pending: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Handoff(self._admit), self._host, self._port, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await super().stop()  # closes the listener: nothing new gets accepted
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def _admit(self, sock: socket.socket) -> None:
+        if self._stopping:  # accepted just before the listener closed
+            sock.close()
+            return
+        # the delay is read once, when the connection arrives
+        task = asyncio.get_running_loop().create_task(self._handshake(sock, self._delay_s()))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _handshake(self, sock: socket.socket, delay_s: float) -> None:
+        try:
+            if delay_s > 0:
+                # counted from the ClientHello's arrival, i.e. from when the client's
+                # handshake has begun: a client slow to start it is not let off early
+                await asyncio.wait_for(_readable(sock), _HANDSHAKE_TIMEOUT_S)
+                await asyncio.sleep(delay_s)
+        except TimeoutError:  # no ClientHello: drop the connection
+            sock.close()
+            return
+        except asyncio.CancelledError:  # stop()
+            sock.close()
+            raise
+        server = self._runner.server
+        assert server is not None  # set up before any site starts
+        # The TLS transport owns the socket from here and closes it if the handshake
+        # fails, which any client can make happen: not an error of ours to report.
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().connect_accepted_socket(
+                server, sock, ssl=self._ssl_context)
 
 
 # --- the provider ----------------------------------------------------------------------------
@@ -166,6 +272,9 @@ class ProviderEmulator(HttpEmulator):
       that get a 429 / an ``error_status``, drawn from the seeded RNG (one draw per valid
       request, so a seed fixes which requests fail);
     * ``error_status`` (503; any 5xx) and ``retry_after_s`` (1; whole seconds);
+    * ``tls_delay_ms`` (0): every new connection's TLS handshake is held that long on
+      the server side (from the ClientHello's arrival; read when the connection
+      arrives), without stalling other connections;
     * ``seed`` (0; null for an unseeded RNG): setting it restarts the fault sequence.
 
     Faults answer at once, like a real gateway. Invalid requests always get 400, in every
@@ -192,6 +301,7 @@ class ProviderEmulator(HttpEmulator):
     error_rate = Knob(0.0, number(0, 1))
     error_status = Knob(503, number(500, 599, integer=True))
     retry_after_s = Knob(1, number(0, 86_400, integer=True))
+    tls_delay_ms = Knob(0.0, number(0, 600_000))
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  cert_dir: str | os.PathLike[str] | None = None, seed: int | None = 0,
@@ -218,6 +328,10 @@ class ProviderEmulator(HttpEmulator):
         ctx.load_cert_chain(cert, key)
         self.cafile = cert
         return ctx
+
+    def _site(self, runner: web.AppRunner, ctx: ssl.SSLContext | None) -> web.BaseSite:
+        return _TlsGateSite(runner, self.host, self.port, ctx,
+                            lambda: self.tls_delay_ms / 1000.0)
 
     def _release(self) -> None:
         if self._tmp_dir is not None:
