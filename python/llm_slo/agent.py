@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import time
@@ -163,11 +164,27 @@ class Agent:
             log.info("attribution", service=a.service, domain=a.predicted_fault_domain,
                      confidence=round(a.confidence, 3), abstain=a.abstain, sli=a.slo_impact.sli)
 
+    def _write_stats(self, probe_counters: dict[str, dict[str, int]]) -> None:
+        """``agent-stats.json``: what the agent did and what it cost, for tools (the lab)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        run_stats = self.probes.run_stats()
+        stats = {
+            **self.counters, "engine": self.engine.counters, "probes": probe_counters,
+            "failures": self.probes.failures,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss,
+            "bpf": {sig: {prog: {"run_time_ns": t, "run_cnt": n} for prog, (t, n) in progs.items()}
+                    for sig, progs in run_stats.items()},
+        }
+        path = Path(str(self.config.outputs.jsonl_dir)) / "agent-stats.json"
+        with contextlib.suppress(OSError):
+            path.write_bytes(msgspec.json.format(msgspec.json.encode(stats), indent=1))
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         self.probes.open()
+        self.engine.set_active_signals(self.probes.probes)
         for sig, reason in self.probes.failures.items():
             log.warning("signal unavailable", signal=sig, reason=reason)
         try:
@@ -189,6 +206,8 @@ class Agent:
             return 0
         finally:
             probe_counters = self.probes.counters()
+            if self.config.outputs.jsonl_dir:
+                self._write_stats(probe_counters)
             await self.receiver.stop()
             if self.exporter:
                 await self.exporter.stop()

@@ -88,6 +88,7 @@ class SloEngine:
                  cgroup_of_pid: dict[int, int] | None = None) -> None:
         self.config = config or EngineConfig()
         self.correlator = Correlator(self.config.correlation)
+        self.active_signals: frozenset[str] = frozenset()
         self.book = SloBook(self.config.objectives, self.config.rules, bucket_s=BURN_BUCKET_S)
         self.baseline = Baseline(self.config.baseline)
         # pid -> cgroup id, filled by the shell (from /proc) or by replay input.
@@ -101,6 +102,12 @@ class SloEngine:
                          "abstained": 0}
 
     # ---- intake --------------------------------------------------------------------
+
+    def set_active_signals(self, signals: Iterable[str]) -> None:
+        """The signals whose probes run. A probe that ran and saw nothing for a workload
+        then counts 0, so a baseline learns "no retransmits" before the first one
+        happens; without this only signals already seen for the workload count."""
+        self.active_signals = frozenset(signals)
 
     def add_signals(self, events: Iterable[ProbeEvent]) -> None:
         """Kernel signals (already identified): index for joins, keep per cgroup."""
@@ -227,7 +234,8 @@ class SloEngine:
     def _features(self, work: _Workload, start_ns: int, end_ns: int) -> WindowFeatures:
         signals = [ev for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())
                    if start_ns <= ev.ts_unix_nano <= end_ns]
-        active = {ev.signal for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())}
+        active = self.active_signals or {
+            ev.signal for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())}
         return features_from(signals, _app_evidence(work, start_ns, end_ns),
                              active_signals=active, own_cgroup_ids=work.cgroups)
 

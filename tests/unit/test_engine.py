@@ -154,3 +154,41 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No such file"):
         load_config(str(tmp_path / "missing.yaml"))
     assert load_config(None) == AgentConfig()
+
+
+def _retransmit(t: int) -> ProbeEvent:
+    from llm_slo.events import ConnTuple, RetransmitAggregate
+    conn = ConnTuple(src_ip="10.0.0.2", dst_ip="10.0.0.9", src_port=40000, dst_port=443,
+                     protocol="tcp")
+    rec = RetransmitAggregate(ts_ns=t, cgroup_id=CGROUP, conn=conn, syn=False, count=5)
+    return BUILDER.build(rec, 0, t)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_running_probe_that_saw_nothing_teaches_a_zero_baseline(declared: bool) -> None:
+    """Retransmits never happened while calm. Only if the engine knows the probe ran do
+    the calm windows teach "0 retransmits", so the first burst is evidence."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    if declared:
+        engine.set_active_signals(["dns_latency_ms", "tcp_retransmits_total",
+                                   "runqueue_delay_ms", "connect_latency_ms",
+                                   "tls_handshake_ms"])
+    atts = []
+    for sec in range(12):
+        faulty = sec >= 8
+        for k in range(4):
+            t = T0 + sec * NS + k * NS // 4
+            sig = _kernel(t, 0.4)
+            if faulty:
+                sig.append(_retransmit(t))
+            engine.add_signals(sig)
+            engine.add_spans([*_children(sec * 4 + k, t),
+                              _span(sec * 4 + k, t, 1250.0 if faulty else 40.0)])
+        atts += engine.tick(T0 + (sec + 1) * NS)
+    assert atts
+    top = atts[0].fault_hypotheses[0]
+    if declared:  # one elevated group: ranked first, confidence bounded (see attributor)
+        assert top.domain == "network_egress", atts[0]
+        assert "tcp_retransmits" in top.evidence
+    else:
+        assert top.domain != "network_egress"
