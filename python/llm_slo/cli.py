@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 import msgspec
 import structlog
@@ -173,7 +174,91 @@ def build_parser() -> argparse.ArgumentParser:
                         "to use")
     replay.add_argument("--tick", type=_positive, default=1.0, metavar="S",
                         help="evaluation tick in seconds of recorded time (default 1)")
+    _add_lab(sub)
     return p
+
+
+def _add_lab(sub: Any) -> None:
+    lab = sub.add_parser(
+        "lab", help="the incident lab: a real RAG workload, real faults, scored attribution",
+        description="Builds a small cluster on this machine (network namespaces and cgroups "
+        "for rag, provider, vectordb, dns, noisy and loadgen pods), runs the real agent "
+        "against real load, injects faults and scores the agent's attributions against "
+        "what was injected. Needs root.")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    lab_sub.add_parser("list", help="scenarios, their faults and parameters with defaults")
+    run = lab_sub.add_parser(
+        "run", help="run a scenario and write scored artifacts to --out",
+        description="Runs SCENARIO: per repetition a fresh agent, a baseline phase, then a "
+        "fault and a recovery phase per scenario step, load at 20 requests/s throughout. "
+        "Writes slo-events.jsonl, attributions.jsonl, predictions.csv, "
+        "confusion-matrix.csv, summary.json, provenance.json, report.md and timeline SVGs "
+        "to --out. Ctrl-C stops and cleans up.",
+        epilog="example:\n  sloctl lab run --scenario dns_latency --set dns.delay_ms=150 "
+        "--reps 3 --out out/dns",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--scenario", required=True, help="see `sloctl lab list`")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a fault parameter (repeatable)")
+    run.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
+    run.add_argument("--phases", default="baseline=20s,fault=20s,recovery=10s",
+                     help="phase lengths (default baseline=20s,fault=20s,recovery=10s)")
+    run.add_argument("--seed", type=int, default=1, help="load and emulator seed (default 1)")
+    run.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
+                       "process a lab run left behind (also of crashed runs)")
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_slo.lab import cleanup_all
+    from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params
+    from llm_slo.lab.topology import clean_netns_etc
+
+    if args.lab_command == "list":
+        for sc in SCENARIOS.values():
+            steps = " -> ".join("+".join(step) for step in sc.steps) or "(no fault)"
+            domains = {FAULTS[f].domain for step in sc.steps for f in step}
+            print(f"{sc.name:<20} {steps}\n{'':<20} {sc.description}")
+            if domains:
+                print(f"{'':<20} ground truth: {', '.join(sorted(domains))}")
+            for name, p in sc.params().items():
+                print(f"{'':<22}--set {name}={p.default:g}  ({p.help}; "
+                      f"{p.lo:g}..{p.hi:g})")
+        return 0
+    if args.lab_command == "clean":
+        if os.geteuid() != 0:
+            raise LlmSloError("sloctl lab clean needs root")
+        removed = cleanup_all("llm-slo-lab", include_live=True) + clean_netns_etc()
+        print(f"removed {len(removed)} lab object(s)")
+        for r in removed:
+            print(f"  {r}")
+        return 0
+    from llm_slo.lab.report import results_table
+    from llm_slo.lab.runner import LabRun, Phases
+
+    if args.scenario not in SCENARIOS:
+        raise ConfigError(f"--scenario {args.scenario}: unknown; one of "
+                          f"{', '.join(SCENARIOS)} (see `sloctl lab list`)")
+    if args.reps < 1:
+        raise ConfigError("--reps must be at least 1")
+    scenario = SCENARIOS[args.scenario]
+    params = resolve_params(scenario, parse_sets(args.sets))
+    command = "sloctl " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sloctl") else \
+        " ".join(["sloctl", "lab", "run", "--scenario", args.scenario,
+                  *(f"--set {x}" for x in args.sets), "--reps", str(args.reps),
+                  "--phases", args.phases, "--seed", str(args.seed), "--out", args.out])
+    run = LabRun(scenario, params, reps=args.reps, phases=Phases.parse(args.phases),
+                 seed=args.seed, out=Path(args.out), command=command)
+    try:
+        summary = run.run()
+    finally:
+        cleanup_all("llm-slo-lab")
+        clean_netns_etc()
+    print(results_table(summary))
+    print(f"artifacts: {args.out}/ (report.md, summary.json, timeline.svg, ...)")
+    return 0
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -271,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     handlers = {"prereq": _prereq, "btf": _btf, "probe": _watch, "agent": _agent,
-                "replay": _replay}
+                "replay": _replay, "lab": _lab}
     try:
         return handlers[args.command](args)
     except ConfigError as e:
@@ -282,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sloctl lab list | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

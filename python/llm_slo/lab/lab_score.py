@@ -1,0 +1,250 @@
+"""Scoring one lab repetition: the agent's outputs against the injector's ground truth.
+
+Cases (scored with the shared :mod:`llm_slo.scoring`):
+
+* every attribution the agent emitted is a case at its timestamp; its truth is every
+  fault active at that instant or ended at most ``grace_s`` before (the evidence window
+  and correlation delay still look at the fault), else ``none``;
+* a fault episode with no attribution naming anything in ``[start, end + grace_s]`` is a
+  missed case (predicted ``none``);
+* every whole second of calm (no fault within ``grace_s``) is a case with truth
+  ``none``: predicted is the domain named in that second, ``unknown`` if the agent only
+  abstained, else ``none``. The false-positive rate is over these seconds.
+
+Correlation precision/recall is about the joins the attribution rests on: ProbeEvents
+joined to a pod. Truth comes from the runner, not from the agent: the pids it started in
+each pod. A ProbeEvent whose pid the runner did not start (the host, the agent itself,
+kernel threads) is not judged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from llm_slo.lab.loadgen import RequestResult, read_jsonl
+from llm_slo.scoring import (
+    NONE,
+    UNKNOWN,
+    Case,
+    CorrelationScore,
+    FaultEpisode,
+    ScoreSummary,
+    correlation_scores,
+    detection_delays,
+    score,
+)
+
+GRACE_S = 3.0  # engine window (1 s) + correlation delay (0.5 s) + span export and ticks
+
+
+class Prediction(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of predictions.csv."""
+
+    ts: float
+    actual: str
+    predicted: str
+    kind: str  # attribution | calm_second | missed_episode
+    confidence: float | None = None
+    sli: str = ""
+    incident_id: str = ""
+
+
+class RepResult(msgspec.Struct, kw_only=True):
+    rep: int
+    rep_dir: Path
+    cases: list[Case]
+    episodes: list[FaultEpisode]
+    predictions: list[Prediction]
+    score: ScoreSummary
+    correlation: CorrelationScore
+    cpu_pct: float
+    rss_mb: float
+    bpf_ns_per_run: float | None
+    ttft_p99_ms: float | None
+    requests: int
+    errors: int
+
+
+def _ts(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]],
+                phases: list[dict[str, Any]], grace_s: float = GRACE_S
+                ) -> tuple[list[Case], list[Prediction]]:
+    """Cases and prediction rows of one repetition; see the module docstring."""
+    cases: list[Case] = []
+    rows: list[Prediction] = []
+
+    def truths_at(t: float) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f["domain"] for f in faults
+                                   if f["start"] <= t <= f["end"] + grace_s))
+
+    timed = sorted(((_ts(a["timestamp"]), a) for a in attributions), key=lambda x: x[0])
+    for t, a in timed:
+        truths = truths_at(t)
+        predicted = UNKNOWN if a.get("abstain") else a["predicted_fault_domain"]
+        ranked = tuple(h["domain"] for h in a.get("fault_hypotheses") or ())
+        actual = truths[0] if truths else NONE
+        if not truths and phases and t < phases[0]["start"]:
+            continue  # before the schedule: not part of the run
+        cases.append(Case(actual=actual, predicted=predicted, ranked=ranked or (predicted,),
+                          truths=truths, ts=t, case_id=a.get("incident_id", "")))
+        rows.append(Prediction(ts=t, actual="+".join(truths) or NONE, predicted=predicted,
+                               kind="attribution", confidence=a.get("confidence"),
+                               sli=a.get("slo_impact", {}).get("sli", ""),
+                               incident_id=a.get("incident_id", "")))
+    for f in faults:
+        named = [t for t, a in timed if f["start"] <= t <= f["end"] + grace_s]
+        if not named:
+            cases.append(Case(actual=f["domain"], predicted=NONE, ts=f["start"]))
+            rows.append(Prediction(ts=f["start"], actual=f["domain"], predicted=NONE,
+                                   kind="missed_episode"))
+    if phases:
+        t = phases[0]["start"]
+        end = phases[-1]["end"]
+        while t + 1.0 <= end:
+            if not any(f["start"] - 1.0 < t <= f["end"] + grace_s for f in faults):
+                said = [a for ts, a in timed if t <= ts < t + 1.0]
+                named = [a["predicted_fault_domain"] for a in said if not a.get("abstain")]
+                predicted = named[0] if named else (UNKNOWN if said else NONE)
+                cases.append(Case(actual=NONE, predicted=predicted, ts=t))
+                rows.append(Prediction(ts=t, actual=NONE, predicted=predicted,
+                                       kind="calm_second"))
+            t += 1.0
+    return cases, rows
+
+
+def _correlation(probe_events: Path, pids: Mapping[str, set[int]],
+                 pod_names: Mapping[str, str]) -> CorrelationScore:
+    """ProbeEvent -> pod joins against the pids the runner started per pod."""
+    role_of_pid = {pid: role for role, ps in pids.items() for pid in ps}
+    predicted, truth = set(), set()
+    try:
+        f = probe_events.open("rb")
+    except FileNotFoundError:
+        return correlation_scores((), ())
+    dec = msgspec.json.Decoder()
+    with f:
+        for i, line in enumerate(f):
+            ev = dec.decode(line)
+            role = role_of_pid.get(ev.get("pid", 0))
+            if role is None:
+                continue
+            truth.add((i, pod_names[role]))
+            if ev.get("pod"):
+                predicted.add((i, ev["pod"]))
+    return correlation_scores(predicted, truth)
+
+
+def _pods(rep_dir: Path) -> dict[str, str]:
+    data = json.loads((rep_dir.parent / "lab" / "pods.json").read_text())
+    return {p["metadata"]["labels"]["app"]: p["metadata"]["name"] for p in data["items"]}
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1)]
+
+
+def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
+              phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
+              agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
+    """Score one finished repetition from the files in ``rep_dir``."""
+    attributions = _jsonl(rep_dir / "attributions.jsonl")
+    cases, rows = build_cases(attributions, faults, phases)
+    episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
+                for f in faults]
+    stats = {}
+    with contextlib.suppress(OSError, ValueError):
+        stats = json.loads((rep_dir / "agent-stats.json").read_text())
+    run_ns = cnt = 0
+    for progs in stats.get("bpf", {}).values():
+        for s in progs.values():
+            run_ns += s["run_time_ns"]
+            cnt += s["run_cnt"]
+    requests: list[RequestResult] = []
+    with contextlib.suppress(FileNotFoundError):
+        requests = read_jsonl(rep_dir / "requests.jsonl")
+    ttft = [r.ttft_ms for r in requests if r.ok and r.ttft_ms is not None]
+    correlation = _correlation(rep_dir / "probe-events.jsonl", pids, _pods(rep_dir))
+    return RepResult(
+        rep=rep, rep_dir=rep_dir, cases=cases, episodes=episodes, predictions=rows,
+        score=score(cases, episodes, correlation, grace_s=GRACE_S),
+        correlation=correlation,
+        cpu_pct=100.0 * agent_cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0,
+        rss_mb=rss_mb, bpf_ns_per_run=run_ns / cnt if cnt else None,
+        ttft_p99_ms=_pct(ttft, 99), requests=len(requests),
+        errors=sum(1 for r in requests if not r.ok))
+
+
+def pooled_score(results: list[RepResult]) -> ScoreSummary:
+    """One score over every repetition's cases and episodes."""
+    tp = sum(r.correlation.true_positives for r in results)
+    fp = sum(r.correlation.false_positives for r in results)
+    fn = sum(r.correlation.false_negatives for r in results)
+    corr = CorrelationScore(precision=tp / (tp + fp) if tp + fp else None,
+                            recall=tp / (tp + fn) if tp + fn else None,
+                            true_positives=tp, false_positives=fp, false_negatives=fn)
+    return score([c for r in results for c in r.cases],
+                 [e for r in results for e in r.episodes], corr, grace_s=GRACE_S)
+
+
+def ci95(values: list[float]) -> dict[str, float | None]:
+    """Mean and a normal-approximation 95 % interval over repetitions."""
+    if not values:
+        return {"mean": None, "lo": None, "hi": None}
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "lo": None, "hi": None}
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+def summarize(results: list[RepResult], *, scenario: str,
+              params: Mapping[str, float]) -> dict[str, Any]:
+    """``summary.json``: pooled scores, per-rep CI95, overhead, client latency."""
+    pooled = pooled_score(results)
+    delays = [d for r in results for d in detection_delays(r.episodes, r.cases, GRACE_S)]
+    per_rep_delay = [r.score.detection_delay_s.median for r in results
+                     if r.score.detection_delay_s.median is not None]
+    bpf = [r.bpf_ns_per_run for r in results if r.bpf_ns_per_run is not None]
+    p99 = [r.ttft_p99_ms for r in results if r.ttft_p99_ms is not None]
+    out = msgspec.to_builtins(pooled)
+    out.update({
+        "scenario": scenario, "params": dict(params), "reps": len(results),
+        "detection_delay_s": {**out["detection_delay_s"],
+                              "per_episode": [None if d is None else round(d, 3)
+                                              for d in delays]},
+        "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),
+                     "rss_mb": max(r.rss_mb for r in results),
+                     "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
+        "client": {"requests": sum(r.requests for r in results),
+                   "errors": sum(r.errors for r in results),
+                   "ttft_p99_ms_per_rep": p99},
+        "ci95": {"macro_f1": ci95([r.score.macro_f1 for r in results
+                                    if r.score.macro_f1 is not None]),
+                 "fpr": ci95([r.score.fpr for r in results if r.score.fpr is not None]),
+                 "detection_delay_median_s": ci95(per_rep_delay),
+                 "agent_cpu_pct": ci95([r.cpu_pct for r in results])},
+    })
+    return out

@@ -1,0 +1,334 @@
+"""``sloctl lab run``: build the lab, run the real agent against real load, inject the
+scenario's faults on a schedule, and score what the agent said against what was done.
+
+One run = one topology and workload, then ``reps`` repetitions. Each repetition starts a
+fresh ``sloctl agent`` (so it learns its baseline from scratch), runs the load generator
+for the whole schedule (baseline, then fault/recovery per scenario step) and writes the
+agent's outputs, the client's results and the ground truth into ``rep-NN/``. The run
+directory gets the combined artifacts (see :func:`write_artifacts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+
+from llm_slo.lab import cleanup_all
+from llm_slo.lab._util import LabError, stop_process
+from llm_slo.lab.faults import FAULTS, Scenario, undo_all
+from llm_slo.lab.lab_score import RepResult, pooled_score, score_rep, summarize
+from llm_slo.lab.services import LabServices
+from llm_slo.lab.topology import NODE, Topology, check_environment, clean_netns_etc
+
+PHASE_RE = re.compile(r"^(baseline|fault|recovery)=(\d+(?:\.\d+)?)s?$")
+
+
+class Phases(msgspec.Struct, frozen=True):
+    """Seconds of calm before the first fault, of each fault, and of calm after each."""
+
+    baseline: float = 20.0
+    fault: float = 20.0
+    recovery: float = 10.0
+
+    @classmethod
+    def parse(cls, text: str) -> Phases:
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            m = PHASE_RE.match(part)
+            if not m:
+                raise LabError(f"--phases {text!r}: expected e.g. baseline=20s,fault=20s,"
+                               f"recovery=10s (bad part {part!r})")
+            values[m[1]] = float(m[2])
+        phases = msgspec.structs.replace(cls(), **values)
+        if phases.baseline < 5 or phases.fault < 1:
+            raise LabError("--phases: baseline needs at least 5 s (the agent learns its "
+                           "baseline there) and fault at least 1 s")
+        return phases
+
+    def total(self, steps: int) -> float:
+        return self.baseline + steps * (self.fault + self.recovery)
+
+
+def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
+    """The agent's configuration in the lab: fast windows, the lab's TTFT objective."""
+    return {
+        "node": NODE, "interval_s": 0.25,
+        "identity": {"pods_file": str(pods_file)},
+        "intake": {"listen": listen},
+        "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True},
+        "engine": {
+            "window_s": 1.0, "cooldown_s": 1.0, "correlation_delay_s": 0.5,
+            "baseline": {"warmup": 8},
+            # The lab's objectives: TTFT is ~135 ms when healthy; a whole answer of up
+            # to 128 tokens at the provider's 50 tokens/s takes ~3 s by design.
+            "thresholds": {"services": {"rag": {
+                "ttft_ms": {"warning": 400.0, "breach": 700.0},
+                "request_latency_ms": {"warning": 5000.0, "breach": 8000.0}}}},
+        },
+    }
+
+
+class Progress:
+    """One status line per second on a terminal, one line per phase otherwise."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._last = ""
+
+    def status(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[2K" + text)
+            self.out.flush()
+        elif text.split(" ·")[0] != self._last:
+            self.out.write(text + "\n")
+            self.out.flush()
+        self._last = text.split(" ·")[0]
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[2K")
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+class AgentProcess:
+    """``sloctl agent`` as a subprocess with its config and log in the rep directory."""
+
+    def __init__(self, rep_dir: Path, config: dict[str, Any]) -> None:
+        self.rep_dir = rep_dir
+        (rep_dir / "agent.json").write_text(json.dumps(config, indent=1))
+        self.log = rep_dir / "agent.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_slo.cli", "agent", "--config",
+             str(rep_dir / "agent.json")],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "agent running" in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = self.log.read_text(errors="replace")[-1500:]
+        raise LabError(f"the agent did not start (exit {self.proc.poll()}); its log:\n{tail}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(5)
+
+
+class LabRun:
+    """One ``sloctl lab run``; see the module docstring."""
+
+    def __init__(self, scenario: Scenario, params: dict[str, float], *, reps: int,
+                 phases: Phases, seed: int, out: Path, command: str,
+                 progress: Progress | None = None) -> None:
+        self.scenario, self.params, self.reps = scenario, params, reps
+        self.phases, self.seed, self.out, self.command = phases, seed, out, command
+        self.progress = progress or Progress()
+        self.results: list[RepResult] = []
+
+    def run(self) -> dict[str, Any]:
+        check_environment()
+        removed = cleanup_all("llm-slo-lab") + clean_netns_etc()
+        if removed:
+            self.progress.line(f"removed {len(removed)} leftovers of an earlier lab run")
+        self.out.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        total = self.phases.total(len(self.scenario.steps))
+        max_s = self.reps * (total + 120) + 300  # every lab process ends by itself
+        self.progress.line(f"lab: scenario {self.scenario.name}, {self.reps} rep(s) of "
+                           f"{total:.0f} s, output in {self.out}")
+        with Topology(self.out / "lab") as topo:
+            services = LabServices(topo, seed=self.seed, max_s=max_s)
+            services.start(self.out / "lab")
+            for rep in range(1, self.reps + 1):
+                self.results.append(self._rep(rep, topo, services))
+        summary = summarize(self.results, scenario=self.scenario.name, params=self.params)
+        provenance = _provenance(self.seed, started, time.time(), self.command)
+        write_artifacts(self.out, self.results, summary, provenance, self.command)
+        return summary
+
+    def _rep(self, rep: int, topo: Topology, services: LabServices) -> RepResult:
+        rep_dir = self.out / f"rep-{rep:02d}"
+        rep_dir.mkdir(parents=True, exist_ok=True)
+        for stale in rep_dir.glob("*.jsonl"):
+            stale.unlink()
+        tag = f"[rep {rep}/{self.reps}]"
+        agent = AgentProcess(rep_dir, agent_config(rep_dir, services.otlp_listen,
+                                                   topo.pods_file))
+        undos: list[Callable[[], None]] = []
+        faults: list[dict[str, Any]] = []
+        phases: list[dict[str, Any]] = []
+        loadgen: subprocess.Popen[bytes] | None = None
+        try:
+            self.progress.status(f"{tag} starting agent")
+            agent.wait_ready()
+            total = self.phases.total(len(self.scenario.steps))
+            loadgen = topo.spawn("loadgen", [
+                sys.executable, "-m", "llm_slo.lab.loadgen", "--url", services.rag_url,
+                "--duration", str(total), "--seed", str(self.seed + rep),
+                "--out", str(rep_dir / "requests.jsonl")],
+                stdout=subprocess.PIPE, stderr=(rep_dir / "loadgen.log").open("wb"))
+            services.pids["loadgen"].add(loadgen.pid)
+            cpu0, t0 = _proc_cpu_s(agent.proc.pid), time.monotonic()
+            schedule: list[tuple[str, float, tuple[str, ...]]] = [
+                ("baseline", self.phases.baseline, ())]
+            for step in self.scenario.steps:
+                schedule += [("fault", self.phases.fault, step),
+                             ("recovery", self.phases.recovery, ())]
+            for name, seconds, step in schedule:
+                start = time.time()
+                for fault in step:
+                    undos.append(FAULTS[fault].inject(services, self.params))
+                t_on = time.time()
+                self._wait(seconds, f"{tag} {name}"
+                           + (f" ({'+'.join(step)})" if step else ""), rep_dir, start)
+                errors = undo_all(undos)
+                if errors:
+                    raise LabError(f"undoing {'+'.join(step)} failed: {'; '.join(errors)}")
+                t_off = time.time()
+                phases.append({"name": name, "start": start, "end": time.time()})
+                faults += [{"name": f, "domain": FAULTS[f].domain, "start": t_on,
+                            "end": t_off, "params": {k: v for k, v in self.params.items()
+                                                     if k in FAULTS[f].params}}
+                           for f in step]
+            cpu_s, wall_s = _proc_cpu_s(agent.proc.pid) - cpu0, time.monotonic() - t0
+            rss_mb = _proc_rss_mb(agent.proc.pid)
+            self.progress.status(f"{tag} draining")
+            try:
+                loadgen.wait(60)
+            except subprocess.TimeoutExpired:
+                loadgen.send_signal(signal.SIGTERM)
+                loadgen.wait(30)
+            time.sleep(2.0)  # the agent joins the last spans after its correlation delay
+        finally:
+            undo_all(undos)
+            if loadgen is not None:
+                stop_process(loadgen)
+            code = agent.stop()
+        if code != 0:
+            tail = agent.log.read_text(errors="replace")[-1500:]
+            raise LabError(f"{tag} the agent exited with {code}; its log:\n{tail}")
+        (rep_dir / "faults.json").write_text(json.dumps(faults, indent=1))
+        (rep_dir / "phases.json").write_text(json.dumps(phases, indent=1))
+        result = score_rep(rep, rep_dir, faults, phases, services.pids,
+                           agent_cpu_s=cpu_s, wall_s=wall_s, rss_mb=rss_mb)
+        s = result.score
+        self.progress.line(
+            f"{tag} done: {s.cases} cases, macro-F1 "
+            f"{'n/a' if s.macro_f1 is None else f'{s.macro_f1:.2f}'}, FPR "
+            f"{'n/a' if s.fpr is None else f'{s.fpr:.3f}'}, agent CPU {result.cpu_pct:.2f} %")
+        return result
+
+    def _wait(self, seconds: float, label: str, rep_dir: Path, start: float) -> None:
+        end = start + seconds
+        while (left := end - time.time()) > 0:
+            atts = _count_lines(rep_dir / "attributions.jsonl")
+            slo = _count_lines(rep_dir / "slo-events.jsonl")
+            self.progress.status(f"{label} · {seconds - left:4.0f}/{seconds:.0f} s · "
+                                 f"slo events {slo} · attributions {atts}")
+            time.sleep(min(1.0, left))
+
+
+def _provenance(seed: int, started: float, finished: float, command: str) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        return ""
+
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    from importlib.metadata import version
+    return {
+        "command": command, "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "kernel": platform.release(), "hostname": platform.node(), "cpu_model": cpu_model,
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("msgspec", "numpy", "aiohttp",
+                                             "opentelemetry-sdk")},
+        "seed": seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+    }
+
+
+def write_artifacts(out: Path, results: list[RepResult], summary: dict[str, Any],
+                    provenance: dict[str, Any], command: str) -> list[Path]:
+    """Combined artifacts of a run in ``out`` (per-rep files stay in ``rep-NN/``)."""
+    from llm_slo.lab.report import write_run_report
+
+    for name in ("slo-events.jsonl", "attributions.jsonl"):
+        with (out / name).open("wb") as dst:
+            for r in results:
+                with contextlib.suppress(FileNotFoundError):
+                    dst.write((r.rep_dir / name).read_bytes())
+    with (out / "predictions.csv").open("w") as f:
+        f.write("rep,ts,actual,predicted,confidence,sli,incident_id,case\n")
+        for r in results:
+            for p in r.predictions:
+                f.write(",".join(str(x) for x in (
+                    r.rep, f"{p.ts:.3f}", p.actual, p.predicted,
+                    "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
+                    p.incident_id, p.kind)) + "\n")
+    pooled_score(results).write_confusion_csv(out / "confusion-matrix.csv")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_nan_none))
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    return [out / "summary.json", *write_run_report(out, command=command)]
+
+
+def _nan_none(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,95 @@
+"""Lab scenarios, --set parsing, phases and the scoring of one repetition (no kernel)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_slo.incident import FAULT_DOMAINS
+from llm_slo.lab._util import LabError
+from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params, undo_all
+from llm_slo.lab.lab_score import build_cases
+from llm_slo.lab.runner import Phases
+
+
+def test_every_fault_of_the_issue_exists_with_a_known_domain() -> None:
+    wanted = {"dns_latency", "dns_failure", "egress_loss", "connect_timeout", "tls_slow",
+              "cpu_contention", "cpu_throttle", "memory_pressure", "provider_throttle",
+              "provider_error", "retrieval_slowdown", "mixed", "mixed_multi"}
+    assert wanted <= set(SCENARIOS)
+    assert all(f.domain in FAULT_DOMAINS and f.domain != "unknown" for f in FAULTS.values())
+    assert any(len(step) == 2 for step in SCENARIOS["mixed_multi"].steps)
+
+
+def test_set_overrides_are_validated_against_the_scenario() -> None:
+    sc = SCENARIOS["dns_latency"]
+    assert resolve_params(sc, {}) == {"dns.delay_ms": 100}
+    assert resolve_params(sc, parse_sets(["dns.delay_ms=150"])) == {"dns.delay_ms": 150.0}
+    with pytest.raises(LabError, match=r"no such parameter.*dns\.delay_ms"):
+        resolve_params(sc, {"egress.loss_pct": "10"})
+    with pytest.raises(LabError, match=r"within 1\.\.10000"):
+        resolve_params(sc, {"dns.delay_ms": "0"})
+    with pytest.raises(LabError, match="not a number"):
+        resolve_params(sc, {"dns.delay_ms": "fast"})
+    with pytest.raises(LabError, match="whole number"):
+        resolve_params(SCENARIOS["egress_loss"], {"egress.loss_pct": "2.5"})
+    with pytest.raises(LabError, match="expected name=value"):
+        parse_sets(["dns.delay_ms"])
+
+
+def test_phases_parse_and_reject_nonsense() -> None:
+    assert Phases.parse("baseline=30s,fault=10,recovery=5s") == Phases(30, 10, 5)
+    assert Phases.parse("fault=12s") == Phases(fault=12)
+    with pytest.raises(LabError, match="bad part"):
+        Phases.parse("baseline=ten")
+    with pytest.raises(LabError, match="at least 5 s"):
+        Phases.parse("baseline=2s")
+
+
+def test_undo_all_runs_every_undo_and_reports_failures() -> None:
+    done: list[str] = []
+
+    def fail() -> None:
+        raise OSError("gone")
+
+    undos = [lambda: done.append("a"), fail, lambda: done.append("c")]
+    assert undo_all(undos) == ["OSError: gone"]
+    assert done == ["c", "a"] and undos == []
+
+
+def _att(ts: str, domain: str, abstain: bool = False) -> dict:
+    return {"incident_id": f"inc-{ts}", "timestamp": ts, "predicted_fault_domain": domain,
+            "abstain": abstain, "confidence": 0.9, "slo_impact": {"sli": "ttft_ms"},
+            "fault_hypotheses": [{"domain": domain}]}
+
+
+def test_cases_truth_grace_calm_seconds_and_missed_episodes() -> None:
+    t0 = 1_800_000_000.0
+    phases = [{"name": "baseline", "start": t0, "end": t0 + 10},
+              {"name": "fault", "start": t0 + 10, "end": t0 + 20},
+              {"name": "recovery", "start": t0 + 20, "end": t0 + 30}]
+    faults = [{"name": "dns_latency", "domain": "network_dns", "start": t0 + 10,
+               "end": t0 + 20}]
+
+    def iso(s: float) -> str:
+        import datetime
+        return datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
+
+    atts = [_att(iso(2.5), "network_egress"),  # false alarm in baseline
+            _att(iso(4.5), "unknown", abstain=True),  # abstention: not a false alarm
+            _att(iso(11.2), "network_dns"),
+            _att(iso(21.0), "network_dns")]  # within the grace after the fault: correct
+    cases, rows = build_cases(atts, faults, phases, grace_s=3.0)
+    attributed = [c for c in cases if c.case_id]
+    assert [(c.actual, c.predicted) for c in attributed] == [
+        ("none", "network_egress"), ("none", "unknown"), ("network_dns", "network_dns"),
+        ("network_dns", "network_dns")]
+    calm = [c for c in cases if not c.case_id and c.actual == "none"]
+    # seconds 0..9 end by the fault start; 24..29 start after the fault end + grace
+    assert len(calm) == 10 + 6
+    assert sum(c.predicted == "network_egress" for c in calm) == 1
+    assert sum(c.predicted == "unknown" for c in calm) == 1
+    assert all(r.kind in ("attribution", "calm_second") for r in rows)
+
+    missed, _ = build_cases([], faults, phases, grace_s=3.0)
+    assert [(c.actual, c.predicted) for c in missed if c.actual != "none"] == [
+        ("network_dns", "none")]
