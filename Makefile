@@ -15,7 +15,7 @@ BPF_HDRS := bpf/llm_slo.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.h
 BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 	-Ivmlinux/$(ARCH) -Ibpf -fno-ident -fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: help deps bpf test test-unit lint demo bench vmlinux clean-lab
+.PHONY: help deps bpf test test-unit lint demo watch-demo bench bench-lab vmlinux clean-lab
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,15 +38,23 @@ test: deps ## run every test; kernel tests need root
 lint: deps ## ruff over python/, tests/ and scripts/
 	$(VENV)/bin/ruff check python tests scripts
 
-demo: deps ## watch every signal live for ~20 s while real traffic runs
+demo: deps ## incident lab: four real faults in a RAG workload, attributed by the agent (~2.5 min)
+	$(PY) -m llm_slo.cli lab run --scenario mixed --phases baseline=20s,fault=15s,recovery=10s \
+		--out out/demo
+
+watch-demo: deps ## watch every signal live for ~20 s while real traffic runs
 	$(PY) scripts/demo.py
 
 bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs/benchmarks/
 	$(PY) scripts/bench_ringbuf.py
 	$(PY) scripts/bench_correlator.py
 
+bench-lab: deps ## every lab scenario, 10 repetitions each, into docs/benchmarks/lab/ (hours)
+	$(PY) scripts/bench_lab.py --reps 10 --out docs/benchmarks/lab
+
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
 	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'
+	$(PY) -m llm_slo.cli lab clean
 
 print-%: # `make -s print-BPF_CFLAGS`: lets the reproducibility test build exactly like `make bpf`
 	@echo $($*)
