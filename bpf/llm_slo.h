@@ -166,6 +166,10 @@ enum connect_outcome {
 	CONNECT_ABORTED = 5, /* closed by the application before it completed */
 };
 
+struct tls_config {
+	__u64 slow_ns; /* stream completed handshakes at or above this; failures always */
+};
+
 struct connect_config {
 	__u64 slow_ns; /* stream established connects at or above this; failures always */
 };

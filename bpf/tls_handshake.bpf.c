@@ -16,6 +16,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 BTF_EXPORT(tls_event);
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tls_config);
+} settings SEC(".maps");
+
 struct tls_call {
 	__u64 ssl;
 	__u32 depth;
@@ -82,8 +89,10 @@ static __always_inline void emit(struct tls_start_key *key, struct tls_start *s,
 {
 	__u64 now = bpf_ktime_get_ns(), delta = now - s->ts_ns;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	struct tls_config *cfg;
 	struct tls_event *e;
 	struct hist *h;
+	__u32 zero = 0;
 
 	if ((__s64)delta < 0)
 		return;
@@ -91,6 +100,11 @@ static __always_inline void emit(struct tls_start_key *key, struct tls_start *s,
 		h = lookup_or_init(&tls_hists, &cgroup_id, &zero_hist);
 		if (h)
 			hist_add(h, delta);
+		/* A client that opens a connection per request does a handshake per request:
+		 * the histogram is enough for the fast ones. */
+		cfg = bpf_map_lookup_elem(&settings, &zero);
+		if (cfg && delta < cfg->slow_ns)
+			return;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

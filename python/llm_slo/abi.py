@@ -127,6 +127,8 @@ RUNQ_EVENT = _struct(
 
 CONNECT_CONFIG = _struct([("slow_ns", "<u8", 0)], 8)
 
+TLS_CONFIG = _struct([("slow_ns", "<u8", 0)], 8)
+
 CONNECT_EVENT = _struct(
     [
         ("hdr", EVENT_HEADER, 0),
@@ -187,6 +189,7 @@ MIRRORS: dict[str, np.dtype[Any]] = {
     "connect_config": CONNECT_CONFIG,
     "connect_event": CONNECT_EVENT,
     "connect_stats": CONNECT_STATS,
+    "tls_config": TLS_CONFIG,
     "tls_event": TLS_EVENT,
     "reclaim_config": RECLAIM_CONFIG,
     "reclaim_key": RECLAIM_KEY,

@@ -159,3 +159,19 @@ def test_tls_handshake_time_and_failure(open_probe, collect) -> None:
     assert 300 <= ev.latency_ms <= 360 and ev.calls >= 1
     failed = [r for r in records if isinstance(r, TlsHandshakeEvent) and r.pid == bad.pid]
     assert [r.outcome for r in failed] == ["failed"]
+
+
+def test_fast_handshakes_are_counted_but_not_streamed(open_probe, collect) -> None:
+    """Below tls_slow_ms a completed handshake only enters its cgroup's histogram: a
+    connection-per-request client would otherwise stream one record per request."""
+    probe = open_probe(TlsHandshake, tls_slow_ms=100)
+    with TlsServer("127.0.0.1") as srv, V2Cgroup(_name("tls-fast")) as cg:
+        cg_id = cg.id
+        fast = spawn_in([cg], [sys.executable, "-c", HANDSHAKE, str(srv.port), "localhost",
+                               srv.cafile], stdout=subprocess.PIPE, text=True)
+        assert fast.communicate(timeout=20)[0].startswith("ok")
+        records = collect(probe, lambda r: isinstance(r, LatencyAggregate)
+                          and r.cgroup_id == cg_id)
+    assert not [r for r in records if isinstance(r, TlsHandshakeEvent) and r.pid == fast.pid]
+    hist = [r for r in records if isinstance(r, LatencyAggregate) and r.cgroup_id == cg_id]
+    assert sum(r.count for r in hist) == 1 and hist[0].max_ms < 100

@@ -36,6 +36,7 @@ class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     runq_slow_ms: float = 10.0
     runq_max_events_per_sec: int = 20
     connect_slow_ms: float = 100.0
+    tls_slow_ms: float = 100.0
     reclaim_slow_ms: float = 1.0
     btf_path: str | None = None
     # "auto": tp_btf when the kernel has BTF, else the raw_tp twins (CO-RE then needs

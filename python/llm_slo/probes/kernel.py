@@ -174,6 +174,7 @@ class TlsHandshake(BpfProbe):
         return _uprobe_points(self.signal, find_libssl(), symbols, True)
 
     def configure(self, obj: BpfObject) -> None:
+        _settings(obj, abi.TLS_CONFIG, slow_ns=_ms(self.options.tls_slow_ms))
         self.hists = HistReader(self.signal, "tls_hists", abi.U64, abi.HIST)
 
     def attach(self, obj: BpfObject) -> None:
