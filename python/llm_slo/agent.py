@@ -112,6 +112,7 @@ class Agent:
         self.resolver = CgroupResolver()
         pods_file = config.identity.pods_file
         self.pod_directory = PodDirectory(pods_file) if pods_file else None
+        self._pods_error = ""
         self.builder = ProbeEventBuilder(self.node, self.resolver.resolve,
                                          lambda p: cgroup_id_under(root, p), self._pod_of)
         self.probes = ProbeSet(config.signal_set, config.probes)
@@ -131,8 +132,12 @@ class Agent:
         # Names a workload's own spans gave win; the pods file covers everything else
         # (pods that send no spans: neighbours, backends).
         pod = self.pid_cgroups.pods.get(cgroup_id)
-        if pod is None and self.pod_directory is not None:
-            pod = self.pod_directory.pod_of(self.resolver.resolve(cgroup_id))
+        if pod is None and (directory := self.pod_directory) is not None:
+            pod = directory.pod_of(self.resolver.resolve(cgroup_id))
+            if directory.error != self._pods_error:  # say it once per change, not per event
+                self._pods_error = directory.error
+                if directory.error:
+                    log.warning("pod names unavailable", error=directory.error)
         return pod
 
     def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:

@@ -211,8 +211,11 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
 
     if "connect_failures/agg" in counts:  # the aggregate counts every failed connect,
         counts["connect_failures"] = counts["connect_failures/agg"]  # the ring may not
+    # cfs_throttled_ms counts 0 too: its probe only reads cgroups with a quota, and a
+    # cgroup without one is never throttled, so the baseline of a workload that gets a
+    # limit later (an edited Deployment, a VPA) is rightly "no throttling".
     v = {n: counts.get(n, 0.0) for sig, names in _COUNTS.items() for n in names
-         if n in counts or (sig in active and sig != "cfs_throttled_ms")}
+         if n in counts or sig in active}
 
     def put(series: str, mean: str | None, tail: str, use: str = "p99",
             stream_complete: bool = False) -> None:

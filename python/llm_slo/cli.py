@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -251,8 +252,16 @@ def _lab(args: argparse.Namespace) -> int:
                   "--phases", args.phases, "--seed", str(args.seed), "--out", args.out])
     run = LabRun(scenario, params, reps=args.reps, phases=Phases.parse(args.phases),
                  seed=args.seed, out=Path(args.out), command=command)
+    # Ctrl-C and `kill` both stop the run through the same clean-up path, also when the
+    # shell started us with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run.run()
+    except KeyboardInterrupt:
+        print("\nsloctl: lab run interrupted; everything it made was removed",
+              file=sys.stderr)
+        raise
     finally:
         cleanup_all("llm-slo-lab")
         clean_netns_etc()

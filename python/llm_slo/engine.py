@@ -43,6 +43,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     window_s: float = 10.0  # evaluation window: features, baseline updates, attribution
     cooldown_s: float = 30.0  # at most one attribution per (service, SLI) in this time
+    abstain_retry_s: float = 5.0  # ... but after an abstention, try again this soon
     signal_retention_s: float = 120.0  # also the longest span whose start can be joined
     correlation_delay_s: float = 2.0  # wait after a span ends before joining it
     thresholds: SliThresholds = msgspec.field(default_factory=SliThresholds)
@@ -58,7 +59,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def __post_init__(self) -> None:
         # Checked at load, not at the first sample hours later (msgspec turns a
         # ValueError here into a validation error naming the config).
-        for name in ("window_s", "cooldown_s", "signal_retention_s", "correlation_delay_s"):
+        for name in ("window_s", "cooldown_s", "abstain_retry_s", "signal_retention_s",
+                     "correlation_delay_s"):
             if getattr(self, name) < 0 or (name == "window_s" and self.window_s == 0):
                 raise ValueError(f"engine.{name} must be positive")
         for rule in self.rules:
@@ -96,7 +98,7 @@ class SloEngine:
         self._pending: list[Span] = []
         self._by_cgroup: dict[int, deque[ProbeEvent]] = defaultdict(deque)
         self._workloads: dict[str, _Workload] = {}
-        self._cooldown: dict[tuple[str, str], int] = {}
+        self._quiet_until: dict[tuple[str, str], int] = {}  # (service, SLI) -> Unix ns
         self._last_window_ns = 0
         self.counters = {"spans": 0, "signals": 0, "slo_events": 0, "attributions": 0,
                          "abstained": 0}
@@ -191,8 +193,7 @@ class SloEngine:
                 # (cooldown): such windows must not teach the baseline.
                 work.last_violation_ns = now_ns
             due = [(sli, sample) for sli, sample in triggers.items()
-                   if now_ns - self._cooldown.get((service, sli), -(1 << 62))
-                   >= self.config.cooldown_s * NS]
+                   if now_ns >= self._quiet_until.get((service, sli), 0)]
             calm = now_ns - work.last_violation_ns > 2 * window_ns
             if not due and not (window_done and calm):
                 continue
@@ -202,7 +203,10 @@ class SloEngine:
                     self._violation(service, work, sli, sample, alerts.get((service, sli)),
                                     now_ns),
                     features, self.baseline, self.config.attribution)
-                self._cooldown[(service, sli)] = now_ns
+                # An abstention is retried soon: the first window of a fault is mostly
+                # pre-fault, and a full cooldown would hide the answer for that long.
+                quiet = self.config.abstain_retry_s if att.abstain else self.config.cooldown_s
+                self._quiet_until[(service, sli)] = now_ns + int(quiet * NS)
                 self.counters["attributions"] += 1
                 self.counters["abstained"] += att.abstain
                 out.append(att)

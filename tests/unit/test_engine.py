@@ -192,3 +192,17 @@ def test_a_running_probe_that_saw_nothing_teaches_a_zero_baseline(declared: bool
         assert "tcp_retransmits" in top.evidence
     else:
         assert top.domain != "network_egress"
+
+
+def test_an_abstention_is_retried_before_the_cooldown_ends() -> None:
+    """The fault's first window abstains (no baseline yet); the next try comes after
+    abstain_retry_s, not after the full cooldown."""
+    cfg = msgspec.structs.replace(CONFIG, cooldown_s=30.0, abstain_retry_s=1.0)
+    engine = SloEngine(cfg, cgroup_of_pid={PID: CGROUP})
+    atts = []
+    for sec in range(4):  # breaches from the start: no baseline, every answer abstains
+        t = T0 + sec * NS
+        engine.add_signals(_kernel(t, 1200.0))
+        engine.add_spans([*_children(sec, t), _span(sec, t, 1250.0)])
+        atts += [a for a in engine.tick(T0 + (sec + 1) * NS) if a.slo_impact.sli == "ttft_ms"]
+    assert len(atts) == 4 and all(a.abstain for a in atts)

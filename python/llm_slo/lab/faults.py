@@ -92,7 +92,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           lambda lab, p: lab.drop(percent=int(p["connect.syn_loss_pct"]), syn_only=True)),
     Fault("tls_slow", "tls_handshake",
           "the provider's TLS terminator stalls every handshake",
-          {"tls.delay_ms": Param(400, 1, 30_000, "added to every TLS handshake, ms")},
+          {"tls.delay_ms": Param(800, 1, 30_000, "added to every TLS handshake, ms")},
           lambda lab, p: _setting(lab.provider_set, {"tls_delay_ms": p["tls.delay_ms"]},
                                   {"tls_delay_ms": 0.0})),
     Fault("cpu_contention", "cpu_contention",
@@ -127,7 +127,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
                                   {"error_rate": 0.0})),
     Fault("retrieval_slowdown", "retrieval_backend",
           "the vector DB answers searches late",
-          {"vectordb.latency_ms": Param(400, 1, 60_000, "search latency, ms")},
+          {"vectordb.latency_ms": Param(800, 1, 60_000, "search latency, ms")},
           lambda lab, p: _setting(lab.vectordb_set, {"latency_ms": p["vectordb.latency_ms"]},
                                   {"latency_ms": 5.0})),
 )}

@@ -137,7 +137,9 @@ class LabServices:
 
     def _control(self, role: str, port: int, tls: bool, knobs: dict[str, Any]) -> None:
         addr = self.topo.pods[role].addr
-        conn = (http.client.HTTPSConnection(addr, port, context=self._ctl_ssl, timeout=5)
+        # A new control connection to the provider waits out its own tls_delay_ms fault
+        # (same port), so its timeout covers the largest delay a fault may set.
+        conn = (http.client.HTTPSConnection(addr, port, context=self._ctl_ssl, timeout=35)
                 if tls else http.client.HTTPConnection(addr, port, timeout=5))
         try:
             conn.request("POST", "/control", body=json.dumps(knobs),

@@ -6,8 +6,9 @@ Pods (role: what runs there): ``rag`` (the application), ``provider`` (LLM API),
 ``loadgen``. Each pod gets
 
 * a network namespace joined to the root namespace by a veth pair; the root namespace
-  routes between them (``net.ipv4.ip_forward``, restored on exit), so rag's packets to
-  the provider really cross a router whose forward hook a fault can drop them in;
+  routes between them (forwarding is switched on for the lab's veth interfaces only,
+  never host-wide), so rag's packets to the provider really cross a router whose
+  forward hook a fault can drop them in;
 * a cgroup-v2 leaf shaped like kubelet's systemd layout
   (``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/
   cri-containerd-<id>.scope``) under the lab's own top-level cgroup, so the agent's
@@ -37,7 +38,7 @@ from typing import Any, Self
 import msgspec
 
 from llm_slo.lab._util import LabError, run_cmd, stop_process, unique_name
-from llm_slo.lab.cgroups import Cgroup, V1Cgroup, V2Cgroup, spawn_in
+from llm_slo.lab.cgroups import Cgroup, V1Cgroup, V2Cgroup, cgroup2_mount, spawn_in
 from llm_slo.lab.netns import NetnsPair
 
 ROLES = ("rag", "provider", "vectordb", "dns", "noisy", "loadgen")
@@ -47,7 +48,6 @@ APP_NAMESPACE = "llm"  # rag, noisy and loadgen; backends live in "llm-backends"
 ZONE_SEARCH = f"{APP_NAMESPACE}.svc.cluster.local svc.cluster.local cluster.local"
 PROVIDER_HOST = "provider.lab"  # the name the provider's certificate carries
 VECTORDB_HOST = "vectordb.lab"
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 NETNS_ETC = Path("/etc/netns")
 
 
@@ -85,7 +85,6 @@ class Topology:
         self.rag_cpus = rag_cpus if rag_cpus is not None else str(ncpu - 1)
         self._stack = contextlib.ExitStack()
         self._procs: list[subprocess.Popen[Any]] = []
-        self._ip_forward_before: str | None = None
 
     @property
     def pods_file(self) -> Path:
@@ -105,14 +104,15 @@ class Topology:
 
     def _build(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._ip_forward_before = IP_FORWARD.read_text().strip()
-        IP_FORWARD.write_text("1")
         v2_root = self._stack.enter_context(V2Cgroup(self.name))
         slices = v2_root.path / "kubepods.slice" / "kubepods-burstable.slice"
         slices.mkdir(parents=True)
         for role in ROLES:
             pair = self._stack.enter_context(NetnsPair("llm-slo-lab"))
             run_cmd(["ip", "-n", pair.ns, "route", "add", "default", "via", pair.host_addr])
+            # A packet is routed between two interfaces only if both forward; the
+            # setting goes away with the interface.
+            Path(f"/proc/sys/net/ipv4/conf/{pair.host_if}/forwarding").write_text("1")
             name, uid = _pod_names(role, self.name)
             cid = uuid.uuid5(uuid.NAMESPACE_OID, f"{self.name}/{role}").hex * 2
             pod_slice = slices / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
@@ -131,17 +131,23 @@ class Topology:
         self._write_pods_file()
 
     def _v1_cgroups(self) -> None:
-        mems = "0"
+        # Kubelet uses the same relative path in every hierarchy; so does the lab, so a
+        # v1 cpu.stat path (CFS throttling) names the same pod as the v2 cgroup id.
+        cpuset = {"cpuset.cpus": self.rag_cpus, "cpuset.mems": "0"}
         for controller in ("cpu", "cpuset", "memory"):
-            top = self._stack.enter_context(V1Cgroup(
-                controller, self.name,
-                {"cpuset.cpus": self.rag_cpus, "cpuset.mems": mems}
-                if controller == "cpuset" else {}))
+            settings = cpuset if controller == "cpuset" else {}
+            top = self._stack.enter_context(V1Cgroup(controller, self.name, settings))
             for role in ("rag", "noisy"):
-                settings = ({"cpuset.cpus": self.rag_cpus, "cpuset.mems": mems}
-                            if controller == "cpuset" else {})
+                rel = Path(self.pods[role].cgroup_path).relative_to(cgroup2_mount())
+                parent = top.path
+                for part in rel.parts[1:-1]:  # the slices between the top and the leaf
+                    parent = parent / part
+                    if not parent.is_dir():
+                        parent.mkdir()
+                        for key, value in settings.items():  # cpuset: set at every level
+                            (parent / key).write_text(value)
                 self.v1[(role, controller)] = self._stack.enter_context(
-                    V1Cgroup(controller, f"{top.name}/{role}", settings))
+                    V1Cgroup(controller, str(rel), settings))
 
     def _write_resolv_conf(self) -> None:
         d = NETNS_ETC / self.pods["rag"].netns
@@ -178,33 +184,11 @@ class Topology:
         return proc
 
     def close(self) -> None:
-        """Stop processes, remove namespaces, cgroups and files; restore ip_forward."""
+        """Stop processes, remove namespaces, cgroups and files."""
         for proc in reversed(self._procs):
             stop_process(proc, grace_s=3.0)
         self._procs.clear()
-        try:
-            self._stack.close()
-        finally:
-            if self._ip_forward_before is not None:
-                restore_ip_forward(self._ip_forward_before)
-                self._ip_forward_before = None
-
-
-def restore_ip_forward(value: str) -> None:
-    """Put ip_forward back unless another live lab still needs it on."""
-    if value == "0" and live_labs():
-        return
-    with contextlib.suppress(OSError):
-        IP_FORWARD.write_text(value)
-
-
-def live_labs() -> list[str]:
-    """Network namespaces of lab instances whose owner still runs."""
-    from llm_slo.lab._util import owner_alive
-
-    out = run_cmd(["ip", "netns", "list"], check=False).stdout
-    return [line.split(" ", 1)[0] for line in out.splitlines()
-            if line.startswith("llm-slo-lab") and owner_alive(line.split(" ", 1)[0])]
+        self._stack.close()
 
 
 def clean_netns_etc(prefix: str = "llm-slo-lab") -> list[str]:
