@@ -15,10 +15,41 @@ import time
 from pathlib import Path
 
 from llm_slo.lab.faults import SCENARIOS
+from llm_slo.lab.loadgen import read_jsonl
+from llm_slo.lab.report import write_run_report
 
 
 def _fmt(v: object, digits: int = 3) -> str:
     return "n/a" if not isinstance(v, (int, float)) else f"{v:.{digits}f}"
+
+
+def _p99_ttft(run_dir: Path) -> float | None:
+    values = sorted(r.ttft_ms for f in run_dir.glob("rep-*/requests.jsonl")
+                    for r in read_jsonl(f) if r.ok and r.ttft_ms is not None)
+    return values[max(0, int(0.99 * len(values)) - 1)] if values else None
+
+
+def _latency_overhead(out: Path, args: argparse.Namespace) -> dict[str, float] | None:
+    """Run ``none`` without the agent and compare TTFT p99 with the ``none`` run."""
+    if "none" not in args.scenarios.split(","):
+        return None
+    off = out / "none-no-agent"
+    print("== none --no-agent", file=sys.stderr, flush=True)
+    if subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario",
+                        "none", "--no-agent", "--reps", str(args.reps), "--phases",
+                        args.phases, "--out", str(off)]) != 0:
+        return None
+    on_ms, off_ms = _p99_ttft(out / "none"), _p99_ttft(off)
+    if on_ms is None or off_ms is None:
+        return None
+    result = {"p99_on_ms": on_ms, "p99_off_ms": off_ms, "pct": 100 * (on_ms / off_ms - 1)}
+    summary_path = out / "none" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["latency_overhead_pct"] = result["pct"]
+    summary_path.write_text(json.dumps(summary, indent=1))
+    prov = json.loads((out / "none" / "provenance.json").read_text())
+    write_run_report(out / "none", command=prov.get("command", ""))
+    return result
 
 
 def main() -> int:
@@ -48,6 +79,7 @@ def main() -> int:
             _fmt((s.get("correlation") or {}).get("precision")),
             _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
         ]) + " |")
+    overhead = _latency_overhead(out, args)
     prov = {}
     first = next(iter(out.glob("*/provenance.json")), None)
     if first:
@@ -61,7 +93,12 @@ def main() -> int:
            "| scenario | macro-F1 | FPR | delay median s | missed episodes | "
            "corr. precision | agent CPU % | RSS MB |",
            "|---|---|---|---|---|---|---|---|", *rows, "",
-           "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines."]
+           "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
+           "Workload TTFT p99 with the agent (scenario `none`) versus without it "
+           "(`none --no-agent`, a plain span sink in its place), same seed and load: "
+           + (f"{overhead['p99_on_ms']:.1f} ms vs {overhead['p99_off_ms']:.1f} ms, "
+              f"{overhead['pct']:+.2f} % (target at most +2 %)." if overhead
+              else "not measured (scenario none not in this run).")]
     (out / "README.md").write_text("\n".join(doc) + "\n")
     return 0
 

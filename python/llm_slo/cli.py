@@ -206,6 +206,9 @@ def _add_lab(sub: Any) -> None:
                      help="phase lengths (default baseline=20s,fault=20s,recovery=10s)")
     run.add_argument("--seed", type=int, default=1, help="load and emulator seed (default 1)")
     run.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    run.add_argument("--no-agent", action="store_true",
+                     help="run the workload without the agent (a plain span sink takes its "
+                     "place): the baseline for the agent's latency overhead")
     lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
                        "process a lab run left behind (also of crashed runs)")
 
@@ -249,9 +252,11 @@ def _lab(args: argparse.Namespace) -> int:
     command = "sloctl " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sloctl") else \
         " ".join(["sloctl", "lab", "run", "--scenario", args.scenario,
                   *(f"--set {x}" for x in args.sets), "--reps", str(args.reps),
-                  "--phases", args.phases, "--seed", str(args.seed), "--out", args.out])
+                  "--phases", args.phases, "--seed", str(args.seed), "--out", args.out,
+                  *(["--no-agent"] if args.no_agent else [])])
     run = LabRun(scenario, params, reps=args.reps, phases=Phases.parse(args.phases),
-                 seed=args.seed, out=Path(args.out), command=command)
+                 seed=args.seed, out=Path(args.out), command=command,
+                 with_agent=not args.no_agent)
     # Ctrl-C and `kill` both stop the run through the same clean-up path, also when the
     # shell started us with SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)

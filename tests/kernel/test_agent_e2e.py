@@ -95,8 +95,11 @@ def test_slow_dns_breach_is_attributed_to_dns(tmp_path: Path) -> None:
     try:
         with DnsServer(dns_addr, 53, answers={"provider.lab.": "127.0.0.1"}) as dns, \
                 V2Cgroup(f"llm-slo-test-e2e-{random.randint(0, 1 << 30)}") as cg:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not (out / "probe-events.jsonl").exists():
+            # Ready when the probes are attached, not when the output files exist (they
+            # are opened first; loading the probes takes seconds on a cold CI machine).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and \
+                    b"agent running" not in (tmp_path / "agent.log").read_bytes():
                 time.sleep(0.2)
             client = spawn_in([cg], [
                 "unshare", "-m", "sh", "-c",

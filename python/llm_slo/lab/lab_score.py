@@ -45,6 +45,8 @@ from llm_slo.scoring import (
 )
 
 GRACE_S = 3.0  # engine window (1 s) + correlation delay (0.5 s) + span export and ticks
+TTFT_BREACH_MS = 700.0  # the lab's objectives (runner.agent_config), judged on the client
+ERROR_BUDGET = 0.01  # both lab objectives target 99 %
 
 
 class Prediction(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +75,7 @@ class RepResult(msgspec.Struct, kw_only=True):
     ttft_p99_ms: float | None
     requests: int
     errors: int
+    burn_rate_errors: list[float] = msgspec.field(default_factory=list)
 
 
 def _ts(rfc3339: str) -> float:
@@ -130,6 +133,37 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
                                        kind="calm_second"))
             t += 1.0
     return cases, rows
+
+
+def burn_rate_errors(attributions: list[dict[str, Any]],
+                     requests: list[RequestResult]) -> list[float]:
+    """Relative error of each attribution's burn rate against the one the client's own
+    results give for the same SLI and window (requests finished by the attribution).
+
+    ``ttft_ms``: bad = first token at or after the breach threshold, among requests
+    that got one; ``error_rate``: bad = an error. Other SLIs are not judged.
+    """
+    done = sorted(((r.start_unix_nano / 1e9 + r.total_ms / 1000, r) for r in requests),
+                  key=lambda x: x[0])
+    out = []
+    for a in attributions:
+        sli = a.get("slo_impact", {})
+        if sli.get("sli") not in ("ttft_ms", "error_rate") or not sli.get("burn_rate"):
+            continue
+        t = _ts(a["timestamp"])
+        since = t - 60 * sli["window_minutes"]
+        window = [r for end, r in done if since <= r.start_unix_nano / 1e9 and end <= t]
+        if sli["sli"] == "ttft_ms":
+            judged = [r.ttft_ms for r in window if r.ttft_ms is not None]
+            bad = sum(v >= TTFT_BREACH_MS for v in judged)
+        else:
+            judged = window
+            bad = sum(not r.ok for r in window)
+        if not judged or not bad:
+            continue
+        truth = bad / len(judged) / ERROR_BUDGET
+        out.append(abs(sli["burn_rate"] - truth) / truth)
+    return out
 
 
 def _correlation(probe_events: Path, pids: Mapping[str, set[int]],
@@ -194,7 +228,8 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         cpu_pct=100.0 * agent_cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0,
         rss_mb=rss_mb, bpf_ns_per_run=run_ns / cnt if cnt else None,
         ttft_p99_ms=_pct(ttft, 99), requests=len(requests),
-        errors=sum(1 for r in requests if not r.ok))
+        errors=sum(1 for r in requests if not r.ok),
+        burn_rate_errors=burn_rate_errors(attributions, requests))
 
 
 def pooled_score(results: list[RepResult]) -> ScoreSummary:
@@ -207,6 +242,13 @@ def pooled_score(results: list[RepResult]) -> ScoreSummary:
                             true_positives=tp, false_positives=fp, false_negatives=fn)
     return score([c for r in results for c in r.cases],
                  [e for r in results for e in r.episodes], corr, grace_s=GRACE_S)
+
+
+def _median_abs(errors: list[float]) -> dict[str, float | int | None]:
+    """Median and p90 relative error over attributions (0.1 = 10 % off)."""
+    if not errors:
+        return {"median": None, "p90": None, "n": 0}
+    return {"median": statistics.median(errors), "p90": _pct(errors, 90), "n": len(errors)}
 
 
 def ci95(values: list[float]) -> dict[str, float | None]:
@@ -238,6 +280,8 @@ def summarize(results: list[RepResult], *, scenario: str,
         "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),
                      "rss_mb": max(r.rss_mb for r in results),
                      "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
+        "burn_rate_error": _median_abs(
+            [e for r in results for e in r.burn_rate_errors]),
         "client": {"requests": sum(r.requests for r in results),
                    "errors": sum(r.errors for r in results),
                    "ttft_p99_ms_per_rep": p99},

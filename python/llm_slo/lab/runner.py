@@ -11,6 +11,7 @@ directory gets the combined artifacts (see :func:`write_artifacts`).
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,8 +108,10 @@ class Progress:
         self.out.flush()
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (0 if it is gone)."""
+def _proc_cpu_s(pid: int | None) -> float:
+    """utime + stime of ``pid`` in seconds (0 if it is gone or None)."""
+    if pid is None:
+        return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -115,7 +119,9 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_rss_mb(pid: int) -> float:
+def _proc_rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -143,6 +149,10 @@ class AgentProcess:
              str(rep_dir / "agent.json")],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -164,14 +174,49 @@ class AgentProcess:
         return self.proc.wait(5)
 
 
+class _SinkHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a span sink has nothing to say per request."""
+
+
+class OtlpSink:
+    """Stands in for the agent in ``--no-agent`` runs: accepts the workload's spans at
+    the agent's address and keeps nothing, so the workload does exactly what it does
+    with the agent, minus the agent (probes, engine)."""
+
+    pid: int | None = None
+
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.server = http.server.ThreadingHTTPServer((host, int(port)), _SinkHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_ready(self) -> None:
+        pass
+
+    def stop(self) -> int:
+        self.server.shutdown()
+        self.server.server_close()
+        return 0
+
+
 class LabRun:
     """One ``sloctl lab run``; see the module docstring."""
 
     def __init__(self, scenario: Scenario, params: dict[str, float], *, reps: int,
                  phases: Phases, seed: int, out: Path, command: str,
-                 progress: Progress | None = None) -> None:
+                 with_agent: bool = True, progress: Progress | None = None) -> None:
         self.scenario, self.params, self.reps = scenario, params, reps
         self.phases, self.seed, self.out, self.command = phases, seed, out, command
+        self.with_agent = with_agent
         self.progress = progress or Progress()
         self.results: list[RepResult] = []
 
@@ -202,8 +247,10 @@ class LabRun:
         for stale in rep_dir.glob("*.jsonl"):
             stale.unlink()
         tag = f"[rep {rep}/{self.reps}]"
-        agent = AgentProcess(rep_dir, agent_config(rep_dir, services.otlp_listen,
-                                                   topo.pods_file))
+        agent: AgentProcess | OtlpSink = (
+            AgentProcess(rep_dir, agent_config(rep_dir, services.otlp_listen,
+                                               topo.pods_file))
+            if self.with_agent else OtlpSink(services.otlp_listen))
         undos: list[Callable[[], None]] = []
         faults: list[dict[str, Any]] = []
         phases: list[dict[str, Any]] = []
@@ -218,7 +265,7 @@ class LabRun:
                 "--out", str(rep_dir / "requests.jsonl")],
                 stdout=subprocess.PIPE, stderr=(rep_dir / "loadgen.log").open("wb"))
             services.pids["loadgen"].add(loadgen.pid)
-            cpu0, t0 = _proc_cpu_s(agent.proc.pid), time.monotonic()
+            cpu0, t0 = _proc_cpu_s(agent.pid), time.monotonic()
             schedule: list[tuple[str, float, tuple[str, ...]]] = [
                 ("baseline", self.phases.baseline, ())]
             for step in self.scenario.steps:
@@ -240,8 +287,8 @@ class LabRun:
                             "end": t_off, "params": {k: v for k, v in self.params.items()
                                                      if k in FAULTS[f].params}}
                            for f in step]
-            cpu_s, wall_s = _proc_cpu_s(agent.proc.pid) - cpu0, time.monotonic() - t0
-            rss_mb = _proc_rss_mb(agent.proc.pid)
+            cpu_s, wall_s = _proc_cpu_s(agent.pid) - cpu0, time.monotonic() - t0
+            rss_mb = _proc_rss_mb(agent.pid)
             self.progress.status(f"{tag} draining")
             try:
                 loadgen.wait(60)
@@ -254,7 +301,7 @@ class LabRun:
             if loadgen is not None:
                 stop_process(loadgen)
             code = agent.stop()
-        if code != 0:
+        if code != 0 and isinstance(agent, AgentProcess):
             tail = agent.log.read_text(errors="replace")[-1500:]
             raise LabError(f"{tag} the agent exited with {code}; its log:\n{tail}")
         (rep_dir / "faults.json").write_text(json.dumps(faults, indent=1))

@@ -168,8 +168,11 @@ class LabServices:
         return nft.close
 
     def noisy_hogs(self, n: int, shares: int) -> Callable[[], None]:
-        cpu = self.topo.v1[("noisy", "cpu")]
-        (cpu.path / "cpu.shares").write_text(str(shares))
+        # The weight that counts is the pod slice's: it competes with rag's pod slice
+        # (a container's shares only weigh against its siblings), as kubelet sets it
+        # from the pod's CPU requests.
+        pod_slice = self.topo.v1[("noisy", "cpu")].path.parent
+        (pod_slice / "cpu.shares").write_text(str(shares))
         argv = [sys.executable, "-S", "-c", _HOG.format(max_s=self.max_s)]
         hogs = [self._spawn("noisy", argv) for _ in range(n)]
 
@@ -178,6 +181,7 @@ class LabServices:
                 h.kill()
             for h in hogs:
                 h.wait(5)
+            (pod_slice / "cpu.shares").write_text("1024")
         return undo
 
     def rag_cpu_quota(self, pct: float) -> Callable[[], None]:
