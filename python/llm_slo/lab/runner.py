@@ -72,7 +72,9 @@ def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
         "intake": {"listen": listen},
         "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True},
         "engine": {
-            "window_s": 1.0, "cooldown_s": 1.0, "abstain_retry_s": 0.25,
+            # abstain_retry_s = cooldown_s: every attribution is a scored case, and
+            # retrying abstentions 4x as often made them 4x the named answers (CI).
+            "window_s": 1.0, "cooldown_s": 1.0, "abstain_retry_s": 1.0,
             "correlation_delay_s": 0.5,
             "baseline": {"warmup": 8},
             # The lab's objectives: TTFT is ~135 ms when healthy; a whole answer of up
