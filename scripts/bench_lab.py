@@ -85,8 +85,8 @@ def main() -> int:
     if first:
         prov = json.loads(first.read_text())
     doc = [f"# Incident lab benchmark ({started})", "",
-           f"Command: `make bench-lab` (`scripts/bench_lab.py --reps {args.reps} "
-           f"--phases {args.phases}`)", "",
+           f"Command: `python {' '.join(sys.argv)}` (`make bench-lab` runs it with "
+           "`--reps 10`)", "",
            f"Machine: {prov.get('hostname', '?')}, {prov.get('cpus', '?')} CPUs "
            f"({prov.get('cpu_model', '?')}), kernel {prov.get('kernel', '?')}, "
            f"commit {prov.get('commit', '?')[:12]}", "",
