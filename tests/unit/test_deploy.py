@@ -1,0 +1,66 @@
+"""deploy/base: the DaemonSet's agent config is valid, its privileges are the minimal
+set, and kustomize renders it with the generated ConfigMap wired in."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_slo.config import load_config
+
+BASE = Path(__file__).resolve().parents[2] / "deploy" / "base"
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+
+
+def _container() -> dict:
+    (ds,) = _docs("daemonset.yaml")
+    return ds["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_shipped_agent_config_is_valid_and_listens_for_pods() -> None:
+    cfg = load_config(str(BASE / "agent.yaml"))
+    assert cfg.intake.listen.startswith("0.0.0.0:")  # other pods send spans here
+    assert cfg.outputs.otlp_endpoint and not cfg.outputs.jsonl_dir
+
+
+def test_minimal_privileges_and_no_cpu_limit() -> None:
+    (ds,) = _docs("daemonset.yaml")
+    pod = ds["spec"]["template"]["spec"]
+    sec = _container()["securityContext"]
+    assert sec["privileged"] is False and sec["allowPrivilegeEscalation"] is False
+    assert sec["capabilities"]["drop"] == ["ALL"]
+    assert {"BPF", "PERFMON"} <= set(sec["capabilities"]["add"])
+    assert pod["hostPID"] is True and not pod.get("hostNetwork")
+    assert "cpu" not in _container()["resources"]["limits"]
+    env = {e["name"]: e for e in _container()["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["mountPath"]: m for m in _container()["volumeMounts"]}
+    assert all(m["readOnly"] for m in mounts.values())
+    config_path = _container()["args"][_container()["args"].index("--config") + 1]
+    assert str(Path(config_path).parent) in mounts
+    (ns,) = _docs("namespace.yaml")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_renders_with_the_generated_configmap_mounted() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(BASE)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    assert set(docs) >= {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                         "ConfigMap", "Service", "DaemonSet"}
+    cm_name = docs["ConfigMap"]["metadata"]["name"]
+    assert cm_name.startswith("llm-slo-agent-")  # content hash: a config edit rolls the pods
+    volumes = docs["DaemonSet"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "config", "configMap": {"name": cm_name}} in volumes
+    svc, ds = docs["Service"], docs["DaemonSet"]
+    assert svc["spec"]["selector"] == ds["spec"]["template"]["metadata"]["labels"]
+    assert all(d["metadata"].get("namespace") == "llm-slo" for k, d in docs.items()
+               if k not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
