@@ -249,11 +249,10 @@ def _lab(args: argparse.Namespace) -> int:
         raise ConfigError("--reps must be at least 1")
     scenario = SCENARIOS[args.scenario]
     params = resolve_params(scenario, parse_sets(args.sets))
-    command = "sloctl " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sloctl") else \
-        " ".join(["sloctl", "lab", "run", "--scenario", args.scenario,
-                  *(f"--set {x}" for x in args.sets), "--reps", str(args.reps),
-                  "--phases", args.phases, "--seed", str(args.seed), "--out", args.out,
-                  *(["--no-agent"] if args.no_agent else [])])
+    command = " ".join(["sloctl", "lab", "run", "--scenario", args.scenario,
+                        *(f"--set {x}" for x in args.sets), "--reps", str(args.reps),
+                        "--phases", args.phases, "--seed", str(args.seed), "--out", args.out,
+                        *(["--no-agent"] if args.no_agent else [])])
     run = LabRun(scenario, params, reps=args.reps, phases=Phases.parse(args.phases),
                  seed=args.seed, out=Path(args.out), command=command,
                  with_agent=not args.no_agent)

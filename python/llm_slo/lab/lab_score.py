@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from llm_slo.lab.loadgen import RequestResult, read_jsonl
+from llm_slo.lab.loadgen import RequestResult, percentile, read_jsonl
 from llm_slo.scoring import (
     NONE,
     UNKNOWN,
@@ -193,13 +193,6 @@ def _pods(rep_dir: Path) -> dict[str, str]:
     return {p["metadata"]["labels"]["app"]: p["metadata"]["name"] for p in data["items"]}
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1)]
-
-
 def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
               agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
@@ -227,7 +220,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         correlation=correlation,
         cpu_pct=100.0 * agent_cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0,
         rss_mb=rss_mb, bpf_ns_per_run=run_ns / cnt if cnt else None,
-        ttft_p99_ms=_pct(ttft, 99), requests=len(requests),
+        ttft_p99_ms=percentile(sorted(ttft), 99), requests=len(requests),
         errors=sum(1 for r in requests if not r.ok),
         burn_rate_errors=burn_rate_errors(attributions, requests))
 
@@ -248,7 +241,8 @@ def _median_abs(errors: list[float]) -> dict[str, float | int | None]:
     """Median and p90 relative error over attributions (0.1 = 10 % off)."""
     if not errors:
         return {"median": None, "p90": None, "n": 0}
-    return {"median": statistics.median(errors), "p90": _pct(errors, 90), "n": len(errors)}
+    return {"median": statistics.median(errors), "p90": percentile(sorted(errors), 90),
+            "n": len(errors)}
 
 
 def ci95(values: list[float]) -> dict[str, float | None]:

@@ -142,11 +142,12 @@ class LoadRun(msgspec.Struct, kw_only=True):
         return {"profile": self.profile, "seed": self.seed, "duration_s": self.duration_s,
                 "requests": len(self.results), "ok": len(ok), "dropped": self.dropped,
                 "errors": errors,
-                "ttft_ms": {"p50": _pct(ttft, 50), "p95": _pct(ttft, 95), "p99": _pct(ttft, 99)},
-                "total_ms": {"p50": _pct(total, 50), "p99": _pct(total, 99)}}
+                "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95),
+                            "p99": percentile(ttft, 99)},
+                "total_ms": {"p50": percentile(total, 50), "p99": percentile(total, 99)}}
 
 
-def _pct(sorted_values: list[float], q: float) -> float | None:
+def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile; None for no values."""
     if not sorted_values:
         return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import math
 import os
 import platform
 import re
@@ -373,12 +372,8 @@ def write_artifacts(out: Path, results: list[RepResult], summary: dict[str, Any]
                     "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
                     p.incident_id, p.kind)) + "\n")
     pooled_score(results).write_confusion_csv(out / "confusion-matrix.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_nan_none))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
     return [out / "summary.json", *write_run_report(out, command=command)]
 
 
-def _nan_none(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(type(value).__name__)

@@ -43,7 +43,6 @@ from llm_slo.lab.netns import NetnsPair
 
 ROLES = ("rag", "provider", "vectordb", "dns", "noisy", "loadgen")
 NODE = "lab-node-1"
-CLUSTER = "lab"
 APP_NAMESPACE = "llm"  # rag, noisy and loadgen; backends live in "llm-backends"
 ZONE_SEARCH = f"{APP_NAMESPACE}.svc.cluster.local svc.cluster.local cluster.local"
 PROVIDER_HOST = "provider.lab"  # the name the provider's certificate carries
