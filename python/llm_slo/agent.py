@@ -37,6 +37,7 @@ from llm_slo.identity import (
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
 from llm_slo.otlp_receiver import OtlpReceiver
+from llm_slo.pod_watch import KubernetesPods, api_client
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
 from llm_slo.spans import Span
@@ -111,8 +112,12 @@ class Agent:
         self.engine = SloEngine(config.engine, cgroup_of_pid=self.pid_cgroups)
         self.resolver = CgroupResolver()
         pods_file = config.identity.pods_file
-        self.pod_directory = PodDirectory(pods_file) if pods_file else None
-        self._pods_error = ""
+        # Pod names for cgroups whose workloads send no spans: a PodList file and/or
+        # the API server's view of this node (started in run()).
+        self.pod_sources: list[PodDirectory | KubernetesPods] = (
+            [PodDirectory(pods_file)] if pods_file else [])
+        self._pods_errors: dict[int, str] = {}
+        self.kube_pods: KubernetesPods | None = None
         self.builder = ProbeEventBuilder(self.node, self.resolver.resolve,
                                          lambda p: cgroup_id_under(root, p), self._pod_of)
         self.probes = ProbeSet(config.signal_set, config.probes)
@@ -132,12 +137,14 @@ class Agent:
         # Names a workload's own spans gave win; the pods file covers everything else
         # (pods that send no spans: neighbours, backends).
         pod = self.pid_cgroups.pods.get(cgroup_id)
-        if pod is None and (directory := self.pod_directory) is not None:
-            pod = directory.pod_of(self.resolver.resolve(cgroup_id))
-            if directory.error != self._pods_error:  # say it once per change, not per event
-                self._pods_error = directory.error
-                if directory.error:
-                    log.warning("pod names unavailable", error=directory.error)
+        for i, source in enumerate(self.pod_sources):
+            if pod is not None:
+                break
+            pod = source.pod_of(self.resolver.resolve(cgroup_id))
+            if isinstance(source, PodDirectory) and source.error != self._pods_errors.get(i):
+                self._pods_errors[i] = source.error  # once per change, not per event
+                if source.error:
+                    log.warning("pod names unavailable", error=source.error)
         return pod
 
     def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:
@@ -176,6 +183,8 @@ class Agent:
         stats = {
             **self.counters, "engine": self.engine.counters, "probes": probe_counters,
             "failures": self.probes.failures,
+            "pod_watch": ({**self.kube_pods.counters, "error": self.kube_pods.error}
+                          if self.kube_pods else None),
             "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss,
             "bpf": {sig: {prog: {"run_time_ns": t, "run_cnt": n} for prog, (t, n) in progs.items()}
                     for sig, progs in run_stats.items()},
@@ -185,6 +194,9 @@ class Agent:
             path.write_bytes(msgspec.json.format(msgspec.json.encode(stats), indent=1))
 
     async def run(self) -> int:
+        # First, so that a bad kubeconfig stops the agent before any probe is loaded.
+        api = (await api_client(self.config.identity.kubeconfig)
+               if self.config.identity.kubernetes else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
@@ -192,7 +204,12 @@ class Agent:
         self.engine.set_active_signals(self.probes.probes)
         for sig, reason in self.probes.failures.items():
             log.warning("signal unavailable", signal=sig, reason=reason)
+        watch: asyncio.Task[None] | None = None
         try:
+            if api is not None:
+                self.kube_pods = KubernetesPods(api, self.node)
+                self.pod_sources.append(self.kube_pods)
+                watch = asyncio.create_task(self.kube_pods.run(), name="pod-watch")
             try:
                 await self.receiver.start()
             except OSError as e:
@@ -210,6 +227,12 @@ class Agent:
                 self._poll()
             return 0
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+            if self.kube_pods is not None:
+                await self.kube_pods.close()
             probe_counters = self.probes.counters()
             if self.config.outputs.jsonl_dir:
                 self._write_stats(probe_counters)

@@ -39,6 +39,10 @@ class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     # A PodList JSON file (``kubectl get pods -A -o json``), re-read when it changes.
     pods_file: str | None = None
+    # List and watch this node's pods through the API server (what the DaemonSet does).
+    kubernetes: bool = False
+    # The kubeconfig for that; null = the pod's in-cluster service account.
+    kubeconfig: str | None = None
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -270,6 +270,7 @@ class _Meta(msgspec.Struct):
     uid: str = ""
     name: str = ""
     namespace: str = ""
+    resourceVersion: str = ""
 
 
 class _ContainerStatus(msgspec.Struct):
@@ -279,19 +280,72 @@ class _ContainerStatus(msgspec.Struct):
 
 class _PodStatus(msgspec.Struct):
     containerStatuses: list[_ContainerStatus] = msgspec.field(default_factory=list)
+    initContainerStatuses: list[_ContainerStatus] = msgspec.field(default_factory=list)
 
 
-class _Pod(msgspec.Struct):
+class PodObject(msgspec.Struct):
+    """The few fields of a Kubernetes Pod that name its cgroups (the rest is ignored)."""
+
     metadata: _Meta = msgspec.field(default_factory=_Meta)
     status: _PodStatus = msgspec.field(default_factory=_PodStatus)
 
 
-class _PodList(msgspec.Struct):
-    items: list[_Pod]
+class PodList(msgspec.Struct):
+    """``kubectl get pods -o json`` / the API's PodList; ``metadata.resourceVersion``
+    is where a watch resumes."""
+
+    items: list[PodObject]
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+
+
+class PodTable:
+    """Pod and container names by pod UID and container id; pure, fed by a source.
+
+    Sources: :class:`PodDirectory` (a PodList file) and
+    :class:`llm_slo.pod_watch.KubernetesPods` (a list+watch of this node's pods).
+    """
+
+    def __init__(self) -> None:
+        self._pods: dict[str, PodName] = {}
+        self._containers: dict[str, dict[str, str]] = {}  # pod uid -> container id -> name
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def replace(self, pods: list[PodObject]) -> None:
+        """Forget everything and hold exactly ``pods`` (a fresh list)."""
+        self._pods.clear()
+        self._containers.clear()
+        for pod in pods:
+            self.upsert(pod)
+
+    def upsert(self, pod: PodObject) -> None:
+        """Add or update one pod (a watch's ADDED / MODIFIED)."""
+        uid = pod.metadata.uid.lower()
+        if not uid:
+            return
+        self._pods[uid] = PodName(pod.metadata.namespace, pod.metadata.name)
+        statuses = [*pod.status.initContainerStatuses, *pod.status.containerStatuses]
+        self._containers[uid] = {cs.containerID.rpartition("//")[2].lower(): cs.name
+                                 for cs in statuses if cs.containerID}
+
+    def delete(self, pod: PodObject) -> None:
+        """Forget one pod (a watch's DELETED)."""
+        uid = pod.metadata.uid.lower()
+        self._pods.pop(uid, None)
+        self._containers.pop(uid, None)
+
+    def pod_of(self, ident: Identity) -> PodName | None:
+        """Names of the pod (and container) ``ident`` belongs to, if the table has it."""
+        pod = self._pods.get(ident.pod_uid) if ident.pod_uid else None
+        if pod is None:
+            return None
+        container = self._containers[ident.pod_uid].get(ident.container_id.lower(), "")
+        return msgspec.structs.replace(pod, container=container) if container else pod
 
 
 class PodDirectory:
-    """Pod and container names by pod UID and container id, from a PodList JSON file.
+    """Pod and container names from a PodList JSON file.
 
     The file has the shape ``kubectl get pods -A -o json`` prints (only
     ``metadata.uid/name/namespace`` and ``status.containerStatuses[].name/containerID``
@@ -308,8 +362,7 @@ class PodDirectory:
         self._recheck_s, self._clock = recheck_s, clock
         self._checked = -float("inf")
         self._mtime_ns = -1
-        self._pods: dict[str, PodName] = {}
-        self._containers: dict[str, str] = {}
+        self._table = PodTable()
 
     def _refresh(self) -> None:
         now = self._clock()
@@ -321,24 +374,16 @@ class PodDirectory:
             if mtime == self._mtime_ns:
                 return
             with open(self.path, "rb") as f:
-                pods = msgspec.json.decode(f.read(), type=_PodList).items
+                pods = msgspec.json.decode(f.read(), type=PodList).items
         except (OSError, msgspec.DecodeError) as e:
             self.error = f"pods file {self.path}: {e}"
             return
         self._mtime_ns, self.error = mtime, ""
-        self._pods = {p.metadata.uid.lower(): PodName(p.metadata.namespace, p.metadata.name)
-                      for p in pods if p.metadata.uid}
-        self._containers = {cs.containerID.rpartition("//")[2].lower(): cs.name
-                            for p in pods for cs in p.status.containerStatuses
-                            if cs.containerID}
+        self._table.replace(pods)
 
     def pod_of(self, ident: Identity) -> PodName | None:
         """Names of the pod (and container) ``ident`` belongs to, if the file lists it."""
         if not ident.pod_uid:
             return None
         self._refresh()
-        pod = self._pods.get(ident.pod_uid)
-        if pod is None:
-            return None
-        container = self._containers.get(ident.container_id.lower(), "")
-        return msgspec.structs.replace(pod, container=container) if container else pod
+        return self._table.pod_of(ident)

@@ -28,6 +28,18 @@ def test_the_shipped_agent_config_is_valid_and_listens_for_pods() -> None:
     cfg = load_config(str(BASE / "agent.yaml"))
     assert cfg.intake.listen.startswith("0.0.0.0:")  # other pods send spans here
     assert cfg.outputs.otlp_endpoint and not cfg.outputs.jsonl_dir
+    assert cfg.identity.kubernetes and cfg.identity.kubeconfig is None  # in-cluster account
+
+
+def test_the_service_account_may_watch_pods() -> None:
+    sa, role, binding = _docs("rbac.yaml")
+    (ds,) = _docs("daemonset.yaml")
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert ds["spec"]["template"]["spec"].get("automountServiceAccountToken", True)
+    assert any("pods" in r["resources"] and {"list", "watch"} <= set(r["verbs"])
+               for r in role["rules"])
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
 
 
 def test_minimal_privileges_and_no_cpu_limit() -> None:
