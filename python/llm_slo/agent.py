@@ -2,8 +2,9 @@
 one asyncio process.
 
 The shell around :class:`~llm_slo.engine.SloEngine`: it polls the probes, turns kernel
-records into identified ProbeEvents, receives OTLP spans, maps each span's
-``process.pid`` to its cgroup (so the engine knows a service's cgroups), ticks the
+records into identified ProbeEvents, receives OTLP spans, translates each span's
+``process.pid`` to the host pid and finds its cgroup (so joins on pids are sound and
+the engine knows a service's cgroups), ticks the
 engine and writes results to JSONL files and/or an OTLP/HTTP logs endpoint. SIGTERM
 and SIGINT stop it cleanly: outputs flushed, every BPF link detached.
 """
@@ -30,9 +31,7 @@ from llm_slo.identity import (
     CgroupResolver,
     PodDirectory,
     PodName,
-    cgroup_id_of_path,
     cgroup_id_under,
-    process_cgroup_path,
 )
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
@@ -40,6 +39,7 @@ from llm_slo.otlp_receiver import OtlpReceiver
 from llm_slo.pod_watch import KubernetesPods, api_client
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
+from llm_slo.span_process import SpanProcesses
 from llm_slo.spans import Span
 
 log = structlog.get_logger("agent")
@@ -73,34 +73,6 @@ class JsonlOutputs:
             f.close()
 
 
-class PidCgroups(dict[int, int]):
-    """pid -> cgroup v2 id, read from /proc on first sight of a span's ``process.pid``.
-
-    The same span resource names the pod (``k8s.namespace.name``, ``k8s.pod.name``,
-    ``k8s.container.name``), so the cgroup's ProbeEvents can carry those names too.
-    """
-
-    def __init__(self, root: str) -> None:
-        super().__init__()
-        self.root = root
-        self.pods: dict[int, PodName] = {}
-
-    def learn(self, spans: list[Span]) -> None:
-        for span in spans:
-            pid = span.attr("process.pid")
-            if not isinstance(pid, int) or pid <= 0 or pid in self or not self.root:
-                continue
-            with contextlib.suppress(OSError):
-                path = process_cgroup_path(pid)
-                if path:
-                    cgroup = self[pid] = cgroup_id_of_path(self.root + path)
-                    pod = str(span.resource.get("k8s.pod.name", ""))
-                    if pod:
-                        self.pods[cgroup] = PodName(
-                            str(span.resource.get("k8s.namespace.name", "")), pod,
-                            str(span.resource.get("k8s.container.name", "")))
-
-
 class Agent:
     """The running agent; ``run()`` returns after ``stop()`` or a signal."""
 
@@ -108,8 +80,8 @@ class Agent:
         self.config = config
         self.node = config.node or os.environ.get("NODE_NAME") or socket.gethostname()
         root = cgroup2_mount()
-        self.pid_cgroups = PidCgroups(root)
-        self.engine = SloEngine(config.engine, cgroup_of_pid=self.pid_cgroups)
+        self.span_processes = SpanProcesses(root, uid_of=self._uid_of)
+        self.engine = SloEngine(config.engine, cgroup_of_pid=self.span_processes.cgroup_of_pid)
         self.resolver = CgroupResolver()
         pods_file = config.identity.pods_file
         # Pod names for cgroups whose workloads send no spans: a PodList file and/or
@@ -136,7 +108,7 @@ class Agent:
     def _pod_of(self, cgroup_id: int) -> PodName | None:
         # Names a workload's own spans gave win; the pods file covers everything else
         # (pods that send no spans: neighbours, backends).
-        pod = self.pid_cgroups.pods.get(cgroup_id)
+        pod = self.span_processes.pods.get(cgroup_id)
         for i, source in enumerate(self.pod_sources):
             if pod is not None:
                 break
@@ -147,6 +119,12 @@ class Agent:
                     log.warning("pod names unavailable", error=source.error)
         return pod
 
+    def _uid_of(self, namespace: str, pod: str) -> str | None:
+        for source in self.pod_sources:
+            if uid := source.uid_of(namespace, pod):
+                return uid
+        return None
+
     def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:
         if self.jsonl:
             self.jsonl.write(kind, records)
@@ -155,7 +133,7 @@ class Agent:
                 self.exporter.submit(kind, rec, ts, status)
 
     def _on_spans(self, spans: list[Span]) -> None:
-        self.pid_cgroups.learn(spans)
+        spans = self.span_processes.host_spans(spans)  # before anything joins on pids
         events = self.engine.add_spans(spans)
         now = time.time_ns()
         self._emit("slo", events, [(now, e.status) for e in events])
@@ -183,6 +161,7 @@ class Agent:
         stats = {
             **self.counters, "engine": self.engine.counters, "probes": probe_counters,
             "failures": self.probes.failures,
+            "span_processes": self.span_processes.counters,
             "pod_watch": ({**self.kube_pods.counters, "error": self.kube_pods.error}
                           if self.kube_pods else None),
             "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss,

@@ -308,6 +308,7 @@ class PodTable:
     def __init__(self) -> None:
         self._pods: dict[str, PodName] = {}
         self._containers: dict[str, dict[str, str]] = {}  # pod uid -> container id -> name
+        self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> pod uid
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -316,6 +317,7 @@ class PodTable:
         """Forget everything and hold exactly ``pods`` (a fresh list)."""
         self._pods.clear()
         self._containers.clear()
+        self._uids.clear()
         for pod in pods:
             self.upsert(pod)
 
@@ -325,6 +327,7 @@ class PodTable:
         if not uid:
             return
         self._pods[uid] = PodName(pod.metadata.namespace, pod.metadata.name)
+        self._uids[(pod.metadata.namespace, pod.metadata.name)] = uid
         statuses = [*pod.status.initContainerStatuses, *pod.status.containerStatuses]
         self._containers[uid] = {cs.containerID.rpartition("//")[2].lower(): cs.name
                                  for cs in statuses if cs.containerID}
@@ -334,6 +337,13 @@ class PodTable:
         uid = pod.metadata.uid.lower()
         self._pods.pop(uid, None)
         self._containers.pop(uid, None)
+        key = (pod.metadata.namespace, pod.metadata.name)
+        if self._uids.get(key) == uid:  # a pod of that name may already be back
+            del self._uids[key]
+
+    def uid_of(self, namespace: str, name: str) -> str | None:
+        """The UID of pod ``namespace/name``, if the table has it."""
+        return self._uids.get((namespace, name))
 
     def pod_of(self, ident: Identity) -> PodName | None:
         """Names of the pod (and container) ``ident`` belongs to, if the table has it."""
@@ -387,3 +397,8 @@ class PodDirectory:
             return None
         self._refresh()
         return self._table.pod_of(ident)
+
+    def uid_of(self, namespace: str, name: str) -> str | None:
+        """The UID of pod ``namespace/name``, if the file lists it."""
+        self._refresh()
+        return self._table.uid_of(namespace, name)

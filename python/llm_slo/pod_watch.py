@@ -97,6 +97,9 @@ class KubernetesPods:
     def pod_of(self, ident: Identity) -> PodName | None:
         return self._table.pod_of(ident)
 
+    def uid_of(self, namespace: str, name: str) -> str | None:
+        return self._table.uid_of(namespace, name)
+
     async def run(self) -> None:
         """List and watch until cancelled; never raises for API or network failures."""
         backoff = self._backoff_s
