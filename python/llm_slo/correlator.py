@@ -13,10 +13,18 @@ histograms, CFS throttling) count as points at their interval end. Span clocks a
 onto the kernel's wall clock with ``clock_offset_ns`` (span time + offset).
 
 Indexing. Signals live in per-key arrays sorted by time (trace id; (pod, pid); (pod,
-connection); (service, node)): a lookup is a dict get and two bisects. A signal that
-carries a trace id is indexed under it only: it names its request, so joining it to
-other requests by proximity would be wrong. Signals without a pod (host processes,
-node-wide steal) join by trace id only.
+connection)): a lookup is a dict get and two bisects. The service/node tier is
+gathered at query time from the keys of the service's pods on the node: it only
+explains spans that nothing else joins, so it should not cost every signal a fourth
+insert. A signal that carries a trace id is indexed under it only: it names its
+request, so joining it to other requests by proximity would be wrong. Signals without a
+pod (host processes, node-wide steal) join by trace id only.
+
+Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). What
+keeps it down: no per-signal work for the service tier, claims between tiers tested on
+the signal's own fields rather than by searching the other tier's range, no candidate
+scoring for a tier that cannot beat the k joins already found, and span attributes
+built only when read.
 """
 
 from __future__ import annotations
@@ -90,8 +98,21 @@ class EnrichedSpan(msgspec.Struct):
 
     span: Span
     matches: list[Match]
-    attributes: dict[str, float]
     diagnostics: list[Match] = msgspec.field(default_factory=list)
+
+    @property
+    def attributes(self) -> dict[str, float]:
+        """``llm.ebpf.*`` from the matches: per attribute the highest value (higher is
+        worse for every one), and the best match's confidence. Built when asked: the
+        engine reads only the matches, and a dict per span costs ~1 µs at 50k spans/s."""
+        if not self.matches:
+            return {}
+        attrs = {CONFIDENCE_ATTR: self.matches[0].confidence}  # sorted: the first is the max
+        for m in self.matches:
+            name = ATTRIBUTES.get(m.signal.signal)
+            if name is not None and m.signal.value > attrs.get(name, float("-inf")):
+                attrs[name] = m.signal.value
+        return attrs
 
 
 class CorrelatorStats(msgspec.Struct):
@@ -175,9 +196,14 @@ def _span_key_tuple(span: Span) -> tuple[Any, Any, Any, Any]:
 class SignalIndex:
     """Recent signals by join key, sorted by time per key, evicted against a watermark.
 
-    ``service_of`` names a signal's service for the service/node tier: ProbeEvent has no
-    service, so the caller maps it (pod labels, or the ``service.name`` its spans carry);
-    a known answer is cached per pod. Without it that tier never matches.
+    Keys: trace id; (pod, pid), where pid 0 holds a pod's signals without a pid
+    (per-cgroup and per-flow aggregates); (pod, connection). The service/node
+    tier has no key of its own: :meth:`service_signals` gathers it at query time from
+    the keys of the service's pods, so no signal is indexed a fourth time for a tier
+    that only explains spans nothing else joins. ``service_of`` names a pod's service
+    (ProbeEvent has none; the caller maps it from pod labels or the ``service.name``
+    its spans carry) and is asked again while it has no answer. Without it that tier
+    never matches.
     """
 
     def __init__(self, config: CorrelationConfig | None = None,
@@ -189,115 +215,114 @@ class SignalIndex:
         # kind -> key -> (ts, signals, ts of flagged, flagged signals), each by time;
         # flagged = status warning/error. Arrays: compact, and no work for the GC.
         self.maps: dict[str, dict[Any, tuple[Any, list[ProbeEvent], Any, list[ProbeEvent]]]]
-        self.maps = {k: {} for k in ("trace", "pid", "conn", "svc")}
-        self._svc: dict[str, tuple[str, tuple[str, str]]] = {}  # pod -> (node, key)
-        self._gen_count: dict[int, int] = {}  # signals indexed per generation
+        self.maps = {k: {} for k in ("trace", "pid", "conn")}
+        # For the service/node tier, kept up to date only when a key appears or dies.
+        self._pod_keys: dict[str, dict[tuple[str, Any], None]] = {}  # pod -> (kind, key)s
+        self._pod_service: dict[str, str] = {}
+        self._service_pods: dict[str, set[str]] = {}
+        self._unmapped: set[str] = set()  # pods whose service is not known yet
         self._horizon = -(1 << 62)  # generations below this are evicted
         self.size = self.unindexed = self.late = self.evicted = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def _svc_key(self, sig: ProbeEvent) -> tuple[str, str] | None:
-        c = self._svc.get(sig.pod)
-        if c is not None and c[0] == sig.node:
-            return c[1]
-        svc = self.service_of(sig) if self.service_of and sig.node else None
-        if not svc:
-            return None  # not cached: the mapping may become known later
-        if len(self._svc) > 1 << 17:  # pods churn: forget them now and then
-            self._svc.clear()
-        self._svc[sig.pod] = (sig.node, (svc, sig.node))
-        return (svc, sig.node)
-
     def add(self, signals: Iterable[ProbeEvent]) -> int:
-        """Index signals; returns how many were indexed under at least one key."""
-        # Hot path (hundreds of thousands of signals a second). The in-order append is
-        # inlined for the pod keys (``_put`` costs a call per key, ~3 per signal), the
-        # rare cases (new key, straggler, flagged) stay in helpers, and lookups are
-        # bound to locals. Grouping a batch by key first was measured slower: a key
-        # sees only ~3 signals a batch, too few to pay for the grouping.
-        m_trace, m_pid, m_conn, m_svc = self.maps.values()
-        counts, bucket = self._gen_count, self._bucket
-        late_before = self._horizon * bucket  # ts // bucket < horizon  <=>  ts < this
-        svc_cache, tuple_key, put, new, put_flagged, insert = (
-            self._svc, _tuple_key, _put, _new_entry, _put_flagged, _insert)
+        """Index signals; returns how many were indexed."""
+        # Hot path (hundreds of thousands of signals a second): the in-order append is
+        # inlined (``_put`` costs a call per key), the rare cases (new key, straggler,
+        # flagged) stay in helpers, and lookups are bound to locals. Grouping a batch by
+        # key first was measured slower: a key sees only ~3 signals a batch.
+        batch = signals if isinstance(signals, list) else list(signals)
+        m_trace, m_pid, m_conn = self.maps.values()
+        late_before = self._horizon * self._bucket  # ts // bucket < horizon  <=>  ts < this
+        tuple_key, put, new_key, put_flagged, insert = (
+            _tuple_key, _put, self._new_key, _put_flagged, _insert)
         late = unindexed = 0
-        # Generations change rarely within a batch: count runs of one generation
-        # ([run_lo, run_hi) in ns), not one dict op a signal; n is the sum of the runs.
-        run_gen, run_lo, run_hi, run_n, n = 0, 0, 0, 0, 0
-        for sig in signals:
+        for sig in batch:
             ts = sig.ts_unix_nano
             if ts < late_before:
                 late += 1  # behind the last eviction: no span may still want it
                 continue
-            flagged = sig.status != "ok"
             if (tid := sig.trace_id) and (tid := tid.lower()) != _NULL_TRACE:
-                put(m_trace, tid, ts, sig, flagged)
-            elif pod := sig.pod:
-                hit = False
-                if (pid := sig.pid) > 0:
-                    if (e := m_pid.get(k := (pod, pid))) is None:
-                        m_pid[k] = new(ts, sig, flagged)
-                    else:
-                        if ts >= (tl := e[0])[-1]:  # kernel streams are nearly in order
-                            tl.append(ts)
-                            e[1].append(sig)
-                        else:
-                            insert(tl, e[1], ts, sig)
-                        if flagged:
-                            put_flagged(e, ts, sig)
-                    hit = True
-                if (ct := sig.conn_tuple) is not None and (ck := tuple_key(ct)):
-                    if (e := m_conn.get(k := (pod, ck))) is None:
-                        m_conn[k] = new(ts, sig, flagged)
-                    else:
-                        if ts >= (tl := e[0])[-1]:
-                            tl.append(ts)
-                            e[1].append(sig)
-                        else:
-                            insert(tl, e[1], ts, sig)
-                        if flagged:
-                            put_flagged(e, ts, sig)
-                    hit = True
-                if (c := svc_cache.get(pod)) is not None and c[0] == sig.node:
-                    sk = c[1]
-                elif not self.service_of:
-                    sk = None  # what _svc_key answers, without the call per signal
-                else:
-                    sk = self._svc_key(sig)
-                if sk is not None:
-                    if (e := m_svc.get(sk)) is None:
-                        m_svc[sk] = new(ts, sig, flagged)
-                    else:
-                        if ts >= (tl := e[0])[-1]:
-                            tl.append(ts)
-                            e[1].append(sig)
-                        else:
-                            insert(tl, e[1], ts, sig)
-                        if flagged:
-                            put_flagged(e, ts, sig)
-                elif not hit:
-                    unindexed += 1
-                    continue
-            else:
-                unindexed += 1
+                # It names its request: joining it to others by proximity would be wrong.
+                put(m_trace, tid, ts, sig, sig.status != "ok")
                 continue
-            if run_lo <= ts < run_hi:
-                run_n += 1
+            if not (pod := sig.pod):
+                unindexed += 1  # host processes, node-wide steal: trace id only
+                continue
+            flagged = sig.status != "ok"
+            pid = sig.pid
+            if (ct := sig.conn_tuple) is not None and (ck := tuple_key(ct)):
+                if (e := m_conn.get(k := (pod, ck))) is None:
+                    new_key("conn", k, ts, sig, flagged)
+                else:
+                    if ts >= (tl := e[0])[-1]:  # kernel streams are nearly in order
+                        tl.append(ts)
+                        e[1].append(sig)
+                    else:
+                        insert(tl, e[1], ts, sig)
+                    if flagged:
+                        put_flagged(e, ts, sig)
+            # Every pod signal is under (pod, pid), pid 0 for those without one: eviction
+            # counts each signal there once. The pid tier never looks up pid 0.
+            if (e := m_pid.get(k := (pod, pid if pid > 0 else 0))) is None:
+                new_key("pid", k, ts, sig, flagged)
             else:
-                if run_n:
-                    counts[run_gen] = counts.get(run_gen, 0) + run_n
-                    n += run_n
-                run_gen = ts // bucket
-                run_lo, run_hi, run_n = run_gen * bucket, (run_gen + 1) * bucket, 1
-        if run_n:
-            counts[run_gen] = counts.get(run_gen, 0) + run_n
-            n += run_n
+                if ts >= (tl := e[0])[-1]:
+                    tl.append(ts)
+                    e[1].append(sig)
+                else:
+                    insert(tl, e[1], ts, sig)
+                if flagged:
+                    put_flagged(e, ts, sig)
+        n = len(batch) - late - unindexed
         self.size += n
         self.late += late
         self.unindexed += unindexed
         return n
+
+    def _new_key(self, kind: str, key: tuple[str, Any], ts: int, sig: ProbeEvent,
+                 flagged: bool) -> None:
+        self.maps[kind][key] = _new_entry(ts, sig, flagged)
+        pod = key[0]
+        if (keys := self._pod_keys.get(pod)) is None:
+            keys = self._pod_keys[pod] = {}
+            self._unmapped.add(pod)
+        keys[(kind, key)] = None
+
+    def service_signals(self, service: str, node: str, s: int, e: int, w: int,
+                        nearest: int | None = None) -> tuple[list[int], list[ProbeEvent]]:
+        """Signals of ``service``'s pods on ``node`` within ``w`` of [s, e], by time.
+
+        With ``nearest``, only each key's ``nearest`` closest to [s, e]: a superset of
+        the overall closest, at a cost per key rather than per signal (a diagnostic
+        window over a busy service holds thousands).
+        """
+        if self.service_of is not None:
+            for pod in list(self._unmapped):  # pods new since the last query, or unknown
+                tl_sl = next(iter(self.maps[k][key] for k, key in self._pod_keys[pod]))
+                if svc := self.service_of(tl_sl[1][0]):
+                    self._unmapped.discard(pod)
+                    self._pod_service[pod] = svc
+                    self._service_pods.setdefault(svc, set()).add(pod)
+        seen: set[int] = set()
+        found: list[tuple[int, int, ProbeEvent]] = []
+        for pod in self._service_pods.get(service, ()):
+            for kind, key in self._pod_keys[pod]:
+                tl, sl = self.maps[kind][key][:2]
+                lo, hi = bisect_left(tl, s - w), bisect_right(tl, e + w)
+                if nearest is None:
+                    picked: Iterable[int] = range(lo, hi)
+                else:
+                    picked = _nearest_where(tl, sl, lo, hi, s, e, nearest,
+                                            lambda x: x.node == node and id(x) not in seen)
+                for i in picked:
+                    if (x := sl[i]).node == node and id(x) not in seen:
+                        seen.add(id(x))
+                        found.append((tl[i], len(found), x))
+        found.sort()
+        return [f[0] for f in found], [f[2] for f in found]
 
     def evict(self, watermark_ns: int) -> int:
         """Drop signals older than ``watermark_ns - window_ms``, in whole generations.
@@ -309,13 +334,16 @@ class SignalIndex:
         if limit <= self._horizon:
             return 0
         self._horizon, bound = limit, limit * self._bucket
+        gone = 0
         # One sweep over every key per generation: cheaper than recording, at each
         # insert, which keys a generation touched.
-        for m in self.maps.values():
+        for kind, m in self.maps.items():
             dead = []
             for key, (tl, sl, ftl, fsl) in m.items():
                 if tl[0] < bound:
                     i = bisect_left(tl, bound)
+                    if kind != "conn":  # a connection's signals are under (pod, pid) too
+                        gone += i
                     if i == len(tl):
                         dead.append(key)
                         continue
@@ -324,10 +352,24 @@ class SignalIndex:
                     del ftl[:i], fsl[:i]
             for key in dead:
                 del m[key]
-        gone = sum(self._gen_count.pop(g) for g in [g for g in self._gen_count if g < limit])
+                if kind != "trace":
+                    self._drop_key(kind, key)
         self.size -= gone
         self.evicted += gone
         return gone
+
+    def _drop_key(self, kind: str, key: tuple[str, Any]) -> None:
+        pod = key[0]
+        keys = self._pod_keys[pod]
+        del keys[(kind, key)]
+        if not keys:  # the pod has gone quiet: forget it
+            del self._pod_keys[pod]
+            self._unmapped.discard(pod)
+            if (svc := self._pod_service.pop(pod, None)) is not None:
+                pods = self._service_pods[svc]
+                pods.discard(pod)
+                if not pods:
+                    del self._service_pods[svc]
 
 
 class Correlator:
@@ -363,25 +405,34 @@ class Correlator:
 
     def correlate(self, span: Span) -> EnrichedSpan:
         """Join one span against the indexed signals and update the counters."""
-        c, st, maps, keys = self.config, self.stats, self.index.maps, _span_key_tuple(span)
+        c, st, index, keys = self.config, self.stats, self.index, _span_key_tuple(span)
+        maps = index.maps
         s = span.start_unix_nano + self.clock_offset_ns
         e = max(span.end_unix_nano + self.clock_offset_ns, s)
         k, thr = c.max_fanout, c.threshold
         cands: list[tuple[Any, ...]] = []  # the best k enriching joins of each tier
         diags: list[tuple[Any, ...]] = []
-        claimed: list[tuple[Any, list[ProbeEvent], int, int]] = []  # ranges joined so far
+        claims: list[tuple[str, Any, int, int]] = []  # (kind, key, window) of tiers joined
         seen: set[int] = set()
-        joins = 0
+        joins, floor = 0, 2.0
         for tier, conf, w, kind, pos in self._tiers:
             if conf < thr and cands:
                 break  # diagnostics only explain spans that nothing enriches
             key = keys[pos]
-            if key is None or (entry := maps[kind].get(key)) is None:
+            if key is None:
                 continue
-            tl, sl = entry[0], entry[1]
-            flagged: tuple[Any, ...] = entry  # its [2] and [3]: flagged ts and signals
-            lo = bisect_left(tl, s - w)
-            hi = bisect_right(tl, e + w, lo)
+            flagged: tuple[Any, ...] | None
+            if kind == "svc":
+                tl, sl = index.service_signals(key[0], key[1], s, e, w,
+                                               k if conf < thr else None)
+                lo, hi, flagged = 0, len(tl), None
+            elif (entry := maps[kind].get(key)) is not None:
+                tl, sl = entry[0], entry[1]
+                flagged = entry  # its [2] and [3]: flagged ts and signals
+                lo = bisect_left(tl, s - w)
+                hi = bisect_right(tl, e + w, lo)
+            else:
+                continue
             if lo == hi:
                 continue
             if conf < thr:  # diagnostic: only the nearest few are worth returning
@@ -389,54 +440,64 @@ class Correlator:
                     seen.add(id(sl[i]))
                     diags.append((-conf, abs(d), len(diags), tier, conf, d, sl[i]))
                 continue
-            if claimed:  # a signal under several keys belongs to its most confident tier
-                keep = [j for j in range(lo, hi) if not _claimed(claimed, tl[j], sl[j])]
+            if claims:  # a signal under several keys belongs to its most confident tier
+                if kind == "conn" and len(claims) == 1 and claims[0][0] == "pid":
+                    # The usual case, inlined: both keys carry the span's pod.
+                    _, (_, pid), plo, phi = claims[0]
+                    keep = [j for j in range(lo, hi)
+                            if sl[j].pid != pid or not plo <= tl[j] <= phi]
+                else:
+                    keep = [j for j in range(lo, hi)
+                            if not _claimed(claims, tl[j], sl[j], index._pod_service)]
                 if len(keep) < hi - lo:
-                    claimed.append((tl, sl, lo, hi))
                     tl, sl, lo, hi = [tl[j] for j in keep], [sl[j] for j in keep], 0, len(keep)
                     flagged = None  # they no longer line up with the filtered range
             if kind != "trace":  # trace-id signals live under no other key
-                claimed.append((tl, sl, lo, hi))
+                claims.append((kind, key, s - w, e + w))
             joins += hi - lo
+            if len(cands) >= k and conf < floor:
+                continue  # k joins of more confident tiers: this one can only be counted
             cands += _best(tl, sl, lo, hi, s, e, k, flagged, (-conf, tier, conf), len(cands))
+            floor = conf  # tiers come most confident first
         cands.sort()
         diags.sort()
         matches = [Match(x[7], x[4], x[5], x[6] / 1e6) for x in cands[:k]]
         st.spans += 1
         st.fanout_dropped += joins - len(matches)
-        attrs: dict[str, float] = {}
         if matches:
             st.enriched += 1
-            attrs[CONFIDENCE_ATTR] = matches[0].confidence  # sorted: the first is the max
+            by_tier = st.by_tier
             for m in matches:
-                st.by_tier[m.tier] = st.by_tier.get(m.tier, 0) + 1
-                name = ATTRIBUTES.get(m.signal.signal)
-                if name is None:
+                by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
+                if m.signal.signal not in ATTRIBUTES:
                     st.unsupported_type += 1
-                elif m.signal.value > attrs.get(name, float("-inf")):
-                    attrs[name] = m.signal.value  # for every attribute higher is worse
-        elif diags:
+            return EnrichedSpan(span, matches)
+        if diags:
             st.low_confidence += 1
         else:
             st.unmatched += 1
-        return EnrichedSpan(span, matches, attrs,
-                            [Match(x[6], x[3], x[4], x[5] / 1e6) for x in diags[:k]])
+        return EnrichedSpan(span, matches, [Match(x[6], x[3], x[4], x[5] / 1e6) for x in diags[:k]])
 
 
-def _claimed(claimed: list[tuple[Any, list[ProbeEvent], int, int]], t: int,
-             sig: ProbeEvent) -> bool:
-    """Whether ``sig`` (at ``t``) lies in one of the ``claimed`` (ts, signals, lo, hi) ranges.
+def _claimed(claims: list[tuple[str, Any, int, int]], t: int, sig: ProbeEvent,
+             pod_service: dict[str, str]) -> bool:
+    """Whether a more confident tier already joined ``sig`` (at ``t``).
 
-    Bisects each range for ``t`` and compares identities among equal times, rather than
-    collecting the ids of whole ranges: a busy pid's range holds dozens of signals, the
-    range being filtered only a few.
+    A tier joins exactly the signals under its key within its window, so membership is
+    a test on the signal's own fields, not a search of that tier's range.
     """
-    for ctl, csl, a, b in claimed:
-        i, j = bisect_left(ctl, t, a, b), bisect_right(ctl, t, a, b)
-        while i < j:
-            if csl[i] is sig:
+    for kind, key, lo, hi in claims:
+        if not lo <= t <= hi:
+            continue
+        if kind == "pid":
+            if sig.pid == key[1] and sig.pod == key[0]:
                 return True
-            i += 1
+        elif kind == "conn":
+            if sig.pod == key[0] and (ct := sig.conn_tuple) is not None \
+                    and _tuple_key(ct) == key[1]:
+                return True
+        elif sig.node == key[1] and pod_service.get(sig.pod) == key[0]:  # svc
+            return True
     return False
 
 
@@ -513,14 +574,16 @@ def _best(ts: Any, ss: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: in
         inside = flagged[3][bisect_left(ftl, s):bisect_right(ftl, e)]
     else:
         inside = [x for x in ss[a:b] if x.status != "ok"]
-    # (−severity, position) is unique, so plain tuple order never compares signals.
-    pick = sorted([(-sev.get(x.status, 0), j, x) for j, x in enumerate(inside)])[:k]
-    j = a
-    while len(pick) < k:  # fewer than k flagged: the earliest routine ones
-        if ss[j].status == "ok":
-            pick.append((0, j, ss[j]))
-        j += 1
-    return [(nc, 0, p[0], n + i, name, conf, 0, p[2]) for i, p in enumerate(pick)]
+    # Errors, then warnings, then the earliest routine ones; each group in time order.
+    pick = [x for x in inside if x.status == "error"][:k]
+    if len(pick) < k:
+        pick += [x for x in inside if x.status == "warning"][:k - len(pick)]
+        j = a
+        while len(pick) < k:  # fewer than k flagged
+            if (x := ss[j]).status == "ok":
+                pick.append(x)
+            j += 1
+    return [(nc, 0, -sev.get(x.status, 0), n + i, name, conf, 0, x) for i, x in enumerate(pick)]
 
 
 def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
@@ -551,4 +614,21 @@ def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k:
             i, d, right = right, tl[right] - e, right + 1
         if id(sl[i]) not in seen:
             out.append((i, d))
+    return out
+
+
+def _nearest_where(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
+                   wanted: Callable[[ProbeEvent], bool]) -> list[int]:
+    """Positions of up to k ``wanted`` signals in [lo, hi) closest to [s, e]."""
+    a = bisect_left(tl, s, lo, hi)
+    b = bisect_right(tl, e, a, hi)
+    out = list(islice((i for i in range(a, b) if wanted(sl[i])), k))  # inside: Δ = 0
+    left, right = a - 1, b
+    while len(out) < k and (left >= lo or right < hi):
+        if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
+            i, left = left, left - 1
+        else:
+            i, right = right, right + 1
+        if wanted(sl[i]):
+            out.append(i)
     return out

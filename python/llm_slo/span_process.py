@@ -22,6 +22,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -97,6 +98,7 @@ class SpanProcesses:
     def host_spans(self, spans: list[Span]) -> list[Span]:
         """``spans`` with ``process.pid`` replaced by the host pid where they differ."""
         out = spans
+        moved: dict[int, dict[str, Any]] = {}  # id(resource) -> translated copy, per call
         for i, span in enumerate(spans):
             res = span.resource
             pid = res.get("process.pid")
@@ -119,7 +121,10 @@ class SpanProcesses:
             if hit[1] is not None and hit[1][0] != pid:
                 if out is spans:
                     out = list(spans)
-                out[i] = msgspec.structs.replace(span, resource={**res, "process.pid": hit[1][0]})
+                # Spans of one OTLP resource share its dict: so do their translations.
+                if (new := moved.get(id(res))) is None:
+                    new = moved[id(res)] = {**res, "process.pid": hit[1][0]}
+                out[i] = msgspec.structs.replace(span, resource=new)
         return out
 
     def _resolve(self, key: _Key) -> tuple[int, int] | None:

@@ -276,7 +276,8 @@ def test_out_of_order_signals_are_sorted():
     assert list(idx.maps["pid"][("api-0", 42)][0]) == sorted(idx.maps["pid"][("api-0", 42)][0])
     assert idx.unindexed == 0
     idx.add([sig(1, pod="", pid=5), sig(1, pod="x", pid=0)])
-    assert idx.unindexed == 2
+    assert idx.unindexed == 1  # no pod: trace id only; a pod's aggregate goes to (pod, 0)
+    assert ("x", 0) in idx.maps["pid"]
 
 
 def test_config_validation_and_defaults():
@@ -311,7 +312,11 @@ def signal_st(draw: Any, pods: list[str] = PODS) -> ProbeEvent:
 configs = st.builds(CorrelationConfig,
                     window_ms=st.sampled_from([50.0, 300.0, 2000.0]),
                     threshold=st.sampled_from([0.6, 0.7, 0.85]),
-                    max_fanout=st.integers(1, 5))
+                    max_fanout=st.integers(1, 5),
+                    # Other confidences reorder the ladder (any tier may claim first).
+                    pod_pid_confidence=st.sampled_from([0.9, 0.75, 0.95]),
+                    pod_conn_confidence=st.sampled_from([0.8, 0.95, 0.6]),
+                    service_node_confidence=st.sampled_from([0.65, 0.99, 0.8]))
 spans_st = st.builds(lambda d, o: span(d, attrs=CONN_ATTRS, start=T0 + o * MS),
                      st.integers(0, 1_500), st.integers(-500, 500))
 
@@ -431,13 +436,30 @@ def test_overlapping_keys_with_flagged_ties():
 
 
 def test_service_learned_later_is_used():
+    # The service/node tier asks service_of at query time, until it answers: signals
+    # indexed before the pod's service was known join too.
     known: dict[str, str] = {}
     idx = SignalIndex(service_of=lambda s: known.get(s.pod))
     idx.add([sig(1, pod="api-1")])
+    cor = Correlator(index=idx)
+    assert cor.correlate(span()).diagnostics == []
     known["api-1"] = "api"
     idx.add([sig(2, pod="api-1")])
-    es = Correlator(index=idx).correlate(span())
-    assert [m.signal.ts_unix_nano for m in es.diagnostics] == [T0 + 2 * MS]
+    es = cor.correlate(span())
+    assert [m.signal.ts_unix_nano for m in es.diagnostics] == [T0 + 1 * MS, T0 + 2 * MS]
+    assert [m.tier for m in es.diagnostics] == [SERVICE_NODE] * 2
+
+
+def test_service_tier_forgets_pods_that_went_quiet():
+    idx = SignalIndex(bucket_ms=100, service_of=lambda s: SERVICES.get(s.pod))
+    idx.add([sig(0, pod="api-1", pid=7), sig(0, pod="api-1", conn=CONN)])
+    cor = Correlator(index=idx)
+    assert len(cor.correlate(span(pid=1)).diagnostics) == 2
+    idx.evict(T0 + 2_200 * MS)
+    assert len(idx) == 0 and idx._pod_keys == {} and idx._service_pods == {}
+    idx.add([sig(2_300, pod="api-1", pid=7)])
+    assert [m.tier for m in cor.correlate(span(pid=1, start=T0 + 2_300 * MS)).diagnostics] \
+        == [SERVICE_NODE]
 
 
 def test_flagged_signals_are_evicted_too():
@@ -453,8 +475,8 @@ def test_generation_counts_across_interleaved_batches():
     idx = SignalIndex(bucket_ms=100)
     batch = [sig(t, pid=42, status="warning" if t % 2 else "ok")
              for t in (0, 150, 10, 250, 160, 20, 5)]  # generations 0,1,0,2,1,0,0
-    batch += [sig(1, pod="", pid=0), sig(2, pod="x", pid=0)]  # unindexed, not counted
-    assert idx.add(batch) == 7 and idx.unindexed == 2 and len(idx) == 7
+    batch += [sig(1, pod="", pid=0)]  # unindexed, not counted
+    assert idx.add(batch) == 7 and idx.unindexed == 1 and len(idx) == 7
     tl, sl, ftl, fsl = idx.maps["pid"][("api-0", 42)]
     assert list(tl) == sorted(tl) == [x.ts_unix_nano for x in sl] and list(ftl) == sorted(ftl)
     assert [x.ts_unix_nano for x in fsl] == list(ftl) and len(fsl) == 1
@@ -473,10 +495,7 @@ def test_counters_agree_with_brute_force_across_eviction(first, second, wm_ms):
     def indexable(g: ProbeEvent) -> bool:
         if g.trace_id:
             return True
-        ct = g.conn_tuple
-        return bool(g.pod) and (g.pid > 0 or SERVICES.get(g.pod) is not None or (
-            ct is not None and canonical_conn(ct.src_ip, ct.src_port, ct.dst_ip,
-                                              ct.dst_port, ct.protocol) is not None))
+        return bool(g.pod)  # under (pod, pid), (pod, connection) or (pod, 0)
 
     assert idx.add(first) == sum(map(indexable, first)) == len(idx)
     bound = (T0 + wm_ms * MS - 2_000 * MS) // (100 * MS) * (100 * MS)

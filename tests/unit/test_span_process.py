@@ -125,3 +125,15 @@ def test_pod_cgroup_dirs_and_ns_pids_on_this_machine(tmp_path: Path) -> None:
     assert ns_pids(os.getpid())[-1] == os.getpid()  # the real /proc: our own namespace
     real = SpanProcesses("/sys/fs/cgroup")
     assert real.host_spans([_span(os.getpid())])[0].resource["process.pid"] == os.getpid()
+
+
+def test_spans_of_one_resource_share_one_translated_resource(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.process(4242, [1], _systemd(UID_A, "a" * 64), own_ns=False)
+    sp = w.spans(uid_of=lambda ns, pod: UID_A)
+    first = _span(1, "rag-0")
+    second = Span(trace_id="c" * 32, span_id="d" * 16, name="retrieval", start_unix_nano=1,
+                  end_unix_nano=2, resource=first.resource)  # as OTLP decoding shares it
+    a, b = sp.host_spans([first, second])
+    assert a.resource is b.resource and a.resource["process.pid"] == 4242
+    assert first.resource["process.pid"] == 1  # the input is never mutated
