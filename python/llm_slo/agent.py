@@ -36,7 +36,7 @@ from llm_slo.identity import (
 from llm_slo.mounts import cgroup2_mount
 from llm_slo.otlp_export import OtlpLogExporter
 from llm_slo.otlp_receiver import OtlpReceiver
-from llm_slo.pod_watch import KubernetesPods, api_client
+from llm_slo.pod_watch import KubernetesPods, api_endpoint
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.probes import ProbeSet
 from llm_slo.span_process import SpanProcesses
@@ -174,7 +174,7 @@ class Agent:
 
     async def run(self) -> int:
         # First, so that a bad kubeconfig stops the agent before any probe is loaded.
-        api = (await api_client(self.config.identity.kubeconfig)
+        api = (await api_endpoint(self.config.identity.kubeconfig)
                if self.config.identity.kubernetes else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

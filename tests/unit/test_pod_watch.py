@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from aiohttp import web
 
 from llm_slo.errors import ConfigError
 from llm_slo.identity import Identity, PodName
-from llm_slo.pod_watch import KubernetesPods, api_client
+from llm_slo.lab.provider import ensure_cert
+from llm_slo.pod_watch import KubernetesPods, api_endpoint, in_cluster_endpoint
 
 NODE, TOKEN = "node-a", "t0ken"
 CID = "cd" * 32
@@ -118,7 +120,7 @@ async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 async def _running(kubeconfig: str, **kw: Any) -> tuple[KubernetesPods, asyncio.Task[None]]:
-    pods = KubernetesPods(await api_client(kubeconfig), NODE, **kw)
+    pods = KubernetesPods(await api_endpoint(kubeconfig), NODE, **kw)
     return pods, asyncio.create_task(pods.run())
 
 
@@ -228,10 +230,48 @@ def test_unreachable_server_backs_off_and_reports(tmp_path: Path) -> None:
 def test_missing_configuration_is_a_config_error(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"kubeconfig .*absent: no such file"):
-        asyncio.run(api_client(str(tmp_path / "absent")))
+        asyncio.run(api_endpoint(str(tmp_path / "absent")))
     (bad := tmp_path / "bad").write_text("clusters: [\n")
     with pytest.raises(ConfigError, match=r"kubeconfig .*bad"):
-        asyncio.run(api_client(str(bad)))
+        asyncio.run(api_endpoint(str(bad)))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(ConfigError, match="in-cluster service account"):
-        asyncio.run(api_client(None))
+    with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_HOST is not set"):
+        asyncio.run(api_endpoint(None))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    with pytest.raises(ConfigError, match="automountServiceAccountToken"):
+        in_cluster_endpoint(str(tmp_path / "no-sa"))
+
+
+def test_in_cluster_service_account_over_tls_with_a_rotating_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DaemonSet's path: $KUBERNETES_SERVICE_HOST/PORT, the token and the CA of the
+    mounted service account, over real TLS to the fake API server."""
+    cert, key = ensure_cert(tmp_path / "tls")
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "ca.crt").write_text(Path(cert).read_text())
+    (sa / "token").write_text(TOKEN + "\n")
+
+    async def main() -> None:
+        fake = FakeApi()
+        fake.lists.append(_listing("3", _pod("rag-0", _uid(1), "2")))
+        app = web.Application()
+        app.router.add_get("/api/v1/pods", fake.pods)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, key)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+        pods = KubernetesPods(in_cluster_endpoint(str(sa)), NODE)
+        task = asyncio.create_task(pods.run())
+        try:
+            await _until(lambda: pods.synced)
+            assert pods.pod_of(_ident(_uid(1))) == PodName("llm", "rag-0")
+        finally:
+            await _stop(pods, task)
+            await runner.cleanup()
+    asyncio.run(main())
