@@ -27,7 +27,7 @@ class LabControl(Protocol):
     def drop(self, *, percent: int, syn_only: bool) -> Callable[[], None]: ...
     def noisy_hogs(self, n: int, shares: int) -> Callable[[], None]: ...
     def rag_cpu_quota(self, pct: float) -> Callable[[], None]: ...
-    def rag_memory_squeeze(self, headroom_mb: int, fill_mb: int) -> Callable[[], None]: ...
+    def rag_memory_squeeze(self, cache_mb: int) -> Callable[[], None]: ...
 
 
 class Param(msgspec.Struct, frozen=True):
@@ -106,13 +106,11 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           {"rag.cpu_limit_pct": Param(10, 1, 400, "CPU limit, % of one CPU")},
           lambda lab, p: lab.rag_cpu_quota(p["rag.cpu_limit_pct"])),
     Fault("memory_pressure", "memory_pressure",
-          "rag's memory limit is set just above its usage while its pod fills page cache",
-          {"mem.headroom_mb": Param(16, 1, 4096, "limit above current usage, MiB",
-                                    integer=True),
-           "mem.fill_mb": Param(256, 8, 65_536, "page cache written per pass, MiB",
-                                integer=True)},
-          lambda lab, p: lab.rag_memory_squeeze(int(p["mem.headroom_mb"]),
-                                                int(p["mem.fill_mb"]))),
+          "rag's memory limit leaves little page cache above its anonymous memory: its "
+          "64 MiB local index is evicted and read back from disk per request",
+          {"mem.cache_mb": Param(32, 1, 4096, "page cache the limit leaves, MiB",
+                                 integer=True)},
+          lambda lab, p: lab.rag_memory_squeeze(int(p["mem.cache_mb"]))),
     Fault("provider_throttle", "provider_throttle",
           "the LLM provider answers a share of requests 429 with Retry-After",
           {"provider.throttle_pct": Param(50, 1, 100, "requests answered 429, %")},

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm_slo.lab._util import LabError, stop_process
+from llm_slo.lab._util import LabError
 from llm_slo.lab.dns_server import dns_server_argv
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.provider import ensure_cert, provider_argv
@@ -29,18 +29,12 @@ from llm_slo.lab.vectordb import vectordb_argv
 PROVIDER_PORT = 8443
 VECTORDB_PORT = 8080
 RAG_PORT = 8000
+# The rag's local re-ranking index (rag_service.LocalIndex): its page cache is what a
+# memory limit on the rag pod squeezes.
+RAG_INDEX_MB = 64
 AGENT_PORT = 4318
 _HOG = ("import time\nend = time.monotonic() + {max_s}\n"
         "while time.monotonic() < end: pass")
-# Rewrites a file of fill_mb MiB again and again: page cache charged to the rag pod's
-# memory cgroup, so a tight limit forces reclaim while rag serves.
-_FILLER = ("import os, sys, time\npath, mb, end = sys.argv[1], int(sys.argv[2]), "
-           "time.monotonic() + float(sys.argv[3])\nchunk = os.urandom(1 << 20)\n"
-           "while time.monotonic() < end:\n"
-           "    with open(path, 'wb') as f:\n"
-           "        for _ in range(mb): f.write(chunk)\n")
-
-
 def _read_ready_line(proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> str:
     """The first stdout line of a starting server (its port), or a LabError with stderr."""
     assert proc.stdout is not None
@@ -116,7 +110,9 @@ class LabServices:
                 "--cafile", str(self.cert_dir / "cert.pem"),
                 "--otlp-endpoint", f"http://{self.otlp_listen}/v1/traces",
                 "--pod", pod.name, "--namespace", pod.namespace, "--node", "lab-node-1",
-                "--connect-timeout", "3", "--max-seconds", str(self.max_s)]
+                "--connect-timeout", "3", "--max-seconds", str(self.max_s),
+                "--index-path", str(self.topo.run_dir / "rag-index.bin"),
+                "--index-mb", str(RAG_INDEX_MB)]
         # Spans leave every 200 ms instead of the SDK's 5 s default: detection delay
         # cannot be shorter than the time spans take to reach the agent.
         env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -190,16 +186,14 @@ class LabServices:
         (cpu.path / "cpu.cfs_quota_us").write_text(str(max(1000, int(pct * 1000))))
         return lambda: (cpu.path / "cpu.cfs_quota_us").write_text("-1")
 
-    def rag_memory_squeeze(self, headroom_mb: int, fill_mb: int) -> Callable[[], None]:
+    def rag_memory_squeeze(self, cache_mb: int) -> Callable[[], None]:
         mem = self.topo.v1[("rag", "memory")]
-        usage = int((mem.path / "memory.usage_in_bytes").read_text())
-        fill = self.topo.run_dir / "memory-fill.bin"
-        filler = self._spawn("rag", [sys.executable, "-S", "-c", _FILLER, str(fill),
-                                     str(fill_mb), str(self.max_s)])
-        (mem.path / "memory.limit_in_bytes").write_text(str(usage + (headroom_mb << 20)))
-
-        def undo() -> None:
-            stop_process(filler)
-            (mem.path / "memory.limit_in_bytes").write_text("-1")
-            fill.unlink(missing_ok=True)
-        return undo
+        stat = dict(line.split() for line in (mem.path / "memory.stat").read_text().splitlines())
+        # Anonymous memory cannot go (no swap): the limit leaves cache_mb for page cache,
+        # less than the rag's index, so its pages are evicted and read back per request.
+        limit = int(stat["total_rss"]) + (cache_mb << 20)
+        try:
+            (mem.path / "memory.limit_in_bytes").write_text(str(limit))
+        except OSError as exc:  # EBUSY: the kernel could not reclaim down to it
+            raise LabError(f"cannot limit rag's memory to {limit >> 20} MiB: {exc}") from exc
+        return lambda: (mem.path / "memory.limit_in_bytes").write_text("-1")
