@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from llm_slo.lab.faults import SCENARIOS
-from llm_slo.lab.loadgen import read_jsonl
+from llm_slo.lab.loadgen import percentile, read_jsonl
 from llm_slo.lab.report import write_run_report
 
 
@@ -24,9 +24,8 @@ def _fmt(v: object, digits: int = 3) -> str:
 
 
 def _p99_ttft(run_dir: Path) -> float | None:
-    values = sorted(r.ttft_ms for f in run_dir.glob("rep-*/requests.jsonl")
-                    for r in read_jsonl(f) if r.ok and r.ttft_ms is not None)
-    return values[max(0, int(0.99 * len(values)) - 1)] if values else None
+    return percentile(sorted(r.ttft_ms for f in run_dir.glob("rep-*/requests.jsonl")
+                             for r in read_jsonl(f) if r.ok and r.ttft_ms is not None), 99)
 
 
 def _latency_overhead(out: Path, args: argparse.Namespace) -> dict[str, float] | None:
