@@ -80,7 +80,8 @@ class Agent:
         self.config = config
         self.node = config.node or os.environ.get("NODE_NAME") or socket.gethostname()
         root = cgroup2_mount()
-        self.span_processes = SpanProcesses(root, uid_of=self._uid_of)
+        # uid_of is set in run(), once the pod sources are known.
+        self.span_processes = SpanProcesses(root, container_id_of=self._container_id_of)
         self.engine = SloEngine(config.engine, cgroup_of_pid=self.span_processes.cgroup_of_pid)
         self.resolver = CgroupResolver()
         pods_file = config.identity.pods_file
@@ -109,10 +110,11 @@ class Agent:
         # Names a workload's own spans gave win; the pods file covers everything else
         # (pods that send no spans: neighbours, backends).
         pod = self.span_processes.pods.get(cgroup_id)
+        ident = self.resolver.resolve(cgroup_id) if pod is None and self.pod_sources else None
         for i, source in enumerate(self.pod_sources):
-            if pod is not None:
+            if pod is not None or ident is None:
                 break
-            pod = source.pod_of(self.resolver.resolve(cgroup_id))
+            pod = source.pod_of(ident)
             if isinstance(source, PodDirectory) and source.error != self._pods_errors.get(i):
                 self._pods_errors[i] = source.error  # once per change, not per event
                 if source.error:
@@ -123,6 +125,12 @@ class Agent:
         for source in self.pod_sources:
             if uid := source.uid_of(namespace, pod):
                 return uid
+        return None
+
+    def _container_id_of(self, uid: str, container: str) -> str | None:
+        for source in self.pod_sources:
+            if cid := source.container_id_of(uid, container):
+                return cid
         return None
 
     def _emit(self, kind: str, records: list[Any], ts_status: list[tuple[int, str]]) -> None:
@@ -189,6 +197,8 @@ class Agent:
                 self.kube_pods = KubernetesPods(api, self.node)
                 self.pod_sources.append(self.kube_pods)
                 watch = asyncio.create_task(self.kube_pods.run(), name="pod-watch")
+            if self.pod_sources:  # a pod table: spans naming unknown pods are not guessed
+                self.span_processes.uid_of = self._uid_of
             try:
                 await self.receiver.start()
             except OSError as e:
@@ -208,8 +218,7 @@ class Agent:
         finally:
             if watch is not None:
                 watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
+                await asyncio.gather(watch, return_exceptions=True)  # never raises here
             if self.kube_pods is not None:
                 await self.kube_pods.close()
             probe_counters = self.probes.counters()

@@ -218,7 +218,7 @@ class SignalIndex:
         self.maps = {k: {} for k in ("trace", "pid", "conn")}
         # For the service/node tier, kept up to date only when a key appears or dies.
         self._pod_keys: dict[str, dict[tuple[str, Any], None]] = {}  # pod -> (kind, key)s
-        self._pod_service: dict[str, str] = {}
+        self.pod_service: dict[str, str] = {}  # pod -> service, once known (claims read it)
         self._service_pods: dict[str, set[str]] = {}
         self._unmapped: set[str] = set()  # pods whose service is not known yet
         self._horizon = -(1 << 62)  # generations below this are evicted
@@ -304,7 +304,7 @@ class SignalIndex:
                 tl_sl = next(iter(self.maps[k][key] for k, key in self._pod_keys[pod]))
                 if svc := self.service_of(tl_sl[1][0]):
                     self._unmapped.discard(pod)
-                    self._pod_service[pod] = svc
+                    self.pod_service[pod] = svc
                     self._service_pods.setdefault(svc, set()).add(pod)
         seen: set[int] = set()
         found: list[tuple[int, int, ProbeEvent]] = []
@@ -365,7 +365,7 @@ class SignalIndex:
         if not keys:  # the pod has gone quiet: forget it
             del self._pod_keys[pod]
             self._unmapped.discard(pod)
-            if (svc := self._pod_service.pop(pod, None)) is not None:
+            if (svc := self.pod_service.pop(pod, None)) is not None:
                 pods = self._service_pods[svc]
                 pods.discard(pod)
                 if not pods:
@@ -448,7 +448,7 @@ class Correlator:
                             if sl[j].pid != pid or not plo <= tl[j] <= phi]
                 else:
                     keep = [j for j in range(lo, hi)
-                            if not _claimed(claims, tl[j], sl[j], index._pod_service)]
+                            if not _claimed(claims, tl[j], sl[j], index.pod_service)]
                 if len(keep) < hi - lo:
                     tl, sl, lo, hi = [tl[j] for j in keep], [sl[j] for j in keep], 0, len(keep)
                     flagged = None  # they no longer line up with the filtered range

@@ -345,6 +345,11 @@ class PodTable:
         """The UID of pod ``namespace/name``, if the table has it."""
         return self._uids.get((namespace, name))
 
+    def container_id_of(self, uid: str, container: str) -> str | None:
+        """The id of container ``container`` of pod ``uid``, if the table has it."""
+        return next((cid for cid, name in self._containers.get(uid, {}).items()
+                     if name == container), None)
+
     def pod_of(self, ident: Identity) -> PodName | None:
         """Names of the pod (and container) ``ident`` belongs to, if the table has it."""
         pod = self._pods.get(ident.pod_uid) if ident.pod_uid else None
@@ -402,3 +407,6 @@ class PodDirectory:
         """The UID of pod ``namespace/name``, if the file lists it."""
         self._refresh()
         return self._table.uid_of(namespace, name)
+
+    def container_id_of(self, uid: str, container: str) -> str | None:
+        return self._table.container_id_of(uid, container)

@@ -60,6 +60,10 @@ class _Expired(Exception):
     """The resource version is too old to watch from: list again."""
 
 
+class _ApiError(Exception):
+    """A failure this module describes itself (its message is the whole story)."""
+
+
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _TOKEN_REREAD_S = 60.0
 
@@ -158,6 +162,9 @@ class KubernetesPods:
     def uid_of(self, namespace: str, name: str) -> str | None:
         return self._table.uid_of(namespace, name)
 
+    def container_id_of(self, uid: str, container: str) -> str | None:
+        return self._table.container_id_of(uid, container)
+
     async def run(self) -> None:
         """List and watch until cancelled; never raises for API or network failures."""
         backoff = self._backoff_s
@@ -165,14 +172,18 @@ class KubernetesPods:
             try:
                 if not self._version:
                     await self._list()
+                started = time.monotonic()
                 await self._watch()
-                backoff = self._backoff_s  # a watch that ended normally: resume at once
+                backoff = self._backoff_s
+                if time.monotonic() - started < 1.0:  # ended at once: do not spin on it
+                    await asyncio.sleep(backoff)
             except _Expired:
                 self.counters["expired"] += 1
                 self._version = ""
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            except Exception as e:  # any failure: report, back off, retry; never die
                 self.counters["errors"] += 1
-                self._fail(str(e) or type(e).__name__)
+                self._fail(str(e) if isinstance(e, _ApiError)
+                           else f"{type(e).__name__}: {e}".removesuffix(": "))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
@@ -196,9 +207,10 @@ class KubernetesPods:
         if resp.status != 200:
             body = (await resp.read())[:300].decode("utf-8", "replace")
             resp.release()
-            hint = " (the agent's ServiceAccount needs get/list/watch on pods: deploy/base/" \
-                   "rbac.yaml)" if resp.status in (401, 403) else ""
-            raise ValueError(f"HTTP {resp.status} from the API server{hint}: {_reason(body)}")
+            hint = {401: " (the token was refused: expired, or not this cluster's)",
+                    403: " (the agent's ServiceAccount needs get/list/watch on pods: "
+                         "deploy/base/rbac.yaml)"}.get(resp.status, "")
+            raise _ApiError(f"HTTP {resp.status} from the API server{hint}: {_reason(body)}")
         return resp
 
     async def _list(self) -> None:
@@ -206,7 +218,7 @@ class KubernetesPods:
         try:
             pods = msgspec.json.decode(await resp.read(), type=PodList)
         except msgspec.DecodeError as e:
-            raise ValueError(f"undecodable pod list: {e}") from e
+            raise _ApiError(f"undecodable pod list: {e}") from e
         finally:
             resp.release()
         self._table.replace(pods.items)
@@ -224,6 +236,7 @@ class KubernetesPods:
             watch="true", resourceVersion=self._version, allowWatchBookmarks="true",
             timeoutSeconds=str(self._watch_timeout_s))
         self.counters["watches"] += 1
+        self.error = ""  # accepted: the table is current again
         try:
             async for line in resp.content:
                 if line.strip():
@@ -238,10 +251,10 @@ class KubernetesPods:
                 status = msgspec.json.decode(ev.object, type=_Status)
                 if status.code == 410:
                     raise _Expired
-                raise ValueError(f"watch error {status.code} {status.reason}: {status.message}")
+                raise _ApiError(f"watch error {status.code} {status.reason}: {status.message}")
             pod = msgspec.json.decode(ev.object, type=PodObject)
         except msgspec.DecodeError as e:
-            raise ValueError(f"undecodable watch event: {e}") from e
+            raise _ApiError(f"undecodable watch event: {e}") from e
         self.counters["events"] += 1
         if ev.type == "DELETED":
             self._table.delete(pod)

@@ -6,14 +6,20 @@ pid, a container's ``process.pid`` names some unrelated host process, and its cg
 would be given the span's pod name. So the pid is translated before anything joins on it:
 
 - the span's pod is known (``k8s.pod.uid``, or ``k8s.namespace.name``/``k8s.pod.name``
-  looked up in the pod table): among the processes in that pod's cgroups, the one whose
-  innermost pid (``NSpid`` in ``/proc/<pid>/status``) is the span's pid;
-- otherwise the pid is taken as a host pid only if that process shares the agent's pid
-  namespace (hostPID pods, processes outside containers, the incident lab) and is not in
-  the root cgroup; anything else stays unresolved and is counted.
+  looked up in the pod table): among the processes in that pod's cgroups (only its
+  container's, when ``k8s.container.name`` names one the table knows), the one whose
+  innermost pid (``NSpid`` in ``/proc/<pid>/status``) is the span's pid. Every container
+  of a pod, the pause container included, may have a pid 1: more than one match is
+  ambiguous and stays unresolved;
+- a pod table exists but does not know the span's pod (yet): unresolved, never a guess;
+- no pod table at all (bare hosts, the end-to-end test): the pid is taken as a host pid
+  if that process is in the agent's own pid namespace (same ``NSpid`` depth, readable
+  without ptrace) and, when the span claims a pod, not in the root cgroup.
 
-Answers are cached per (namespace, pod, uid, pid) and looked up again after
-``recheck_s``: containers restart and pids are reused.
+Answers are cached per (namespace, pod, uid, container, pid) and looked up again after
+``recheck_s`` (containers restart, pids are reused); unresolved ones after 2 s, so a
+pod appears as soon as the pod watch lists it. Only the resource's ``process.pid`` is
+translated: that is where SDKs put it.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import msgspec
 from llm_slo.identity import PodName, cgroup_id_of_path, process_cgroup_path
 from llm_slo.spans import Span
 
-_Key = tuple[str, str, str, int]  # namespace, pod, pod uid, pid as the span says
+_Key = tuple[str, str, str, str, int]  # namespace, pod, pod uid, container, pid
+_UNRESOLVED_RECHECK_S = 2.0
 _QOS = ("burstable", "besteffort")  # cgroupfs layout: /kubepods/burstable/pod<uid>/...
 
 
-def ns_pids(pid: int, proc: str = "/proc") -> list[int]:
+def ns_pids(pid: int | str, proc: str = "/proc") -> list[int]:
     """``pid``'s ids from the outermost pid namespace to its own (``NSpid``); raises OSError."""
     with open(f"{proc}/{pid}/status", encoding="ascii", errors="replace") as f:
         for line in f:
@@ -80,35 +87,43 @@ class SpanProcesses:
 
     ``cgroup_of_pid`` (host pid -> cgroup id) is what the engine reads to know a
     service's cgroups; ``pods`` (cgroup id -> names the spans gave) names those cgroups'
-    kernel events. ``uid_of(namespace, pod)`` is the pod table's lookup.
+    kernel events. ``uid_of(namespace, pod)`` and ``container_id_of(uid, name)`` are the
+    pod table's lookups; ``uid_of`` None means there is no pod table.
     """
 
     def __init__(self, root: str, *, proc: str = "/proc",
-                 uid_of: Callable[[str, str], str | None] = lambda ns, pod: None,
+                 uid_of: Callable[[str, str], str | None] | None = None,
+                 container_id_of: Callable[[str, str], str | None] = lambda uid, c: None,
                  recheck_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.root, self.proc = root, proc
-        self.uid_of = uid_of
+        self.uid_of, self.container_id_of = uid_of, container_id_of
         self.cgroup_of_pid: dict[int, int] = {}
         self.pods: dict[int, PodName] = {}
-        self.counters = {"resolved": 0, "translated": 0, "unresolved": 0}
+        self.counters = {"resolved": 0, "translated": 0, "unresolved": 0, "ambiguous": 0}
         self._recheck_s, self._clock = recheck_s, clock
         self._cache: dict[_Key, tuple[float, tuple[int, int] | None]] = {}
-        self._own_pidns = self._pidns("self")
+        try:
+            self._own_depth = len(ns_pids("self", proc))
+        except OSError:
+            self._own_depth = -1
 
     def host_spans(self, spans: list[Span]) -> list[Span]:
         """``spans`` with ``process.pid`` replaced by the host pid where they differ."""
         out = spans
         moved: dict[int, dict[str, Any]] = {}  # id(resource) -> translated copy, per call
+        now = self._clock()
         for i, span in enumerate(spans):
             res = span.resource
             pid = res.get("process.pid")
             if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
                 continue
             ns, pod = str(res.get("k8s.namespace.name", "")), str(res.get("k8s.pod.name", ""))
-            key = (ns, pod, str(res.get("k8s.pod.uid", "")).lower(), pid)
+            container = str(res.get("k8s.container.name", ""))
+            key = (ns, pod, str(res.get("k8s.pod.uid", "")).lower(), container, pid)
             hit = self._cache.get(key)
-            if hit is None or self._clock() - hit[0] >= self._recheck_s:
-                hit = (self._clock(), self._resolve(key))
+            if hit is None or now - hit[0] >= (
+                    self._recheck_s if hit[1] is not None else _UNRESOLVED_RECHECK_S):
+                hit = (now, self._resolve(key))
                 self._cache[key] = hit
                 if len(self._cache) > 1 << 16:  # pods churn; forget the oldest half
                     for k in list(self._cache)[: 1 << 15]:
@@ -117,7 +132,7 @@ class SpanProcesses:
                     host, cgroup = hit[1]
                     self.cgroup_of_pid[host] = cgroup
                     if pod:
-                        self.pods[cgroup] = PodName(ns, pod, str(res.get("k8s.container.name", "")))
+                        self.pods[cgroup] = PodName(ns, pod, container)
             if hit[1] is not None and hit[1][0] != pid:
                 if out is spans:
                     out = list(spans)
@@ -128,11 +143,16 @@ class SpanProcesses:
         return out
 
     def _resolve(self, key: _Key) -> tuple[int, int] | None:
-        ns, pod, uid, pid = key
+        ns, pod, uid, container, pid = key
         found = None
         with contextlib.suppress(OSError, ValueError):
-            uid = uid or (self.uid_of(ns, pod) if pod else None) or ""
-            found = self._in_pod(uid, pid) if uid else self._in_own_ns(pid, bool(pod))
+            if not uid and pod and self.uid_of is not None:
+                uid = self.uid_of(ns, pod) or ""
+            if uid:
+                cid = self.container_id_of(uid, container) if container else None
+                found = self._in_pod(uid, pid, cid)
+            elif not pod or self.uid_of is None:  # with a pod table, an unknown pod waits
+                found = self._in_own_ns(pid, bool(pod))
         if found is None:
             self.counters["unresolved"] += 1
         else:
@@ -140,28 +160,27 @@ class SpanProcesses:
             self.counters["translated"] += found[0] != pid
         return found
 
-    def _in_pod(self, uid: str, pid: int) -> tuple[int, int] | None:
-        """The process of pod ``uid`` whose own-namespace pid is ``pid``."""
+    def _in_pod(self, uid: str, pid: int, cid: str | None) -> tuple[int, int] | None:
+        """The one process of pod ``uid`` (container ``cid``) whose own pid is ``pid``."""
+        found: list[tuple[int, int]] = []
         for d in pod_cgroup_dirs(self.root, uid):
+            if cid and cid not in os.path.basename(d):
+                continue
             with contextlib.suppress(OSError), open(f"{d}/cgroup.procs") as f:
                 for line in f:
                     host = int(line)
                     with contextlib.suppress(OSError):
                         if ns_pids(host, self.proc)[-1] == pid:
-                            return host, cgroup_id_of_path(d)
-        return None
+                            found.append((host, cgroup_id_of_path(d)))
+        if len(found) > 1:
+            self.counters["ambiguous"] += 1
+        return found[0] if len(found) == 1 else None
 
     def _in_own_ns(self, pid: int, claims_pod: bool) -> tuple[int, int] | None:
-        """``pid`` as a host pid, if that process shares the agent's pid namespace."""
-        if not self.root or self._pidns(str(pid)) != self._own_pidns:
+        """``pid`` as a host pid, if that process is in the agent's pid namespace."""
+        if not self.root or len(ns_pids(pid, self.proc)) != self._own_depth:
             return None
         path = process_cgroup_path(pid, self.proc)
         if not path or (claims_pod and path == "/"):
             return None  # a pod named by a span does not live in the root cgroup
         return pid, cgroup_id_of_path(self.root + path)
-
-    def _pidns(self, pid: str) -> int:
-        try:
-            return os.stat(f"{self.proc}/{pid}/ns/pid").st_ino
-        except OSError:
-            return -1

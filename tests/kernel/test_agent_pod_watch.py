@@ -92,8 +92,11 @@ def test_agent_names_pods_from_the_api_watch(tmp_path: Path) -> None:
                          f"kubepods-burstable-pod{uid_}.slice", f"cri-containerd-{CID}.scope"]:
                 path = f"{path}/{part}" if part else path
                 cg = stack.enter_context(V2Cgroup(path))
+            # Ready when the probes are attached and the pods listed (a watch follows).
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and b"agent running" not in log.read_bytes():
+            while time.monotonic() < deadline and not (
+                    b"agent running" in log.read_bytes()
+                    and any(q.get("watch") == ["true"] for q in _Api.requests)):
                 time.sleep(0.2)
             client = spawn_in([cg], [sys.executable, "-c", (
                 "import socket, time\n"

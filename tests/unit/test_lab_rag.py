@@ -331,3 +331,14 @@ def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:
         assert len(spans) == 3
         assert {s.resource["process.pid"] for s in spans} == {proc.pid}
         assert {s.resource["k8s.pod.name"] for s in spans} == {"rag-sub"}
+
+
+def test_local_index_reads_are_per_request_and_the_file_goes_away(tmp_path) -> None:
+    from llm_slo.lab.rag_service import LocalIndex
+    path = tmp_path / "index.bin"
+    idx = LocalIndex(str(path), 2, 64)
+    assert path.stat().st_size == 2 << 20
+    assert idx.rerank("req-1") == idx.rerank("req-1")  # the request id picks the pages
+    assert idx.rerank("req-1") > 0
+    idx.close()
+    assert not path.exists()

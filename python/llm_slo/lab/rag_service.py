@@ -240,8 +240,9 @@ class LocalIndex:
     What makes a memory limit on the pod matter, as for a real RAG service with a local
     index or model file: the service writes the file itself, so its page cache is
     charged to the service's cgroup; squeezed under the limit, the kernel evicts those
-    pages and each request faults them back from disk, on the event loop like any other
-    per-request work. Unsqueezed, a request's reads hit the page cache (~0.1 ms).
+    pages and each request faults them back from disk, in a worker thread; a page fault
+    holds the GIL, so the whole process waits with it. Unsqueezed, a request's reads hit
+    the page cache (~0.1 ms).
     """
 
     def __init__(self, path: str, size_mb: int, pages: int) -> None:
@@ -251,6 +252,7 @@ class LocalIndex:
                 f.write(chunk)
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        self._path = path
         self._npages, self._pages = len(self._map) // mmap.PAGESIZE, pages
 
     def rerank(self, request_id: str) -> int:
@@ -263,7 +265,10 @@ class LocalIndex:
         return total
 
     def close(self) -> None:
+        """Unmap and delete the file (64 MiB is worth giving back)."""
         self._map.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._path)
 
 
 def _fail(span: Span, err: str, description: str = "") -> None:
@@ -298,10 +303,8 @@ class RagService:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._index = (LocalIndex(config.index_path, config.index_mb, config.index_pages)
-                       if config.index_mb and config.index_path else None)
-        self._index_pool = concurrent.futures.ThreadPoolExecutor(
-            16, thread_name_prefix="rag-index")
+        self._index: LocalIndex | None = None
+        self._index_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def lookups(self) -> int:
@@ -315,6 +318,10 @@ class RagService:
         cfg = self.config
         self._dns_pool = concurrent.futures.ThreadPoolExecutor(
             cfg.dns_workers, thread_name_prefix="rag-dns")
+        if cfg.index_mb and cfg.index_path:
+            self._index = LocalIndex(cfg.index_path, cfg.index_mb, cfg.index_pages)
+            self._index_pool = concurrent.futures.ThreadPoolExecutor(
+                16, thread_name_prefix="rag-index")
         self._resolver = LibcResolver(self._dns_pool)
         ssl_ctx = ssl.create_default_context(cafile=cfg.cafile or None)
         # force_close: a new connection (lookup, connect, handshake) per call, see above.
@@ -348,7 +355,9 @@ class RagService:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-        self._index_pool.shutdown(wait=False, cancel_futures=True)
+        if self._index_pool is not None:
+            self._index_pool.shutdown(wait=False, cancel_futures=True)
+            self._index_pool = None
         if self._index is not None:
             self._index.close()
             self._index = None
