@@ -242,7 +242,7 @@ def test_missing_configuration_is_a_config_error(tmp_path: Path,
         in_cluster_endpoint(str(tmp_path / "no-sa"))
 
 
-def test_in_cluster_service_account_over_tls_with_a_rotating_token(
+def test_in_cluster_service_account_over_tls_with_the_mounted_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The DaemonSet's path: $KUBERNETES_SERVICE_HOST/PORT, the token and the CA of the
     mounted service account, over real TLS to the fake API server."""
