@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,20 +29,12 @@ def _p99_ttft(run_dir: Path) -> float | None:
                              for r in read_jsonl(f) if r.ok and r.ttft_ms is not None), 99)
 
 
-def _latency_overhead(out: Path, args: argparse.Namespace) -> dict[str, float] | None:
-    """Run ``none`` without the agent and compare TTFT p99 with the ``none`` run."""
-    if "none" not in args.scenarios.split(","):
+def _latency_overhead(out: Path) -> dict[str, float] | None:
+    """TTFT p99 of ``none`` (agent on) vs ``none-no-agent``, when both runs exist."""
+    on, off = _p99_ttft(out / "none"), _p99_ttft(out / "none-no-agent")
+    if on is None or off is None:
         return None
-    off = out / "none-no-agent"
-    print("== none --no-agent", file=sys.stderr, flush=True)
-    if subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario",
-                        "none", "--no-agent", "--reps", str(args.reps), "--phases",
-                        args.phases, "--out", str(off)]) != 0:
-        return None
-    on_ms, off_ms = _p99_ttft(out / "none"), _p99_ttft(off)
-    if on_ms is None or off_ms is None:
-        return None
-    result = {"p99_on_ms": on_ms, "p99_off_ms": off_ms, "pct": 100 * (on_ms / off_ms - 1)}
+    result = {"p99_on_ms": on, "p99_off_ms": off, "pct": 100 * (on - off) / off}
     summary_path = out / "none" / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["latency_overhead_pct"] = result["pct"]
@@ -51,53 +44,68 @@ def _latency_overhead(out: Path, args: argparse.Namespace) -> dict[str, float] |
     return result
 
 
+def _row(name: str, run_dir: Path) -> str:
+    s = json.loads((run_dir / "summary.json").read_text())
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    return "| " + " | ".join([
+        name, _fmt(s.get("macro_f1")), _fmt(s.get("fpr")),
+        _fmt(s["detection_delay_s"].get("median"), 2),
+        f"{s['detection_delay_s'].get('missed', 'n/a')}",
+        _fmt((s.get("correlation") or {}).get("precision")),
+        _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
+        str(prov.get("commit", "?"))[:9], str(prov.get("started", "?"))[:16],
+    ]) + " |"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="docs/benchmarks/lab")
     p.add_argument("--phases", default="baseline=20s,fault=20s,recovery=10s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS))
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="which to (re)run; the table covers every scenario in --out")
     args = p.parse_args()
     out = Path(args.out)
-    rows = []
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    failed = []
     for name in args.scenarios.split(","):
         run_dir = out / name
         print(f"== {name}", file=sys.stderr, flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
         code = subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run",
                                 "--scenario", name, "--reps", str(args.reps),
                                 "--phases", args.phases, "--out", str(run_dir)])
         if code != 0:
-            rows.append(f"| {name} | run failed (exit {code}) | | | | | | |")
-            continue
-        s = json.loads((run_dir / "summary.json").read_text())
-        rows.append("| " + " | ".join([
-            name, _fmt(s.get("macro_f1")), _fmt(s.get("fpr")),
-            _fmt(s["detection_delay_s"].get("median"), 2),
-            f"{s['detection_delay_s'].get('missed', 'n/a')}",
-            _fmt((s.get("correlation") or {}).get("precision")),
-            _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
-        ]) + " |")
-    overhead = _latency_overhead(out, args)
+            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | |")
+    if "none" in args.scenarios.split(","):
+        off = out / "none-no-agent"
+        print("== none --no-agent", file=sys.stderr, flush=True)
+        shutil.rmtree(off, ignore_errors=True)
+        subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario",
+                         "none", "--no-agent", "--reps", str(args.reps), "--phases",
+                         args.phases, "--out", str(off)])
+    rows = [_row(name, out / name) for name in SCENARIOS
+            if (out / name / "summary.json").is_file()] + failed
+    overhead = _latency_overhead(out)
     prov = {}
     first = next(iter(out.glob("*/provenance.json")), None)
     if first:
         prov = json.loads(first.read_text())
-    doc = [f"# Incident lab benchmark ({started})", "",
-           f"Command: `python {' '.join(sys.argv)}` (`make bench-lab` runs it with "
-           "`--reps 10`)", "",
+    doc = [f"# Incident lab benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+           "", f"Last command: `python {' '.join(sys.argv)}` (`make bench-lab` runs every "
+           "scenario with `--reps 10`). The table covers every scenario directory here; "
+           "each row says the commit and start time (UTC) of its run, so a scenario rerun "
+           "after a change is visible as such.", "",
            f"Machine: {prov.get('hostname', '?')}, {prov.get('cpus', '?')} CPUs "
-           f"({prov.get('cpu_model', '?')}), kernel {prov.get('kernel', '?')}, "
-           f"commit {prov.get('commit', '?')[:12]}", "",
+           f"({prov.get('cpu_model', '?')}), kernel {prov.get('kernel', '?')}", "",
            "| scenario | macro-F1 | FPR | delay median s | missed episodes | "
-           "corr. precision | agent CPU % | RSS MB |",
-           "|---|---|---|---|---|---|---|---|", *rows, "",
+           "corr. precision | agent CPU % | RSS MB | commit | run started |",
+           "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
            "(`none --no-agent`, a plain span sink in its place), same seed and load: "
            + (f"{overhead['p99_on_ms']:.1f} ms vs {overhead['p99_off_ms']:.1f} ms, "
               f"{overhead['pct']:+.2f} % (target at most +2 %)." if overhead
-              else "not measured (scenario none not in this run).")]
+              else "not measured (no `none` and `none-no-agent` runs here).")]
     (out / "README.md").write_text("\n".join(doc) + "\n")
     return 0
 
