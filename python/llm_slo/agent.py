@@ -110,15 +110,17 @@ class Agent:
         # Names a workload's own spans gave win; the pods file covers everything else
         # (pods that send no spans: neighbours, backends).
         pod = self.span_processes.pods.get(cgroup_id)
-        ident = self.resolver.resolve(cgroup_id) if pod is None and self.pod_sources else None
+        if pod is not None or not self.pod_sources:
+            return pod
+        ident = self.resolver.resolve(cgroup_id)
         for i, source in enumerate(self.pod_sources):
-            if pod is not None or ident is None:
-                break
             pod = source.pod_of(ident)
             if isinstance(source, PodDirectory) and source.error != self._pods_errors.get(i):
                 self._pods_errors[i] = source.error  # once per change, not per event
                 if source.error:
                     log.warning("pod names unavailable", error=source.error)
+            if pod is not None:
+                break
         return pod
 
     def _uid_of(self, namespace: str, pod: str) -> str | None:
