@@ -80,7 +80,7 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 3
 
 
-class Match(msgspec.Struct, frozen=True):
+class Match(msgspec.Struct, frozen=True, gc=False):
     """One join; ``delta_ms`` = signal time minus the nearest point of the span."""
 
     signal: ProbeEvent

@@ -12,6 +12,7 @@ windows teach that baseline.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
@@ -100,8 +101,10 @@ class SloEngine:
         self._workloads: dict[str, _Workload] = {}
         self._quiet_until: dict[tuple[str, str], int] = {}  # (service, SLI) -> Unix ns
         self._last_window_ns = 0
+        # (service, request id) -> when its TTFT was judged; insertion order is age order.
+        self._ttft_judged: dict[tuple[str, str], int] = {}
         self.counters = {"spans": 0, "signals": 0, "slo_events": 0, "attributions": 0,
-                         "abstained": 0}
+                         "abstained": 0, "ttft_repeats": 0}
 
     # ---- intake --------------------------------------------------------------------
 
@@ -122,16 +125,27 @@ class SloEngine:
     def add_spans(self, spans: Iterable[Span]) -> list[SloEvent]:
         """Judge every SLI of every span; returns the SloEvents (breaches included).
 
+        A request has one TTFT: the first ``ttft_ms`` sample of a request id counts and
+        later ones are dropped (``ttft_repeats``). That lets a service end a short span at
+        its first token, so a slow first token is judged when it happens rather than when
+        the whole answer has streamed, and still carry the TTFT on its request span.
+
         Correlation waits until ``correlation_delay_s`` after the span's end (see
         :meth:`tick`): kernel signals of the span's last moments may still be in a ring
         buffer or an aggregate interval that has not been read yet.
         """
         out = []
+        judged = self._ttft_judged
         for span in spans:
             self.counters["spans"] += 1
             self._pending.append(span)
             work = self._workload(span)
             for sample in slis_from_span(span):
+                if sample.sli_name == "ttft_ms":
+                    if (key := (sample.service, sample.request_id)) in judged:
+                        self.counters["ttft_repeats"] += 1
+                        continue
+                    judged[key] = sample.ts_unix_nano
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
                 work.samples.append((sample.ts_unix_nano, sample, status))
@@ -251,6 +265,11 @@ class SloEngine:
         for work in self._workloads.values():
             while work.samples and work.samples[0][0] < horizon:
                 work.samples.popleft()
+        # Insertion order is arrival order, close enough to time order for forgetting.
+        judged = self._ttft_judged
+        for key in [k for k, _ in itertools.takewhile(lambda kv: kv[1] < horizon,
+                                                        judged.items())]:
+            del judged[key]
         # The correlator drops signals older than the watermark minus its gate; the
         # watermark is the oldest instant a span still to be joined may start.
         oldest = min((s.start_unix_nano for s in self._pending), default=now_ns)

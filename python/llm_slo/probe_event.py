@@ -56,7 +56,8 @@ UNITS = {
 }
 
 
-class ProbeEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+class ProbeEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True,
+                 gc=False):
     """One kernel observation, attributed to a workload: contract v1alpha1."""
 
     ts_unix_nano: NonNegInt

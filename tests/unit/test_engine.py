@@ -17,7 +17,7 @@ from llm_slo.events import LatencyAggregate
 from llm_slo.identity import Identity
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.replay import replay
-from llm_slo.spans import SPAN_KIND_SERVER, Span
+from llm_slo.spans import SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, Span
 
 NS = 1_000_000_000
 T0 = 1_800_000_000 * NS
@@ -80,6 +80,32 @@ def _run(fault_from: int, seconds: int) -> tuple[list, list, list[Span], list[Pr
             signals += sig
         atts += engine.tick(T0 + (sec + 1) * NS)
     return slo, atts, spans, signals
+
+
+def test_a_request_has_one_ttft_whichever_span_brings_it_first() -> None:
+    """A first-token span and its request span both carry the TTFT: the first to arrive
+    is judged and counted in the burn rate, the repeat is dropped; ids are forgotten
+    after the retention, so memory stays bounded."""
+    engine = SloEngine(CONFIG)
+    rid = {"llm.request.id": "req-1"}
+    slow = _span(1, T0 + 3 * NS, 1250.0)
+    slow = msgspec.structs.replace(slow, attributes={**slow.attributes, **rid})
+    early = msgspec.structs.replace(
+        slow, span_id="e" * 16, name="first token", kind=SPAN_KIND_INTERNAL,
+        end_unix_nano=slow.start_unix_nano + 1250 * 1_000_000,
+        attributes={**rid, "llm.slo.ttft_ms": 1250.0})
+    first = engine.add_spans([early])
+    assert [(e.sli_name, e.status, e.labels["span_id"]) for e in first] == [
+        ("ttft_ms", "breach", "e" * 16)]
+    later = engine.add_spans([slow, _span(2, T0 + 3 * NS, 40.0)])  # and a healthy request
+    assert sorted((e.sli_name, e.request_id) for e in later if e.sli_name == "ttft_ms") == [
+        ("ttft_ms", f"{3:016x}")]  # the healthy one's id is its span id
+    assert {e.sli_name for e in later} >= {"request_latency_ms", "error_rate"}
+    assert engine.counters["ttft_repeats"] == 1
+    # One bad TTFT of two requests (not two of three): burn = 0.5 / (1 - 0.99).
+    assert engine.book.burn_rate("rag", "ttft_ms", 300, T0 + 4 * NS) == pytest.approx(50.0)
+    engine.tick(T0 + 4 * NS + int(CONFIG.signal_retention_s * NS))
+    assert [e.sli_name for e in engine.add_spans([early])] == ["ttft_ms"]
 
 
 def test_calm_service_has_no_breach_and_no_attribution() -> None:

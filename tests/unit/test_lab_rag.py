@@ -25,6 +25,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from llm_slo.engine import SloEngine
 from llm_slo.lab._util import stop_process
 from llm_slo.lab.loadgen import (
     PROFILES,
@@ -41,7 +42,13 @@ from llm_slo.lab.vectordb import VectorDbEmulator
 from llm_slo.lab.workloads import wait_ready
 from llm_slo.otlp_receiver import OtlpReceiver
 from llm_slo.sli import SliSample, slis_from_span
-from llm_slo.spans import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Span
+from llm_slo.spans import (
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_SERVER,
+    STATUS_ERROR,
+    Span,
+)
 
 PROVIDER_TTFT_MS = 80.0
 RETRIEVAL_MS = 40.0
@@ -146,15 +153,22 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
     assert ttfts[len(ttfts) // 2] <= 1.5 * floor
 
     assert lab.rag.force_flush()
-    groups = lab.receiver.by_request({r.request_id for r in run.results})
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, 4)
+    arrival = {id(s): i for i, s in enumerate(lab.receiver.spans)}
     for r in run.results:
         spans = groups[r.request_id]
         server = one(spans, SPAN_KIND_SERVER, "chat ")
         client = one(spans, SPAN_KIND_CLIENT, "chat ")
         retrieval = one(spans, SPAN_KIND_CLIENT, "retrieval ")
-        assert len(spans) == 3
+        first = one(spans, SPAN_KIND_INTERNAL, "first token ")
+        assert len(spans) == 4
         assert {s.trace_id for s in spans} == {server.trace_id}
-        assert client.parent_span_id == retrieval.parent_span_id == server.span_id
+        assert client.parent_span_id == retrieval.parent_span_id == first.parent_span_id \
+            == server.span_id
+        # The first-token span spans request start to first token, and leaves first.
+        assert first.start_unix_nano == server.start_unix_nano
+        assert first.end_unix_nano == server.events[0].time_unix_nano < server.end_unix_nano
+        assert arrival[id(first)] < arrival[id(server)]
         assert server.name == client.name == "chat gpt-4o-mini"
         assert retrieval.name == "retrieval lab-docs"
         assert retrieval.attributes["gen_ai.operation.name"] == "retrieval"
@@ -168,9 +182,10 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
         assert server.attributes["gen_ai.usage.output_tokens"] == r.tokens
         assert client.attributes["gen_ai.usage.output_tokens"] == r.tokens
 
-        # Exactly one TTFT per request, from the SERVER span, close to the client's.
-        (ttft,) = samples(spans, "ttft_ms")
-        assert ttft.span_id == server.span_id
+        # The same TTFT on the SERVER and first-token spans, close to the client's.
+        ttft, again = sorted(samples(spans, "ttft_ms"), key=lambda s: s.span_id != first.span_id)
+        assert (ttft.span_id, again.span_id) == (first.span_id, server.span_id)
+        assert ttft.value == again.value
         assert abs(ttft.value - r.ttft_ms) <= 0.3 * r.ttft_ms
         (retr,) = samples(spans, "retrieval_latency_ms")
         assert retr.value >= RETRIEVAL_MS
@@ -182,6 +197,16 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
                 ttft.node, ttft.pid) == ("rag", "rag", "lab", "lab-ns", "rag-7f9c",
                                          "node-a", os.getpid())
         assert ttft.request_id == r.request_id
+
+    # The engine counts one TTFT per request: the first-token span's, as it came first.
+    engine = SloEngine()
+    events = engine.add_spans(sorted((s for g in groups.values() for s in g),
+                                     key=lambda s: arrival[id(s)]))
+    ttft_events = [e for e in events if e.sli_name == "ttft_ms"]
+    assert sorted(e.request_id for e in ttft_events) == sorted(r.request_id for r in run.results)
+    firsts = {s.span_id for g in groups.values() for s in g if s.kind == SPAN_KIND_INTERNAL}
+    assert {e.labels["span_id"] for e in ttft_events} == firsts
+    assert engine.counters["ttft_repeats"] == len(run.results)
 
 
 @pytest.mark.parametrize(("mode", "client_status", "detail"),
@@ -326,9 +351,9 @@ def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:
         assert proc.wait(15.0) == 0
     finally:
         stop_process(proc)
-    groups = lab.receiver.by_request({r.request_id for r in run.results}, timeout_s=2.0)
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, 4, timeout_s=2.0)
     for spans in groups.values():
-        assert len(spans) == 3
+        assert len(spans) == 4
         assert {s.resource["process.pid"] for s in spans} == {proc.pid}
         assert {s.resource["k8s.pod.name"] for s in spans} == {"rag-sub"}
 

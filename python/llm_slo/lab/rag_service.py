@@ -20,10 +20,12 @@ Per request the service does, in order, everything a fault in the lab can touch:
 
 The SERVER span ``chat <model>`` carries TTFT the way :mod:`llm_slo.sli` reads it: event
 ``gen_ai.first_token`` when the first token has been written to the client, and attribute
-``llm.slo.ttft_ms`` from request start (DNS and retrieval included). Only the SERVER span
-carries TTFT: a provider-side TTFT on the CLIENT span would give the engine a second,
-smaller ``ttft_ms`` sample for the same request. All spans of one request share
-``llm.request.id`` so consumers can deduplicate the SERVER and CLIENT request samples.
+``llm.slo.ttft_ms`` from request start (DNS and retrieval included). So that a slow first
+token is known before the answer has streamed (seconds later), an INTERNAL span ``first
+token <model>`` from request start to that moment carries the same ``llm.slo.ttft_ms``;
+the engine counts the first TTFT of a request id and drops the repeat. A provider-side
+TTFT on the CLIENT span would be a different, smaller value for the same request, so
+that span carries none. All spans of one request share ``llm.request.id``.
 
 Spans leave over OTLP/HTTP protobuf through a BatchSpanProcessor and are flushed on
 shutdown. Run in-process (``with RagService(cfg) as rag: rag.port``, its own event loop in
@@ -479,9 +481,8 @@ class RagService:
                                          + b"\n\n")
                     tokens += 1
                     if tokens == 1:  # the first token is now on its way to the client
-                        ttft_ns = time.monotonic_ns() - t0
-                        span.add_event("gen_ai.first_token", timestamp=start_ns + ttft_ns)
-                        span.set_attribute("llm.slo.ttft_ms", ttft_ns / 1e6)
+                        self._first_token(span, ctx, request_id, start_ns,
+                                          time.monotonic_ns() - t0)
         except UpstreamError as exc:
             _fail(span, exc.error_type, str(exc))
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
@@ -511,6 +512,22 @@ class RagService:
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         return response
+
+    def _first_token(self, span: Span, ctx: Context, request_id: str, start_ns: int,
+                     ttft_ns: int) -> None:
+        """Record TTFT on the SERVER span, and end a ``first token`` span right now.
+
+        The SERVER span is exported only when the whole answer has streamed, seconds
+        later; the short span reaches the agent at once, so a slow first token is judged
+        when it happens. The engine counts one TTFT per ``llm.request.id``.
+        """
+        ttft_ms, first_ns = ttft_ns / 1e6, start_ns + ttft_ns
+        span.add_event("gen_ai.first_token", timestamp=first_ns)
+        span.set_attribute("llm.slo.ttft_ms", ttft_ms)
+        self._tracer.start_span(
+            f"first token {self.config.model}", context=ctx, start_time=start_ns,
+            attributes={"llm.request.id": request_id, "llm.slo.ttft_ms": ttft_ms},
+        ).end(end_time=first_ns)
 
     async def _retrieve(self, prompt: str, ctx: Context, request_id: str) -> list[str]:
         """Top-k documents from the vector DB, inside a ``retrieval <source>`` span."""
