@@ -50,6 +50,7 @@ def _row(name: str, run_dir: Path) -> str:
     return "| " + " | ".join([
         name, _fmt(s.get("macro_f1")), _fmt(s.get("fpr")),
         _fmt(s["detection_delay_s"].get("median"), 2),
+        _fmt((s.get("detection_after_break_s") or {}).get("median"), 2),
         f"{s['detection_delay_s'].get('missed', 'n/a')}",
         _fmt((s.get("correlation") or {}).get("precision")),
         _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
@@ -75,7 +76,7 @@ def main() -> int:
                                 "--scenario", name, "--reps", str(args.reps),
                                 "--phases", args.phases, "--out", str(run_dir)])
         if code != 0:
-            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | |")
+            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | |")
     if "none" in args.scenarios.split(","):
         off = out / "none-no-agent"
         print("== none --no-agent", file=sys.stderr, flush=True)
@@ -97,9 +98,12 @@ def main() -> int:
            "after a change is visible as such.", "",
            f"Machine: {prov.get('hostname', '?')}, {prov.get('cpus', '?')} CPUs "
            f"({prov.get('cpu_model', '?')}), kernel {prov.get('kernel', '?')}", "",
-           "| scenario | macro-F1 | FPR | delay median s | missed episodes | "
-           "corr. precision | agent CPU % | RSS MB | commit | run started |",
-           "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "| scenario | macro-F1 | FPR | delay median s | after SLO broke s | "
+           "missed episodes | corr. precision | agent CPU % | RSS MB | commit | run started |",
+           "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "Delay: fault start to the first attribution naming its domain. After SLO broke: "
+           "the same attribution's time minus the moment a client first saw the SLO broken "
+           "(a TTFT past 700 ms, or a failure), per episode: the part the agent adds.", "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
            "(`none --no-agent`, a plain span sink in its place), same seed and load: "

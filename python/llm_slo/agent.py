@@ -44,6 +44,7 @@ from llm_slo.spans import Span
 
 log = structlog.get_logger("agent")
 
+EARLY_POLL_GAP_S = 0.05  # the least time between polls when breaches wake the agent
 OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
                 "attribution": "attributions.jsonl"}
 
@@ -101,10 +102,12 @@ class Agent:
         self.exporter = (OtlpLogExporter(out.otlp_endpoint, node=self.node)
                          if out.otlp_endpoint else None)
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # stop, or a breach to explain now
         self.counters = {"probe_events": 0, "slo_events": 0, "attributions": 0}
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def _pod_of(self, cgroup_id: int) -> PodName | None:
         # Names a workload's own spans gave win; the pods file covers everything else
@@ -148,6 +151,8 @@ class Agent:
         now = time.time_ns()
         self._emit("slo", events, [(now, e.status) for e in events])
         self.counters["slo_events"] += len(events)
+        if any(e.status == "breach" for e in events):
+            self._wake.set()  # explain it now, not at the next interval
 
     def _poll(self) -> None:
         records = self.probes.poll(time.monotonic_ns())
@@ -188,7 +193,7 @@ class Agent:
                if self.config.identity.kubernetes else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.stop)
         self.probes.open()
         self.engine.set_active_signals(self.probes.probes)
         for sig, reason in self.probes.failures.items():
@@ -212,10 +217,15 @@ class Agent:
                      otlp_traces=f"http://{self.config.intake.listen}/v1/traces",
                      jsonl_dir=self.config.outputs.jsonl_dir,
                      otlp_logs=self.config.outputs.otlp_endpoint)
+            gap = min(EARLY_POLL_GAP_S, self.config.interval_s)
             while not self._stop.is_set():
+                # A breach polls at once (its evidence may still be in a ring buffer),
+                # but a stream of them polls at most once per gap.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.config.interval_s)
+                    await asyncio.wait_for(self._wake.wait(), self.config.interval_s - gap)
+                self._wake.clear()
                 self._poll()
+                await asyncio.sleep(gap)
             return 0
         finally:
             if watch is not None:

@@ -216,7 +216,7 @@ def test_targets_are_inclusive_and_nonsense_is_na() -> None:
 
 def test_results_table_of_an_empty_summary_has_no_judgments() -> None:
     rows = results_rows(results_table({}))
-    assert len(rows) == 10
+    assert len(rows) == 12
     assert all(cols[0] == "n/a" and cols[2] == "—" for cols in rows.values())
 
 

@@ -7,8 +7,10 @@ import pytest
 from llm_slo.incident import FAULT_DOMAINS
 from llm_slo.lab._util import LabError
 from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params, undo_all
-from llm_slo.lab.lab_score import build_cases
+from llm_slo.lab.lab_score import build_cases, slo_break_delays
+from llm_slo.lab.loadgen import RequestResult
 from llm_slo.lab.runner import Phases
+from llm_slo.scoring import FaultEpisode
 
 
 def test_every_fault_of_the_issue_exists_with_a_known_domain() -> None:
@@ -93,3 +95,28 @@ def test_cases_truth_grace_calm_seconds_and_missed_episodes() -> None:
     missed, _ = build_cases([], faults, phases, grace_s=3.0)
     assert [(c.actual, c.predicted) for c in missed if c.actual != "none"] == [
         ("network_dns", "none")]
+
+
+def _req(sent_s: float, ttft_ms: float | None, total_ms: float, error: str = "") -> RequestResult:
+    return RequestResult(seq=0, request_id="r", size="short", max_tokens=16, offset_s=0.0,
+                         start_unix_nano=round(sent_s * 1e9), ttft_ms=ttft_ms,
+                         total_ms=total_ms, status=0 if error else 200, tokens=0, error=error)
+
+
+def test_slo_break_is_when_a_client_first_saw_a_late_token_or_a_failure() -> None:
+    t0 = 1_800_000_000.0
+    slow = FaultEpisode(domain="network_dns", start=t0, end=t0 + 10)
+    failing = FaultEpisode(domain="provider_error", start=t0 + 20, end=t0 + 30)
+    calm = FaultEpisode(domain="network_egress", start=t0 + 40, end=t0 + 50)
+    requests = [
+        _req(t0 - 1.0, 5000.0, 6000.0),  # before the fault: not its doing
+        _req(t0 + 0.1, 300.0, 900.0),  # in time
+        _req(t0 + 0.2, 950.0, 2000.0),  # late: broken 0.7 s after it was sent
+        _req(t0 + 0.3, None, 400.0, error="timeout"),  # failed before 700 ms: at its end
+        _req(t0 + 20.5, None, 100.0, error="http_502"),
+        _req(t0 + 41.0, 100.0, 500.0),
+    ]
+    got = slo_break_delays([slow, failing, calm], requests, ttft_breach_ms=700.0)
+    assert got[0] == pytest.approx(0.7)  # min(0.2 + 0.7, 0.3 + 0.4)
+    assert got[1] == pytest.approx(0.6)
+    assert got[2] is None

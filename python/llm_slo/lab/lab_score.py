@@ -40,6 +40,7 @@ from llm_slo.scoring import (
     FaultEpisode,
     ScoreSummary,
     correlation_scores,
+    delay_summary,
     detection_delays,
     score,
 )
@@ -61,6 +62,33 @@ class Prediction(msgspec.Struct, frozen=True, kw_only=True):
     incident_id: str = ""
 
 
+def slo_break_delays(episodes: list[FaultEpisode], requests: list[RequestResult],
+                     ttft_breach_ms: float = TTFT_BREACH_MS) -> list[float | None]:
+    """Per episode: seconds from its start until a request sent during it broke the SLO,
+    as its client saw it: ``ttft_breach_ms`` after it was sent if no token had come by
+    then, or when it failed, whichever was first. None if no request broke it.
+
+    A detector that reads the service's own telemetry cannot know before this; the
+    detection delay minus this is the time the agent took (see ``summarize``).
+    """
+    out: list[float | None] = []
+    for ep in episodes:
+        first: float | None = None
+        for r in requests:
+            sent = r.start_unix_nano / 1e9
+            if not ep.start <= sent <= ep.end:
+                continue
+            broke = []
+            if r.ttft_ms is None or r.ttft_ms >= ttft_breach_ms:
+                broke.append(sent + ttft_breach_ms / 1e3)
+            if not r.ok:
+                broke.append(sent + r.total_ms / 1e3)
+            if broke and (first is None or min(broke) < first):
+                first = min(broke)
+        out.append(None if first is None else max(0.0, first - ep.start))
+    return out
+
+
 class RepResult(msgspec.Struct, kw_only=True):
     rep: int
     rep_dir: Path
@@ -76,6 +104,7 @@ class RepResult(msgspec.Struct, kw_only=True):
     requests: int
     errors: int
     burn_rate_errors: list[float] = msgspec.field(default_factory=list)
+    slo_break_delays: list[float | None] = msgspec.field(default_factory=list)
 
 
 def _ts(rfc3339: str) -> float:
@@ -222,7 +251,8 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         rss_mb=rss_mb, bpf_ns_per_run=run_ns / cnt if cnt else None,
         ttft_p99_ms=percentile(sorted(ttft), 99), requests=len(requests),
         errors=sum(1 for r in requests if not r.ok),
-        burn_rate_errors=burn_rate_errors(attributions, requests))
+        burn_rate_errors=burn_rate_errors(attributions, requests),
+        slo_break_delays=slo_break_delays(episodes, requests))
 
 
 def pooled_score(results: list[RepResult]) -> ScoreSummary:
@@ -261,6 +291,9 @@ def summarize(results: list[RepResult], *, scenario: str,
     """``summary.json``: pooled scores, per-rep CI95, overhead, client latency."""
     pooled = pooled_score(results)
     delays = [d for r in results for d in detection_delays(r.episodes, r.cases, GRACE_S)]
+    breaks = [b for r in results for b in r.slo_break_delays]
+    after = [d - b for d, b in zip(delays, breaks, strict=True)
+             if d is not None and b is not None]
     per_rep_delay = [r.score.detection_delay_s.median for r in results
                      if r.score.detection_delay_s.median is not None]
     bpf = [r.bpf_ns_per_run for r in results if r.bpf_ns_per_run is not None]
@@ -271,6 +304,11 @@ def summarize(results: list[RepResult], *, scenario: str,
         "detection_delay_s": {**out["detection_delay_s"],
                               "per_episode": [None if d is None else round(d, 3)
                                               for d in delays]},
+        # When the SLO first broke for a client, and how long the agent took after that.
+        "slo_break_s": {"median": statistics.median(b) if (b := [x for x in breaks
+                                                                 if x is not None]) else None,
+                        "per_episode": [None if x is None else round(x, 3) for x in breaks]},
+        "detection_after_break_s": msgspec.to_builtins(delay_summary(after)),
         "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),
                      "rss_mb": max(r.rss_mb for r in results),
                      "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
