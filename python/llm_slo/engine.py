@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -37,6 +39,10 @@ from llm_slo.spans import Span
 
 NS = 1_000_000_000
 BURN_BUCKET_S = 10  # burn-rate counts are bucketed; windows must be whole buckets
+# Records (signals, SLI samples) arrive at most this far out of time order: spans of
+# different senders are exported in their own batches, probes are read in turn.
+ARRIVAL_SLACK_NS = 5 * NS
+T = TypeVar("T")
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -250,8 +256,8 @@ class SloEngine:
         return workload_key(work.cluster, work.namespace or None, service)
 
     def _features(self, work: _Workload, start_ns: int, end_ns: int) -> WindowFeatures:
-        signals = [ev for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())
-                   if start_ns <= ev.ts_unix_nano <= end_ns]
+        signals = [ev for cg in work.cgroups
+                   for ev in _recent(self._by_cgroup.get(cg, ()), _SIGNAL_TS, start_ns, end_ns)]
         active = self.active_signals or {
             ev.signal for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())}
         return features_from(signals, _app_evidence(work, start_ns, end_ns),
@@ -276,11 +282,32 @@ class SloEngine:
         self.correlator.evict(min(oldest, horizon))
 
 
+_SIGNAL_TS = operator.attrgetter("ts_unix_nano")
+_SAMPLE_TS = operator.itemgetter(0)
+
+
+def _recent(records: Sequence[T], ts_of: Callable[[T], int], start_ns: int,
+            end_ns: int) -> list[T]:
+    """Records with ``start_ns <= ts <= end_ns``, oldest first, from a sequence kept in
+    arrival order, scanned back from the newest: only the window, not the whole
+    retention (two minutes of a busy service), is read at every tick. Arrival order is
+    time order up to ``ARRIVAL_SLACK_NS``; the scan stops that much before the window."""
+    out = []
+    stop = start_ns - ARRIVAL_SLACK_NS
+    for rec in reversed(records):
+        ts = ts_of(rec)
+        if ts < stop:
+            break
+        if start_ns <= ts <= end_ns:
+            out.append(rec)
+    out.reverse()
+    return out
+
+
 def _app_evidence(work: _Workload, start_ns: int, end_ns: int) -> AppEvidence:
-    provider = [s for ts, s, _ in work.samples
-                if start_ns <= ts <= end_ns and s.sli_name == "provider_error_rate"]
-    retrieval = sorted(s.value for ts, s, _ in work.samples
-                       if start_ns <= ts <= end_ns and s.sli_name == "retrieval_latency_ms")
+    window = _recent(work.samples, _SAMPLE_TS, start_ns, end_ns)
+    provider = [s for _, s, _ in window if s.sli_name == "provider_error_rate"]
+    retrieval = sorted(s.value for _, s, _ in window if s.sli_name == "retrieval_latency_ms")
     return AppEvidence(
         provider_requests=len(provider),
         provider_429=sum(s.detail == "429" for s in provider),

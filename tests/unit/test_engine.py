@@ -4,14 +4,18 @@ from the workload's own baseline; replay gives the same answers from JSONL."""
 from __future__ import annotations
 
 import json
+import random
+from collections import deque
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llm_slo.baseline import BaselineConfig
 from llm_slo.config import AgentConfig, load_config
-from llm_slo.engine import EngineConfig, SloEngine
+from llm_slo.engine import ARRIVAL_SLACK_NS, EngineConfig, SloEngine, _recent
 from llm_slo.errors import ConfigError
 from llm_slo.events import LatencyAggregate
 from llm_slo.identity import Identity
@@ -232,3 +236,21 @@ def test_an_abstention_is_retried_before_the_cooldown_ends() -> None:
         engine.add_spans([*_children(sec, t), _span(sec, t, 1250.0)])
         atts += [a for a in engine.tick(T0 + (sec + 1) * NS) if a.slo_impact.sli == "ttft_ms"]
     assert len(atts) == 4 and all(a.abstain for a in atts)
+
+
+@given(st.lists(st.integers(0, 60 * NS), max_size=200), st.integers(0, 60 * NS),
+       st.integers(0, 3 * NS), st.randoms(use_true_random=False))
+def test_window_scan_finds_what_a_full_scan_finds(times: list[int], start: int, width: int,
+                                                  rnd: random.Random) -> None:
+    """Records kept in arrival order, which is time order up to the slack: the backward
+    scan that stops early returns exactly the records a scan of everything would."""
+    arrival = sorted(times)
+    i = 0
+    while i < len(arrival) - 1:  # swap disjoint neighbours: disorder within the slack
+        if rnd.random() < 0.3 and arrival[i + 1] - arrival[i] < ARRIVAL_SLACK_NS:
+            arrival[i], arrival[i + 1] = arrival[i + 1], arrival[i]
+            i += 1
+        i += 1
+    records = deque((t, i) for i, t in enumerate(arrival))
+    got = _recent(records, lambda r: r[0], start, start + width)
+    assert got == [r for r in records if start <= r[0] <= start + width]
