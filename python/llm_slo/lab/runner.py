@@ -66,7 +66,9 @@ class Phases(msgspec.Struct, frozen=True):
 def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
     """The agent's configuration in the lab: fast windows, the lab's TTFT objective."""
     return {
-        "node": NODE, "interval_s": 0.25,
+        # A breach wakes the agent at once, so the interval only paces baseline windows
+        # and evidence reads: 0.5 s, not the 0.25 s that detection once needed.
+        "node": NODE, "interval_s": 0.5,
         "identity": {"pods_file": str(pods_file)},
         "intake": {"listen": listen},
         "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True},
