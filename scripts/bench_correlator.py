@@ -35,8 +35,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -52,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from llm_slo.correlator import CorrelationConfig, Correlator, SignalIndex  # noqa: E402
 from llm_slo.events import ConnTuple  # noqa: E402
+from llm_slo.machine import describe  # noqa: E402
 from llm_slo.probe_event import ProbeEvent  # noqa: E402
 from llm_slo.spans import Span  # noqa: E402
 
@@ -238,16 +237,6 @@ def run(args: argparse.Namespace, service_tier: bool) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    model = next((ln.split(":", 1)[1].strip() for ln in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), "")
-    return {"kernel": platform.release(), "cpu_model": model, "nproc": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "msgspec": msgspec.__version__,
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
-
-
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median share of one core (the lower middle one for even n)."""
     return sorted(runs, key=lambda r: r["one_core_share_at_target_pct"])[(len(runs) - 1) // 2]
@@ -255,6 +244,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     m, configs = res["machine"], res["configs"]
+    v = m["versions"]
     names = {"full": "full ladder (service/node tier on)",
              "enriching": "enriching tiers only (no service_of)"}
     runs = [_median_run(configs[c]) for c in ("full", "enriching")]
@@ -323,8 +313,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
 Command: `{res['command']}`. Generated {res['date']} by scripts/bench_correlator.py; numbers
 are from that run, not edited. Raw data: [correlator.json](correlator.json).
 
-Machine: {m['cpu_model']}, {m['nproc']} CPUs, kernel {m['kernel']}, Python {m['python']},
-numpy {m['numpy']}, msgspec {m['msgspec']}; load average {' '.join(m['loadavg'])} at start
+Machine: {m['cpu_model']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']},
+numpy {v['numpy']}, msgspec {v['msgspec']}; load average {' '.join(m['loadavg'])} at start
 (a shared VM: other work may have run at the same time). {args.reps} runs per
 configuration, each in a fresh process, alternating; {walls:.0f} s of wall time in all,
 mostly generating the synthetic load (untimed). Runs on this VM vary by several per
@@ -381,7 +371,7 @@ def main() -> int:
         return 0
     res = {"command": " ".join([COMMAND, *sys.argv[1:]]),
            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "machine": machine(), "settings": vars(args), "configs": {}}
+           "machine": describe(("numpy", "msgspec")), "settings": vars(args), "configs": {}}
     # A fresh process per run: a run that follows another in one process inherits its
     # freed heap and measured 5-15 % slower here; alternating the configurations spreads
     # the VM's drifting background load over both.

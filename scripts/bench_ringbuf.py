@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -52,6 +51,7 @@ from llm_slo.bpf.libbpf import (  # noqa: E402
     possible_cpus,
 )
 from llm_slo.bpf.ringbuf import RingBuffer  # noqa: E402
+from llm_slo.machine import describe, loadavg  # noqa: E402
 from llm_slo.probes.base import BpfProbe, ProbeOptions  # noqa: E402
 from llm_slo.probes.kernel import ConnectLatency, DnsLatency, RunqueueDelay  # noqa: E402
 
@@ -594,28 +594,6 @@ def section_rss(cleanup: Cleanup, secs: int) -> dict[str, Any]:
 # Report.
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    import cffi
-    import msgspec
-
-    return {
-        "kernel": platform.release(),
-        "cpu_model": model,
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "libbpf": libbpf_version(),
-        "numpy": np.__version__,
-        "msgspec": msgspec.__version__,
-        "cffi": cffi.__version__,
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
-
-
 def evaluate(res: dict[str, Any]) -> dict[str, Any]:
     """Targets vs measurements; a section that did not run is not met."""
     verdict: dict[str, Any] = {}
@@ -767,9 +745,9 @@ def render_md(res: dict[str, Any]) -> str:
         f"Command: `{COMMAND}`. Generated {res['date']} by scripts/bench_ringbuf.py; "
         "numbers are from that one run, not edited. Raw data: [ringbuf.json](ringbuf.json).",
         "",
-        f"Machine: {m['cpu_model']}, {m['nproc']} CPUs, kernel {m['kernel']}, "
-        f"Python {m['python']}, libbpf {m['libbpf']}, numpy {m['numpy']}, "
-        f"msgspec {m['msgspec']}; load average {' '.join(m['loadavg_at_start'])} at start, "
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, kernel {m['kernel']}, "
+        f"Python {m['python']}, libbpf {m['libbpf']}, numpy {m['versions']['numpy']}, "
+        f"msgspec {m['versions']['msgspec']}; load average {' '.join(m['loadavg'])} at start, "
         f"{' '.join(m.get('loadavg_at_end', ['?']))} at the end (1/5/15 min; a shared dev "
         "VM, so other work may have run at the same time). Whole run: "
         f"{res.get('elapsed_s', 0):.0f} s.",
@@ -966,7 +944,7 @@ def main() -> int:
     res: dict[str, Any] = {
         "command": COMMAND,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
+        "machine": {**describe(("numpy", "msgspec", "cffi")), "libbpf": libbpf_version()},
         "settings": {"ring_bytes": RING_BYTES, "drain_interval_s": DRAIN_INTERVAL_S,
                      "stream_seconds": args.stream_seconds,
                      "sched_seconds": args.sched_seconds, "net_seconds": args.net_seconds,
@@ -1018,7 +996,7 @@ def main() -> int:
     finally:
         cleanup.close()
     res["elapsed_s"] = time.monotonic() - started
-    res["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    res["machine"]["loadavg_at_end"] = loadavg()
     res["verdict"] = evaluate(res)
     if args.no_write:
         print(json.dumps(res, indent=2))

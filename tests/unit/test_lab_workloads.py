@@ -59,7 +59,7 @@ def test_tcp_echo_server() -> None:
 def test_wait_ready_reports_dead_server() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
     try:
-        with pytest.raises(LabError, match="not ready"):
+        with pytest.raises(LabError, match="echo server did not start"):
             wait_ready(proc, timeout=2)
     finally:
         proc.wait()

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import secrets
+import select
 import signal
 import subprocess
 from pathlib import Path
@@ -102,3 +103,18 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str],
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def read_ready_line(proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> str:
+    """The first stdout line of a starting server (its port, or an ack), or a LabError
+    saying ``what`` did not start, with its exit status and the tail of its stderr."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline().decode().strip() if ready else ""
+    if not line:
+        err = b""
+        if proc.poll() is not None and proc.stderr is not None:
+            err = proc.stderr.read()[-800:]
+        raise LabError(f"{what} did not start within {timeout_s:g} s (exit {proc.poll()}): "
+                       f"{err.decode(errors='replace').strip()}")
+    return line

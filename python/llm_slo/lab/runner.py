@@ -14,7 +14,6 @@ import contextlib
 import http.server
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from llm_slo.lab.faults import FAULTS, Scenario, undo_all
 from llm_slo.lab.lab_score import RepResult, pooled_score, score_rep, summarize
 from llm_slo.lab.services import LabServices
 from llm_slo.lab.topology import NODE, Topology, check_environment, clean_netns_etc
+from llm_slo.machine import describe
 
 PHASE_RE = re.compile(r"^(baseline|fault|recovery)=(\d+(?:\.\d+)?)s?$")
 
@@ -335,20 +335,11 @@ def _provenance(seed: int, started: float, finished: float, command: str) -> dic
                                   cwd=Path(__file__).parent, timeout=5).stdout.strip()
         return ""
 
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    from importlib.metadata import version
+    host = describe(("msgspec", "numpy", "aiohttp", "opentelemetry-sdk"))
+    del host["loadavg"]  # the lab's own load is what runs: not a property of the machine
     return {
         "command": command, "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "kernel": platform.release(), "hostname": platform.node(), "cpu_model": cpu_model,
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("msgspec", "numpy", "aiohttp",
-                                             "opentelemetry-sdk")},
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), **host,
         "seed": seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import ssl
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm_slo.lab._util import LabError
+from llm_slo.lab._util import LabError, read_ready_line
 from llm_slo.lab.dns_server import dns_server_argv
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.provider import ensure_cert, provider_argv
@@ -35,20 +34,6 @@ RAG_INDEX_MB = 64
 AGENT_PORT = 4318
 _HOG = ("import time\nend = time.monotonic() + {max_s}\n"
         "while time.monotonic() < end: pass")
-def _read_ready_line(proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> str:
-    """The first stdout line of a starting server (its port), or a LabError with stderr."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    line = proc.stdout.readline().decode().strip() if ready else ""
-    if not line:
-        err = b""
-        if proc.poll() is not None and proc.stderr is not None:
-            err = proc.stderr.read()[-800:]
-        raise LabError(f"{what} did not start within {timeout_s:.0f} s (exit {proc.poll()}): "
-                       f"{err.decode(errors='replace').strip()}")
-    return line
-
-
 class LabServices:
     """Start with :meth:`start`; everything stops with the topology."""
 
@@ -87,7 +72,7 @@ class LabServices:
                                                       self.max_s),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=open(log_dir / "dns.log", "wb"))  # noqa: SIM115
-        _read_ready_line(self.dns, "DNS server", 10)
+        read_ready_line(self.dns, "DNS server", 10)
         backends = [
             ("provider", provider_argv(pods["provider"].addr, PROVIDER_PORT,
                                        cert_dir=str(self.cert_dir), max_s=self.max_s,
@@ -98,7 +83,7 @@ class LabServices:
         for role, argv in backends:
             proc = self._spawn(role, argv, stdout=subprocess.PIPE,
                                stderr=open(log_dir / f"{role}.log", "wb"))  # noqa: SIM115
-            _read_ready_line(proc, role, 20)
+            read_ready_line(proc, role, 20)
         self.start_rag(log_dir)
 
     def start_rag(self, log_dir: Path) -> None:
@@ -118,7 +103,7 @@ class LabServices:
         env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         self.rag = self._spawn("rag", argv, stdout=subprocess.PIPE, env=env,
                                stderr=open(log_dir / "rag.log", "wb"))  # noqa: SIM115
-        _read_ready_line(self.rag, "RAG service", 30)
+        read_ready_line(self.rag, "RAG service", 30)
 
     # --- LabControl --------------------------------------------------------------------
 
@@ -127,7 +112,7 @@ class LabServices:
             raise LabError("DNS server not running")
         self.dns.stdin.write(json.dumps(settings).encode() + b"\n")
         self.dns.stdin.flush()
-        ack = json.loads(_read_ready_line(self.dns, "DNS server control", 5))
+        ack = json.loads(read_ready_line(self.dns, "DNS server control", 5))
         if "error" in ack:
             raise LabError(f"DNS server refused {settings}: {ack['error']}")
 

@@ -13,13 +13,12 @@ The in-process servers live in :mod:`llm_slo.lab.servers` and are re-exported he
 from __future__ import annotations
 
 import contextlib
-import select
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llm_slo.lab._util import LabError
+from llm_slo.lab._util import LabError, read_ready_line
 from llm_slo.lab.cgroups import Cgroup, spawn_in
 from llm_slo.lab.servers import TcpEchoServer, TlsServer, tls_client_handshake
 
@@ -79,11 +78,9 @@ def echo_server_argv(host: str, port: int = 0, *, max_s: float = 600.0) -> list[
     return [sys.executable, "-S", "-c", _ECHO_SCRIPT, host, str(port), str(max_s)]
 
 
-def wait_ready(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
     """Wait for a server from :func:`echo_server_argv` to listen; return its port."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line.strip().isdigit():
-        raise LabError(f"echo server not ready after {timeout}s (exit {proc.poll()})")
+    line = read_ready_line(proc, "echo server", timeout)
+    if not line.isdigit():
+        raise LabError(f"echo server printed {line[:80]!r}, not its port")
     return int(line)
