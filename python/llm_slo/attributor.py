@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import math
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 
@@ -121,6 +122,9 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     namespace: str | None = None
     trace_ids: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
+    # Bad events of ``sli`` in the evidence window. A burn-rate alert still firing on
+    # earlier ones says nothing about what the window's signals show now.
+    bad_in_window: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 _CLAMP = (0.01, 0.99)  # as the original: no single group may be certain either way
@@ -200,9 +204,11 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     """Rank fault-domain hypotheses for ``violation`` from ``features`` of the violating
     workload's window, each scored against ``baseline`` (read, never updated).
 
-    Abstains (``unknown``, ``abstain=True``, a reason) when no feature has a baseline yet,
-    when no feature deviates by ``min_deviation``, or when the top hypothesis is unknown or
-    below ``min_confidence``. Every hypothesis at or above ``report_threshold`` is listed.
+    Abstains (``unknown``, ``abstain=True``, a reason) when the SLI had no bad event in
+    the window (a burn-rate alert on earlier ones: the window cannot show their cause),
+    when no feature has a baseline yet, when no feature deviates by ``min_deviation``, or
+    when the top hypothesis is unknown or below ``min_confidence``. Every hypothesis at or
+    above ``report_threshold`` is listed.
     """
     cfg = config or AttributionConfig()
     key = workload_key(violation.cluster, violation.namespace, violation.service)
@@ -220,7 +226,10 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     top, top_p = ranked[0]
     max_z = max(zs.values(), default=None)
     reason = None
-    if max_z is None:
+    if violation.bad_in_window == 0:
+        reason = (f"past_burn: the burn rate ({violation.burn_rate:.1f}) comes from earlier "
+                  f"bad {violation.sli} events; none in the evidence window")
+    elif max_z is None:
         reason = "no_baseline: no feature of this workload has a warmed-up baseline"
     elif max_z < cfg.min_deviation:
         reason = (f"no_deviation: largest deviation {max_z:.2f} is below "

@@ -29,7 +29,14 @@ from llm_slo.baseline import (
     features_from,
     workload_key,
 )
-from llm_slo.burn_rate import DEFAULT_RULES, AlertRule, BurnRateAlert, SloBook, SloObjective
+from llm_slo.burn_rate import (
+    DEFAULT_RULES,
+    RATE_SLIS,
+    AlertRule,
+    BurnRateAlert,
+    SloBook,
+    SloObjective,
+)
 from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent
@@ -218,10 +225,13 @@ class SloEngine:
             if not due and not (window_done and calm):
                 continue
             features = self._features(work, now_ns - window_ns, now_ns)
+            recent = _recent(work.samples, _SAMPLE_TS, now_ns - window_ns, now_ns)
             for sli, sample in due:
+                bad = sum(1 for _, s, status in recent if s.sli_name == sli and (
+                    s.value != 0.0 if sli in RATE_SLIS else status == "breach"))
                 att = attribute_violation(
                     self._violation(service, work, sli, sample, alerts.get((service, sli)),
-                                    now_ns),
+                                    now_ns, bad),
                     features, self.baseline, self.config.attribution)
                 # An abstention is retried soon: the first window of a fault is mostly
                 # pre-fault, and a full cooldown would hide the answer for that long.
@@ -237,7 +247,7 @@ class SloEngine:
         return out
 
     def _violation(self, service: str, work: _Workload, sli: str, sample: SliSample | None,
-                   alert: BurnRateAlert | None, now_ns: int) -> Violation:
+                   alert: BurnRateAlert | None, now_ns: int, bad_in_window: int) -> Violation:
         """The attributor's input: what burned, how fast, and which requests."""
         # A breach without a firing alert reports the burn over the shortest alert
         # window, the closest thing to "right now".
@@ -250,7 +260,8 @@ class SloEngine:
             window_minutes=max(1, int((alert.long_window_s if alert else short_s) // 60)),
             ts=now_ns / NS,
             trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
-            request_ids=(sample.request_id,) if sample else ())
+            request_ids=(sample.request_id,) if sample else (),
+            bad_in_window=max(bad_in_window, sample is not None))
 
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)

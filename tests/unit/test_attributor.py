@@ -157,6 +157,19 @@ def test_no_baseline_abstains() -> None:
     assert att.evidence == []
 
 
+def test_an_alert_on_past_bad_events_abstains_whatever_the_window_shows() -> None:
+    """A burn-rate alert that still fires after the bad events stopped: the window's
+    signals (here a TLS blip as traffic resumes) are not what burned the budget."""
+    past = msgspec.structs.replace(VIOLATION, trace_ids=(), request_ids=(), bad_in_window=0)
+    feats = WindowFeatures(values={**CALM, "tls_handshake_mean_ms": 300})
+    att = attribute_violation(past, feats, BASE, AttributionConfig())
+    VALIDATOR.validate(msgspec.to_builtins(att))
+    assert att.abstain and att.predicted_fault_domain == "unknown"
+    assert att.abstain_reason and att.abstain_reason.startswith("past_burn")
+    assert posteriors(att)["tls_handshake"] > 0.5  # what the window shows stays visible
+    assert attribute({"tls_handshake_mean_ms": 300}).predicted_fault_domain == "tls_handshake"
+
+
 def test_low_confidence_abstains() -> None:
     att = attribute({"provider_429_share": 0.3}, config=AttributionConfig(min_confidence=0.99))
     assert att.abstain and att.abstain_reason.startswith("low_confidence")

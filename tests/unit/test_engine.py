@@ -68,11 +68,12 @@ def _children(i: int, t: int) -> list[Span]:
     ]
 
 
-def _run(fault_from: int, seconds: int) -> tuple[list, list, list[Span], list[ProbeEvent]]:
+def _run(fault_from: int, seconds: int, fault_until: int = 1 << 30,
+         ) -> tuple[list, list, list[Span], list[ProbeEvent]]:
     engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
     slo, atts, spans, signals = [], [], [], []
     for sec in range(seconds):
-        faulty = sec >= fault_from
+        faulty = fault_from <= sec < fault_until
         for k in range(4):
             t = T0 + sec * NS + k * NS // 4
             sig = _kernel(t, 1200.0 if faulty else 0.4 + 0.05 * (k % 2))
@@ -128,6 +129,20 @@ def test_dns_fault_breach_is_attributed_to_dns() -> None:
     assert first.predicted_fault_domain == "network_dns" and not first.abstain
     assert first.service == "rag" and first.namespace == "llm" and first.cluster == "lab"
     assert any(ev.signal.startswith("dns") and ev.source == "ebpf" for ev in first.evidence)
+
+
+def test_an_alert_still_firing_after_the_fault_abstains_as_past_burn() -> None:
+    """The burn-rate alert outlives the bad events: once a window has none, what it
+    shows cannot be their cause, so the attributor says so instead of naming a domain."""
+    _, atts, _, _ = _run(fault_from=8, seconds=20, fault_until=11)
+    during = [a for a in atts if a.slo_impact.sli == "ttft_ms"
+              and a.timestamp < "2027-01-15T08:00:12"]
+    after = [a for a in atts if a.slo_impact.sli == "ttft_ms"
+             and a.timestamp >= "2027-01-15T08:00:13"]
+    assert during and during[0].predicted_fault_domain == "network_dns"
+    assert after, "the alert keeps firing after the fault"
+    assert all(a.abstain and (a.abstain_reason or "").startswith("past_burn")
+               for a in after)
 
 
 def test_fault_windows_never_teach_the_baseline() -> None:
