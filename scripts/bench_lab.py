@@ -102,8 +102,9 @@ def main() -> int:
            "missed episodes | corr. precision | agent CPU % | RSS MB | commit | run started |",
            "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
-           "the same attribution's time minus the moment a client first saw the SLO broken "
-           "(a TTFT past 700 ms, or a failure), per episode: the part the agent adds.", "",
+           "that attribution's time minus the first moment a request sent during the fault "
+           "visibly broke the SLO (its first token 700 ms or more after sending, or its "
+           "failure), per episode: span export plus what the agent adds.", "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
            "(`none --no-agent`, a plain span sink in its place), same seed and load: "

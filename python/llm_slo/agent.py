@@ -151,7 +151,7 @@ class Agent:
         now = time.time_ns()
         self._emit("slo", events, [(now, e.status) for e in events])
         self.counters["slo_events"] += len(events)
-        if any(e.status == "breach" for e in events):
+        if self.engine.breach_due(now):
             self._wake.set()  # explain it now, not at the next interval
 
     def _poll(self) -> None:

@@ -122,9 +122,11 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     namespace: str | None = None
     trace_ids: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
-    # Bad events of ``sli`` in the evidence window. A burn-rate alert still firing on
-    # earlier ones says nothing about what the window's signals show now.
+    # Bad and good events of ``sli`` in the evidence window. A burn-rate alert that
+    # fires on earlier bad events while requests now succeed: the window shows the
+    # recovery, not the cause. (No events at all may be requests that hang: not that.)
     bad_in_window: Annotated[int, msgspec.Meta(ge=0)] = 1
+    good_in_window: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 _CLAMP = (0.01, 0.99)  # as the original: no single group may be certain either way
@@ -204,8 +206,8 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     """Rank fault-domain hypotheses for ``violation`` from ``features`` of the violating
     workload's window, each scored against ``baseline`` (read, never updated).
 
-    Abstains (``unknown``, ``abstain=True``, a reason) when the SLI had no bad event in
-    the window (a burn-rate alert on earlier ones: the window cannot show their cause),
+    Abstains (``unknown``, ``abstain=True``, a reason) when the SLI had only good events
+    in the window (a burn-rate alert on earlier bad ones: the window shows the recovery),
     when no feature has a baseline yet, when no feature deviates by ``min_deviation``, or
     when the top hypothesis is unknown or below ``min_confidence``. Every hypothesis at or
     above ``report_threshold`` is listed.
@@ -226,9 +228,10 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     top, top_p = ranked[0]
     max_z = max(zs.values(), default=None)
     reason = None
-    if violation.bad_in_window == 0:
+    if violation.bad_in_window == 0 and violation.good_in_window > 0:
         reason = (f"past_burn: the burn rate ({violation.burn_rate:.1f}) comes from earlier "
-                  f"bad {violation.sli} events; none in the evidence window")
+                  f"bad {violation.sli} events; the evidence window has "
+                  f"{violation.good_in_window} good and none bad")
     elif max_z is None:
         reason = "no_baseline: no feature of this workload has a warmed-up baseline"
     elif max_z < cfg.min_deviation:

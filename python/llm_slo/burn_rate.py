@@ -26,6 +26,12 @@ _NS = 1_000_000_000
 RATE_SLIS: frozenset[str] = frozenset({"error_rate", "provider_error_rate"})
 
 
+def is_bad(sample: SliSample, status: SloStatus) -> bool:
+    """A bad event for the error budget: a failed request for the rate SLIs, whatever
+    their thresholds say; a breach for the others."""
+    return sample.value != 0.0 if sample.sli_name in RATE_SLIS else status == "breach"
+
+
 def _exact(x: float) -> Fraction:
     """The decimal a float was written as (0.99 -> 99/100, not its binary neighbour).
 
@@ -55,9 +61,7 @@ class SloObjective(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         """Whether one sample (of this objective's SLI) is a good event."""
         if sample.sli_name != self.sli_name:
             raise ValueError(f"{sample.sli_name} sample given to {self.sli_name} objective")
-        if self.sli_name in RATE_SLIS:
-            return sample.value == 0.0
-        return status != "breach"
+        return not is_bad(sample, status)
 
 
 class AlertRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

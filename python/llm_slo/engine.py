@@ -15,8 +15,8 @@ import hashlib
 import itertools
 import operator
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -31,11 +31,11 @@ from llm_slo.baseline import (
 )
 from llm_slo.burn_rate import (
     DEFAULT_RULES,
-    RATE_SLIS,
     AlertRule,
     BurnRateAlert,
     SloBook,
     SloObjective,
+    is_bad,
 )
 from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
@@ -50,6 +50,8 @@ BURN_BUCKET_S = 10  # burn-rate counts are bucketed; windows must be whole bucke
 # different senders are exported in their own batches, probes are read in turn.
 ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
+_SIGNAL_TS = operator.attrgetter("ts_unix_nano")
+_SAMPLE_TS = operator.itemgetter(0)
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,7 +94,7 @@ class _Workload:
         self.namespace = namespace
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
-        self.samples: deque[tuple[int, SliSample, str]] = deque()
+        self.samples: _Timeline[tuple[int, SliSample, str]] = _Timeline(_SAMPLE_TS)
         self.violations: list[SliSample] = []  # breaches since the last tick
         self.last_violation_ns = 0  # last breach or alert, attributed or not
 
@@ -110,12 +112,15 @@ class SloEngine:
         # pid -> cgroup id, filled by the shell (from /proc) or by replay input.
         self.cgroup_of_pid = cgroup_of_pid if cgroup_of_pid is not None else {}
         self._pending: list[Span] = []
-        self._by_cgroup: dict[int, deque[ProbeEvent]] = defaultdict(deque)
+        self._by_cgroup: dict[int, _Timeline[ProbeEvent]] = defaultdict(
+            lambda: _Timeline(_SIGNAL_TS))
         self._workloads: dict[str, _Workload] = {}
         self._quiet_until: dict[tuple[str, str], int] = {}  # (service, SLI) -> Unix ns
         self._last_window_ns = 0
-        # (service, request id) -> when its TTFT was judged; insertion order is age order.
-        self._ttft_judged: dict[tuple[str, str], int] = {}
+        self._now_ns = 0  # the last tick's time: the engine's own clock
+        # (service, trace id, request id) -> the tick time it was judged after. Stamped
+        # with the engine's clock, not the span's, so insertion order is stamp order.
+        self._ttft_judged: dict[tuple[str, str, str], int] = {}
         self.counters = {"spans": 0, "signals": 0, "slo_events": 0, "attributions": 0,
                          "abstained": 0, "ttft_repeats": 0}
 
@@ -132,16 +137,18 @@ class SloEngine:
         batch = list(events)
         self.correlator.add(batch)
         for ev in batch:
-            self._by_cgroup[ev.cgroup_id].append(ev)
+            self._by_cgroup[ev.cgroup_id].add(ev)
         self.counters["signals"] += len(batch)
 
     def add_spans(self, spans: Iterable[Span]) -> list[SloEvent]:
         """Judge every SLI of every span; returns the SloEvents (breaches included).
 
-        A request has one TTFT: the first ``ttft_ms`` sample of a request id counts and
-        later ones are dropped (``ttft_repeats``). That lets a service end a short span at
-        its first token, so a slow first token is judged when it happens rather than when
-        the whole answer has streamed, and still carry the TTFT on its request span.
+        A request has one TTFT: the first ``ttft_ms`` sample of a request (its trace and
+        request id) counts and later ones are dropped (``ttft_repeats``). That lets a
+        service end a short span at its first token, so a slow first token is judged when
+        it happens rather than when the whole answer has streamed, and still carry the
+        TTFT on its request span. A request is remembered for ``signal_retention_s``: an
+        answer that streams for longer after its first token is counted twice.
 
         Correlation waits until ``correlation_delay_s`` after the span's end (see
         :meth:`tick`): kernel signals of the span's last moments may still be in a ring
@@ -155,18 +162,26 @@ class SloEngine:
             work = self._workload(span)
             for sample in slis_from_span(span):
                 if sample.sli_name == "ttft_ms":
-                    if (key := (sample.service, sample.request_id)) in judged:
+                    key = (sample.service, sample.trace_id, sample.request_id)
+                    if key in judged:
                         self.counters["ttft_repeats"] += 1
                         continue
-                    judged[key] = sample.ts_unix_nano
+                    judged[key] = self._now_ns or sample.ts_unix_nano  # before a tick
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
-                work.samples.append((sample.ts_unix_nano, sample, status))
+                work.samples.add((sample.ts_unix_nano, sample, status))
                 if status == "breach":
                     work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
         self.counters["slo_events"] += len(out)
         return out
+
+    def breach_due(self, now_ns: int) -> bool:
+        """Whether a tick at ``now_ns`` would explain a breach: one whose (service, SLI)
+        is not held back by a cooldown. The agent ticks at once when it would."""
+        quiet = self._quiet_until
+        return any(now_ns >= quiet.get((service, s.sli_name), 0)
+                   for service, work in self._workloads.items() for s in work.violations)
 
     def _workload(self, span: Span) -> _Workload:
         service = span.service
@@ -203,6 +218,7 @@ class SloEngine:
         """Explain violations since the last tick; learn baselines from calm windows."""
         window_ns = int(self.config.window_s * NS)
         window_done = now_ns - self._last_window_ns >= window_ns
+        self._now_ns = max(self._now_ns, now_ns)
         self._correlate_due(now_ns)
         self._expire(now_ns)
         alerts: dict[tuple[str, str], BurnRateAlert] = {}
@@ -224,18 +240,25 @@ class SloEngine:
             calm = now_ns - work.last_violation_ns > 2 * window_ns
             if not due and not (window_done and calm):
                 continue
-            features = self._features(work, now_ns - window_ns, now_ns)
-            recent = _recent(work.samples, _SAMPLE_TS, now_ns - window_ns, now_ns)
+            samples = work.samples.window(now_ns - window_ns, now_ns)
+            features = self._features(work, samples, now_ns - window_ns, now_ns)
             for sli, sample in due:
-                bad = sum(1 for _, s, status in recent if s.sli_name == sli and (
-                    s.value != 0.0 if sli in RATE_SLIS else status == "breach"))
+                bad = good = 0
+                for _, s, status in samples:
+                    if s.sli_name == sli:
+                        if is_bad(s, status):
+                            bad += 1
+                        else:
+                            good += 1
                 att = attribute_violation(
                     self._violation(service, work, sli, sample, alerts.get((service, sli)),
-                                    now_ns, bad),
+                                    now_ns, bad, good),
                     features, self.baseline, self.config.attribution)
                 # An abstention is retried soon: the first window of a fault is mostly
-                # pre-fault, and a full cooldown would hide the answer for that long.
-                quiet = self.config.abstain_retry_s if att.abstain else self.config.cooldown_s
+                # pre-fault, and a full cooldown would hide the answer for that long. Not
+                # a past burn: the window will not show more while the alert fires.
+                retry = att.abstain and not (att.abstain_reason or "").startswith("past_burn")
+                quiet = self.config.abstain_retry_s if retry else self.config.cooldown_s
                 self._quiet_until[(service, sli)] = now_ns + int(quiet * NS)
                 self.counters["attributions"] += 1
                 self.counters["abstained"] += att.abstain
@@ -247,7 +270,8 @@ class SloEngine:
         return out
 
     def _violation(self, service: str, work: _Workload, sli: str, sample: SliSample | None,
-                   alert: BurnRateAlert | None, now_ns: int, bad_in_window: int) -> Violation:
+                   alert: BurnRateAlert | None, now_ns: int, bad_in_window: int,
+                   good_in_window: int) -> Violation:
         """The attributor's input: what burned, how fast, and which requests."""
         # A breach without a firing alert reports the burn over the shortest alert
         # window, the closest thing to "right now".
@@ -261,29 +285,30 @@ class SloEngine:
             ts=now_ns / NS,
             trace_ids=(sample.trace_id,) if sample and sample.trace_id else (),
             request_ids=(sample.request_id,) if sample else (),
-            bad_in_window=max(bad_in_window, sample is not None))
+            # A breach just reported is news even if its span ended before the window.
+            bad_in_window=max(bad_in_window, int(sample is not None)),
+            good_in_window=good_in_window)
 
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)
 
-    def _features(self, work: _Workload, start_ns: int, end_ns: int) -> WindowFeatures:
-        signals = [ev for cg in work.cgroups
-                   for ev in _recent(self._by_cgroup.get(cg, ()), _SIGNAL_TS, start_ns, end_ns)]
-        active = self.active_signals or {
-            ev.signal for cg in work.cgroups for ev in self._by_cgroup.get(cg, ())}
-        return features_from(signals, _app_evidence(work, start_ns, end_ns),
+    def _features(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
+                  start_ns: int, end_ns: int) -> WindowFeatures:
+        """The window's features from its signals and its SLI ``samples``."""
+        timelines = [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
+        signals = [ev for t in timelines for ev in t.window(start_ns, end_ns)]
+        active = self.active_signals or {  # replay: every signal seen (whole retention)
+            ev.signal for t in timelines for ev in t.items}
+        return features_from(signals, _app_evidence(samples),
                              active_signals=active, own_cgroup_ids=work.cgroups)
 
     def _expire(self, now_ns: int) -> None:
         horizon = now_ns - int(self.config.signal_retention_s * NS)
-        for dq in self._by_cgroup.values():
-            while dq and dq[0].ts_unix_nano < horizon:
-                dq.popleft()
+        for timeline in self._by_cgroup.values():
+            timeline.expire(horizon)
         for work in self._workloads.values():
-            while work.samples and work.samples[0][0] < horizon:
-                work.samples.popleft()
-        # Insertion order is arrival order, close enough to time order for forgetting.
-        judged = self._ttft_judged
+            work.samples.expire(horizon)
+        judged = self._ttft_judged  # stamped with the tick clock: oldest first
         for key in [k for k, _ in itertools.takewhile(lambda kv: kv[1] < horizon,
                                                         judged.items())]:
             del judged[key]
@@ -293,30 +318,54 @@ class SloEngine:
         self.correlator.evict(min(oldest, horizon))
 
 
-_SIGNAL_TS = operator.attrgetter("ts_unix_nano")
-_SAMPLE_TS = operator.itemgetter(0)
+class _Timeline(Generic[T]):
+    """Records of the retention in arrival order, which is kept within
+    ``ARRIVAL_SLACK_NS`` of time order: no record is more than that older than one that
+    arrived before it. So :meth:`window` may scan back from the newest and stop once
+    that far before the window, reading only the window rather than the whole retention
+    (two minutes of a busy service) at every tick."""
+
+    __slots__ = ("_newest", "_ts", "items")
+
+    def __init__(self, ts_of: Callable[[T], int]) -> None:
+        self.items: deque[T] = deque()
+        self._ts = ts_of
+        self._newest = -(1 << 62)
+
+    def add(self, rec: T) -> None:
+        ts = self._ts(rec)
+        if ts >= self._newest - ARRIVAL_SLACK_NS:
+            self.items.append(rec)
+            self._newest = max(self._newest, ts)
+            return
+        # Later than the slack (a sender's retried batch, a stalled agent): insert it
+        # after the last record not newer than it, which keeps the rule for everyone.
+        i = len(self.items)
+        while i > 0 and self._ts(self.items[i - 1]) > ts:
+            i -= 1
+        self.items.insert(i, rec)
+
+    def window(self, start_ns: int, end_ns: int) -> list[T]:
+        """Records with ``start_ns <= ts <= end_ns``, in arrival order."""
+        out = []
+        stop, ts_of = start_ns - ARRIVAL_SLACK_NS, self._ts
+        for rec in reversed(self.items):
+            ts = ts_of(rec)
+            if ts < stop:
+                break
+            if start_ns <= ts <= end_ns:
+                out.append(rec)
+        out.reverse()
+        return out
+
+    def expire(self, horizon_ns: int) -> None:
+        """Drop the oldest records before ``horizon_ns`` (a straggler may stay a little)."""
+        items, ts_of = self.items, self._ts
+        while items and ts_of(items[0]) < horizon_ns:
+            items.popleft()
 
 
-def _recent(records: Sequence[T], ts_of: Callable[[T], int], start_ns: int,
-            end_ns: int) -> list[T]:
-    """Records with ``start_ns <= ts <= end_ns``, oldest first, from a sequence kept in
-    arrival order, scanned back from the newest: only the window, not the whole
-    retention (two minutes of a busy service), is read at every tick. Arrival order is
-    time order up to ``ARRIVAL_SLACK_NS``; the scan stops that much before the window."""
-    out = []
-    stop = start_ns - ARRIVAL_SLACK_NS
-    for rec in reversed(records):
-        ts = ts_of(rec)
-        if ts < stop:
-            break
-        if start_ns <= ts <= end_ns:
-            out.append(rec)
-    out.reverse()
-    return out
-
-
-def _app_evidence(work: _Workload, start_ns: int, end_ns: int) -> AppEvidence:
-    window = _recent(work.samples, _SAMPLE_TS, start_ns, end_ns)
+def _app_evidence(window: list[tuple[int, SliSample, str]]) -> AppEvidence:
     provider = [s for _, s, _ in window if s.sli_name == "provider_error_rate"]
     retrieval = sorted(s.value for _, s, _ in window if s.sli_name == "retrieval_latency_ms")
     return AppEvidence(

@@ -160,7 +160,8 @@ def test_no_baseline_abstains() -> None:
 def test_an_alert_on_past_bad_events_abstains_whatever_the_window_shows() -> None:
     """A burn-rate alert that still fires after the bad events stopped: the window's
     signals (here a TLS blip as traffic resumes) are not what burned the budget."""
-    past = msgspec.structs.replace(VIOLATION, trace_ids=(), request_ids=(), bad_in_window=0)
+    past = msgspec.structs.replace(VIOLATION, trace_ids=(), request_ids=(), bad_in_window=0,
+                                   good_in_window=12)
     feats = WindowFeatures(values={**CALM, "tls_handshake_mean_ms": 300})
     att = attribute_violation(past, feats, BASE, AttributionConfig())
     VALIDATOR.validate(msgspec.to_builtins(att))
@@ -168,6 +169,9 @@ def test_an_alert_on_past_bad_events_abstains_whatever_the_window_shows() -> Non
     assert att.abstain_reason and att.abstain_reason.startswith("past_burn")
     assert posteriors(att)["tls_handshake"] > 0.5  # what the window shows stays visible
     assert attribute({"tls_handshake_mean_ms": 300}).predicted_fault_domain == "tls_handshake"
+    # No events at all in the window may be requests that hang: explained as usual.
+    hanging = msgspec.structs.replace(past, good_in_window=0)
+    assert attribute_violation(hanging, feats, BASE).predicted_fault_domain == "tls_handshake"
 
 
 def test_low_confidence_abstains() -> None:

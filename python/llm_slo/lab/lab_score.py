@@ -64,28 +64,26 @@ class Prediction(msgspec.Struct, frozen=True, kw_only=True):
 
 def slo_break_delays(episodes: list[FaultEpisode], requests: list[RequestResult],
                      ttft_breach_ms: float = TTFT_BREACH_MS) -> list[float | None]:
-    """Per episode: seconds from its start until a request sent during it broke the SLO,
-    as its client saw it: ``ttft_breach_ms`` after it was sent if no token had come by
-    then, or when it failed, whichever was first. None if no request broke it.
+    """Per episode: seconds from its start until the first request sent during it was
+    seen to break the SLO: at its first token if that came ``ttft_breach_ms`` or more
+    after sending, at its end if it failed. None if no request broke it.
 
-    A detector that reads the service's own telemetry cannot know before this; the
-    detection delay minus this is the time the agent took (see ``summarize``).
+    That is the earliest a detector reading the service's telemetry can know (a span
+    ends at the token, or with the failure); the detection delay minus this is the time
+    the agent took (see ``summarize``).
     """
     out: list[float | None] = []
     for ep in episodes:
-        first: float | None = None
+        seen = []
         for r in requests:
             sent = r.start_unix_nano / 1e9
             if not ep.start <= sent <= ep.end:
                 continue
-            broke = []
-            if r.ttft_ms is None or r.ttft_ms >= ttft_breach_ms:
-                broke.append(sent + ttft_breach_ms / 1e3)
+            if r.ttft_ms is not None and r.ttft_ms >= ttft_breach_ms:
+                seen.append(sent + r.ttft_ms / 1e3)
             if not r.ok:
-                broke.append(sent + r.total_ms / 1e3)
-            if broke and (first is None or min(broke) < first):
-                first = min(broke)
-        out.append(None if first is None else max(0.0, first - ep.start))
+                seen.append(sent + r.total_ms / 1e3)
+        out.append(min(seen) - ep.start if seen else None)
     return out
 
 
@@ -103,8 +101,8 @@ class RepResult(msgspec.Struct, kw_only=True):
     ttft_p99_ms: float | None
     requests: int
     errors: int
+    slo_break_delays: list[float | None]  # per episode, aligned with ``episodes``
     burn_rate_errors: list[float] = msgspec.field(default_factory=list)
-    slo_break_delays: list[float | None] = msgspec.field(default_factory=list)
 
 
 def _ts(rfc3339: str) -> float:
@@ -304,7 +302,8 @@ def summarize(results: list[RepResult], *, scenario: str,
         "detection_delay_s": {**out["detection_delay_s"],
                               "per_episode": [None if d is None else round(d, 3)
                                               for d in delays]},
-        # When the SLO first broke for a client, and how long the agent took after that.
+        # When a request was first seen to break the SLO, and how long the agent took
+        # after that.
         "slo_break_s": {"median": statistics.median(b) if (b := [x for x in breaks
                                                                  if x is not None]) else None,
                         "per_episode": [None if x is None else round(x, 3) for x in breaks]},
