@@ -304,8 +304,7 @@ def summarize(results: list[RepResult], *, scenario: str,
                                               for d in delays]},
         # When a request was first seen to break the SLO, and how long the agent took
         # after that.
-        "slo_break_s": {"median": statistics.median(b) if (b := [x for x in breaks
-                                                                 if x is not None]) else None,
+        "slo_break_s": {**msgspec.to_builtins(delay_summary(breaks)),
                         "per_episode": [None if x is None else round(x, 3) for x in breaks]},
         "detection_after_break_s": msgspec.to_builtins(delay_summary(after)),
         "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),

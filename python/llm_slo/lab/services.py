@@ -34,6 +34,8 @@ RAG_INDEX_MB = 64
 AGENT_PORT = 4318
 _HOG = ("import time\nend = time.monotonic() + {max_s}\n"
         "while time.monotonic() < end: pass")
+
+
 class LabServices:
     """Start with :meth:`start`; everything stops with the topology."""
 
