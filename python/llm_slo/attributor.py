@@ -122,13 +122,14 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     namespace: str | None = None
     trace_ids: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
-    # Bad and good events of ``sli`` in the evidence window. A burn-rate alert that
+    # Bad and good events of ``sli`` in the last two evidence windows. A burn-rate alert that
     # fires on earlier bad events while requests now succeed: the window shows the
     # recovery, not the cause. (No events at all may be requests that hang: not that.)
     bad_in_window: Annotated[int, msgspec.Meta(ge=0)] = 1
     good_in_window: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+PAST_BURN = "past_burn"  # the abstain reason's prefix for a burn-rate alert on past events
 _CLAMP = (0.01, 0.99)  # as the original: no single group may be certain either way
 
 
@@ -229,7 +230,7 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     max_z = max(zs.values(), default=None)
     reason = None
     if violation.bad_in_window == 0 and violation.good_in_window > 0:
-        reason = (f"past_burn: the burn rate ({violation.burn_rate:.1f}) comes from earlier "
+        reason = (f"{PAST_BURN}: the burn rate ({violation.burn_rate:.1f}) comes from earlier "
                   f"bad {violation.sli} events; the evidence window has "
                   f"{violation.good_in_window} good and none bad")
     elif max_z is None:

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from llm_slo.attributor import AttributionConfig, Violation, attribute_violation
+from llm_slo.attributor import PAST_BURN, AttributionConfig, Violation, attribute_violation
 from llm_slo.baseline import (
     AppEvidence,
     Baseline,
@@ -242,9 +242,12 @@ class SloEngine:
                 continue
             samples = work.samples.window(now_ns - window_ns, now_ns)
             features = self._features(work, samples, now_ns - window_ns, now_ns)
+            # The SLI's events are counted over two windows, the engine's notion of calm
+            # (see ``calm``): one quiet window in a lossy fault is not its end.
+            lookback = work.samples.window(now_ns - 2 * window_ns, now_ns) if due else []
             for sli, sample in due:
                 bad = good = 0
-                for _, s, status in samples:
+                for _, s, status in lookback:
                     if s.sli_name == sli:
                         if is_bad(s, status):
                             bad += 1
@@ -257,7 +260,7 @@ class SloEngine:
                 # An abstention is retried soon: the first window of a fault is mostly
                 # pre-fault, and a full cooldown would hide the answer for that long. Not
                 # a past burn: the window will not show more while the alert fires.
-                retry = att.abstain and not (att.abstain_reason or "").startswith("past_burn")
+                retry = att.abstain and not (att.abstain_reason or "").startswith(PAST_BURN)
                 quiet = self.config.abstain_retry_s if retry else self.config.cooldown_s
                 self._quiet_until[(service, sli)] = now_ns + int(quiet * NS)
                 self.counters["attributions"] += 1
