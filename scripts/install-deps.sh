@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install what `make test` and `make demo` need on a fresh Debian 12 host, idempotently:
 # the apt packages (toolchain for the BPF objects, nftables and iproute2 for the kernel
-# tests, OpenSSL for the TLS probe) and a virtualenv with the pinned Python dependencies.
+# tests, OpenSSL for the TLS probe, BCC and kernel headers for the fallback loader's
+# tests) and a virtualenv with the pinned Python dependencies.
 # Quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf1 libbpf-dev bpftool nftables iproute2 openssl libssl3
-              python3-venv python3-dev gcc make dnsutils procps)
+              python3-venv python3-dev gcc make dnsutils procps
+              python3-bpfcc "linux-headers-$(dpkg --print-architecture)")
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -131,9 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--runq-slow-ms", type=float, default=10.0, metavar="MS",
                        help="stream run-queue waits at or above this (default 10)")
     watch.add_argument("--btf", metavar="FILE", help="BTF file for CO-RE relocation")
-    watch.add_argument("--attach-mode", choices=("auto", "tp_btf", "raw_tp"), default="auto",
-                       help="tracepoint flavour: tp_btf needs kernel BTF; raw_tp works "
-                       "without it (with --btf); auto picks (default)")
+    watch.add_argument("--attach-mode", choices=("auto", "tp_btf", "raw_tp", "bcc"),
+                       default="auto",
+                       help="what to load: tp_btf needs kernel BTF; raw_tp works without "
+                       "it given --btf; bcc compiles the fallback programs against the "
+                       "kernel headers; auto picks (default)")
+    watch.add_argument("--kernel-headers", metavar="DIR",
+                       help="bcc: kernel header tree to compile against (default: "
+                       "/lib/modules/$(uname -r)/build or the kheaders module)")
     agent = sub.add_parser(
         "agent",
         help="run the agent: probes, OTLP span intake, SLOs, correlation, attribution",
@@ -333,7 +338,8 @@ def _btf(args: argparse.Namespace) -> int:
     path = args.btf or "/sys/kernel/btf/vmlinux"
     if not os.path.exists(path):
         raise LlmSloError(
-            f"no BTF at {path}: use a kernel with CONFIG_DEBUG_INFO_BTF=y or pass --btf FILE"
+            f"no BTF at {path}: use a kernel with CONFIG_DEBUG_INFO_BTF=y or pass --btf FILE "
+            "(without either, the probes use the BCC fallback: see `sloctl prereq check`)"
         )
     source = "file" if args.btf else "kernel"
     options = ProbeOptions(btf_path=args.btf)
@@ -359,7 +365,7 @@ def _watch(args: argparse.Namespace) -> int:
         raise ConfigError(f"--btf {args.btf}: no such file")
     options = ProbeOptions(dns_slow_ms=args.dns_slow_ms, connect_slow_ms=args.connect_slow_ms,
                            runq_slow_ms=args.runq_slow_ms, btf_path=args.btf,
-                           attach_mode=args.attach_mode)
+                           attach_mode=args.attach_mode, kernel_headers=args.kernel_headers)
     return watch(signals, output=args.output, interval_s=args.interval,
                  duration_s=args.duration, node=args.node, options=options)
 

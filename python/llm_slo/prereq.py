@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.util
 import os
 import re
 import resource
@@ -27,6 +28,7 @@ MEMCG_KERNEL = (5, 11)  # from here BPF memory is charged to memcg, not RLIMIT_M
 MIN_LIBBPF = (1, 1)  # the ABI our cffi declarations target
 MEMLOCK_WANTED = 64 << 20
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+KHEADERS = "/sys/kernel/kheaders.tar.xz"  # CONFIG_IKHEADERS: headers inside the kernel
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe/type"
 # bpf(2) has no libc wrapper and its number differs per architecture (asm/unistd.h).
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280, "i686": 357,
@@ -102,6 +104,14 @@ class Host:
         """OpenSSL libraries the TLS probes could attach to (:func:`find_libssl`)."""
         return find_libssl()
 
+    def bcc_module(self) -> bool:
+        """Whether BCC's Python module is installed (here or in the distribution's
+        packages, where the fallback loader looks); not imported: that loads libbcc."""
+        from llm_slo.bpf.bcc import DIST_PACKAGES
+
+        return importlib.util.find_spec("bcc") is not None or any(
+            os.path.isdir(os.path.join(d, "bcc")) for d in DIST_PACKAGES)
+
 
 class _R(NamedTuple):
     status: str
@@ -148,8 +158,28 @@ def _btf(host: Host, btf_path: str | None) -> _R:
                   "use a kernel with CONFIG_DEBUG_INFO_BTF=y for the tp_btf probes")
     if vmlinux:
         return _R("ok", f"{VMLINUX_BTF} present" + (f"; CO-RE from {btf_path}" * bool(btf_path)))
-    return _R("fail", f"{VMLINUX_BTF} missing",
-              "use a kernel with CONFIG_DEBUG_INFO_BTF=y or pass --btf FILE (e.g. from BTFHub)")
+    headers, lacks = _bcc(host)
+    if not lacks:
+        return _R("warn", f"{VMLINUX_BTF} missing: probes use the BCC fallback, compiled "
+                  f"against {headers}; no wire DNS there (getaddrinfo only)",
+                  "use a kernel with CONFIG_DEBUG_INFO_BTF=y for the CO-RE probes",
+                  blocker=False)
+    return _R("fail", f"{VMLINUX_BTF} missing, and the BCC fallback lacks "
+              + " and ".join(lacks),
+              "use a kernel with CONFIG_DEBUG_INFO_BTF=y, pass --btf FILE (e.g. from BTFHub), "
+              "or install " + " and ".join(lacks))
+
+
+def _bcc(host: Host) -> tuple[str, list[str]]:
+    """What the BCC fallback would compile against, and what it lacks."""
+    release = host.uname()[0]
+    build = f"/lib/modules/{release}/build"
+    lacks = [] if host.bcc_module() else ["BCC's Python module (python3-bpfcc)"]
+    if host.exists(f"{build}/include/linux/kconfig.h"):
+        return build, lacks
+    if host.exists(KHEADERS):
+        return KHEADERS, lacks
+    return "", [*lacks, f"kernel headers (linux-headers-{release})"]
 
 
 def _bpf_syscall(host: Host, _: str | None) -> _R:
@@ -190,7 +220,8 @@ def _capabilities(host: Host, _: str | None) -> _R:
 def _tracefs(host: Host, _: str | None) -> _R:
     if where := [mp for mp, fs in _mounts(host) if fs == "tracefs"]:
         return _R("ok", "mounted at " + ", ".join(where))
-    return _R("warn", "not mounted: classic tracepoints unavailable (tp_btf probes unaffected)",
+    return _R("warn", "not mounted: classic tracepoints unavailable (the BCC fallback needs "
+              "them; tp_btf probes are unaffected)",
               "mount -t tracefs nodev /sys/kernel/tracing")
 
 

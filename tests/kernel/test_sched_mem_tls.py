@@ -138,10 +138,10 @@ HANDSHAKE = textwrap.dedent("""
 """)
 
 
-def test_tls_handshake_time_and_failure(open_probe, collect) -> None:
+def test_tls_handshake_time_and_failure(open_probe, collect, uprobe_loader: str) -> None:
     """A handshake the server delays by 300 ms is timed whole (within 20 %) for the client
     process; a handshake that fails verification is reported as failed."""
-    probe = open_probe(TlsHandshake)
+    probe = open_probe(TlsHandshake, attach_mode=uprobe_loader)
     with TlsServer("127.0.0.1", handshake_delay_s=0.3) as srv, V2Cgroup(_name("tls")) as cg:
         cg_id = cg.id
         ok = spawn_in([cg], [sys.executable, "-c", HANDSHAKE, str(srv.port), "localhost",

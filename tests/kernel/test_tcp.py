@@ -99,9 +99,9 @@ def test_dropped_syn_costs_one_second(open_probe, collect, cgroup: V2Cgroup, pee
     assert syn and all(r.syn and r.cgroup_id == cg_id for r in syn)
 
 
-def test_connect_timeout(open_probe, collect, cgroup: V2Cgroup, peer) -> None:
+def test_connect_timeout(open_probe, collect, cgroup: V2Cgroup, peer, attach_mode: str) -> None:
     """Every SYN dropped: the connect fails with ETIMEDOUT after its SYN retries."""
-    probe = open_probe(ConnectLatency)
+    probe = open_probe(ConnectLatency, attach_mode=attach_mode)
     ns, port = peer
     with NftDrop("llm-slo-test", daddr=ns.ns_addr, dport=port, percent=100, syn_only=True):
         proc = client(cgroup, ns.ns_addr, port, syncnt=1)  # 1 retry: fails after ~3 s
@@ -111,6 +111,36 @@ def test_connect_timeout(open_probe, collect, cgroup: V2Cgroup, peer) -> None:
     ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
     assert (ev.outcome, ev.errno) == ("timeout", 110)
     assert 2500 <= ev.latency_ms <= 4500
+
+
+ABANDON = textwrap.dedent("""
+    import socket, sys, time
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect((sys.argv[1], int(sys.argv[2])))
+    except BlockingIOError:
+        pass
+    time.sleep(0.3)
+    s.close()
+    print("closed", flush=True)
+""")
+
+
+def test_connect_closed_while_pending_is_aborted(open_probe, collect, cgroup: V2Cgroup, peer,
+                                                 attach_mode: str) -> None:
+    """An application that closes a connect still waiting for its SYN-ACK: aborted, no
+    errno (the BCC fallback learns this only when no error report follows)."""
+    probe = open_probe(ConnectLatency, attach_mode=attach_mode)
+    ns, port = peer
+    with NftDrop("llm-slo-test", daddr=ns.ns_addr, dport=port, percent=100, syn_only=True):
+        proc = spawn_in([cgroup], [sys.executable, "-c", ABANDON, ns.ns_addr, str(port)],
+                        stdout=subprocess.PIPE, text=True)
+        assert proc.communicate(timeout=10)[0].startswith("closed")
+    records = collect(probe, lambda r: isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    assert (ev.outcome, ev.errno, ev.cgroup_id) == ("aborted", 0, cgroup.id)
+    assert 250 <= ev.latency_ms <= 1000
 
 
 def test_data_retransmits_charged_to_socket_cgroup(open_probe, collect, cgroup: V2Cgroup,

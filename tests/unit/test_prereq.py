@@ -61,6 +61,7 @@ class FakeHost(Host):
         self.bpf_errno = 0
         self.libbpf: str | Exception = "v1.1"
         self.ssl = [SSL]
+        self.bcc = False
         self.broken = ""  # name of a method that raises
         for key, value in over.items():
             setattr(self, key, value)
@@ -100,6 +101,9 @@ class FakeHost(Host):
     def libssl_paths(self) -> list[str]:
         self._maybe_raise("libssl_paths")
         return self.ssl
+
+    def bcc_module(self) -> bool:
+        return self.bcc
 
 
 def checks(host: FakeHost | None = None, btf_path: str | None = None) -> dict[str, Check]:
@@ -145,6 +149,21 @@ def test_btf_missing_is_a_blocker():
     c = checks(FakeHost(files=without(VMLINUX_BTF)))["btf"]
     assert (c.status, c.blocker) == ("fail", True)
     assert "CONFIG_DEBUG_INFO_BTF=y" in c.fix and "--btf FILE" in c.fix
+    assert "python3-bpfcc" in c.fix and "linux-headers-6.18.44-fc-v669" in c.fix
+
+
+@pytest.mark.parametrize("headers", ["/lib/modules/6.18.44-fc-v669/build", "kheaders"])
+def test_btf_missing_with_bcc_falls_back(headers: str):
+    files = without(VMLINUX_BTF)
+    path = (headers + "/include/linux/kconfig.h" if headers.startswith("/")
+            else "/sys/kernel/kheaders.tar.xz")
+    c = checks(FakeHost(files={**files, path: ""}, bcc=True))
+    assert (c["btf"].status, c["btf"].blocker) == ("warn", False)
+    assert "BCC fallback" in c["btf"].detail
+    assert exit_code(list(c.values()), strict=False) == 0
+    no_headers = checks(FakeHost(files=files, bcc=True))["btf"]
+    assert (no_headers.status, no_headers.blocker) == ("fail", True)
+    assert "linux-headers-" in no_headers.fix and "python3-bpfcc" not in no_headers.fix
 
 
 def test_btf_file_replaces_kernel_btf_for_core_only():

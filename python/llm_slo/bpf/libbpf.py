@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno as errno_mod
 import functools
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,9 @@ from llm_slo.errors import AttachPointMissing, BtfError, PrivilegeError, ProbeEr
 
 log = structlog.get_logger("libbpf")
 
+# The prebuilt CO-RE objects, and the BCC fallback sources under bcc/.
+BPF_DIR = Path(os.environ.get("LLM_SLO_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
+
 BPF_STATS_RUN_TIME = 0
 BTF_KIND_TYPEDEF = 8
 BTF_KIND_FUNC = 12
@@ -27,6 +32,8 @@ BPF_ANY = 0
 _PROG_INFO_SIZE = 232  # struct bpf_prog_info in 5.x-6.x UAPI
 _RUN_TIME_NS_OFF = 192
 _RUN_CNT_OFF = 200
+# struct bpf_map_info: type, id, key_size (8), value_size (12), max_entries (16), ...
+_MAP_INFO_SIZE = 80
 _LOG_BUF = 1 << 20
 _log_buf: Any = None
 
@@ -159,45 +166,44 @@ class Program:
 
     def run_stats(self) -> tuple[int, int]:
         """``(run_time_ns, run_cnt)`` from the kernel's per-program statistics."""
-        info = ffi.new("uint8_t[]", _PROG_INFO_SIZE)
-        size = ffi.new("uint32_t *", _PROG_INFO_SIZE)
-        rc = lib().bpf_obj_get_info_by_fd(self.fd, info, size)
-        if rc:
-            raise OSError(_errno(rc), os.strerror(_errno(rc)))
-        raw = bytes(ffi.buffer(info))
-        run_time = int.from_bytes(raw[_RUN_TIME_NS_OFF : _RUN_TIME_NS_OFF + 8], "little")
-        run_cnt = int.from_bytes(raw[_RUN_CNT_OFF : _RUN_CNT_OFF + 8], "little")
-        return run_time, run_cnt
+        return prog_run_stats(self.fd)
 
 
-class Map:
-    """One BPF map; reads go straight to the kernel through its fd."""
+def _obj_info(fd: int, size: int) -> bytes:
+    """``bpf_obj_get_info_by_fd`` as raw bytes (the UAPI layouts are append-only)."""
+    info = ffi.new("uint8_t[]", size)
+    info_len = ffi.new("uint32_t *", size)
+    rc = lib().bpf_obj_get_info_by_fd(fd, info, info_len)
+    if rc:
+        raise OSError(_errno(rc), os.strerror(_errno(rc)))
+    return bytes(ffi.buffer(info))
 
-    def __init__(self, ptr: Any) -> None:
-        self._ptr = ptr
-        self.name: str = ffi.string(lib().bpf_map__name(ptr)).decode()
 
-    @property
-    def fd(self) -> int:
-        return int(lib().bpf_map__fd(self._ptr))
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """``(run_time_ns, run_cnt)`` of the program behind ``fd``."""
+    raw = _obj_info(fd, _PROG_INFO_SIZE)
+    run_time = int.from_bytes(raw[_RUN_TIME_NS_OFF : _RUN_TIME_NS_OFF + 8], "little")
+    run_cnt = int.from_bytes(raw[_RUN_CNT_OFF : _RUN_CNT_OFF + 8], "little")
+    return run_time, run_cnt
 
-    @property
-    def max_entries(self) -> int:
-        return int(lib().bpf_map__max_entries(self._ptr))
 
-    def set_max_entries(self, n: int) -> None:
-        """Resize before load (ring buffers: a power of two of pages)."""
-        rc = lib().bpf_map__set_max_entries(self._ptr, n)
-        if rc:
-            raise OSError(_errno(rc), f"resize map {self.name}: {os.strerror(_errno(rc))}")
+class MapIO(ABC):
+    """Element access through a loaded map's fd; subclasses say where fd and sizes come
+    from (a libbpf object, or a bare fd from another loader)."""
+
+    name: str = ""
 
     @property
-    def key_size(self) -> int:
-        return int(lib().bpf_map__key_size(self._ptr))
+    @abstractmethod
+    def fd(self) -> int: ...
 
     @property
-    def value_size(self) -> int:
-        return int(lib().bpf_map__value_size(self._ptr))
+    @abstractmethod
+    def key_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def value_size(self) -> int: ...
 
     def update(self, key: bytes, value: bytes) -> None:
         """Write one element."""
@@ -261,6 +267,59 @@ class Map:
             vals_all[at : at + len(k)] = v
             at += len(k)
         return keys_all, vals_all
+
+
+class Map(MapIO):
+    """One map of a libbpf object; reads go straight to the kernel through its fd."""
+
+    def __init__(self, ptr: Any) -> None:
+        self._ptr = ptr
+        self.name = ffi.string(lib().bpf_map__name(ptr)).decode()
+
+    @property
+    def fd(self) -> int:
+        return int(lib().bpf_map__fd(self._ptr))
+
+    @property
+    def max_entries(self) -> int:
+        return int(lib().bpf_map__max_entries(self._ptr))
+
+    def set_max_entries(self, n: int) -> None:
+        """Resize before load (ring buffers: a power of two of pages)."""
+        rc = lib().bpf_map__set_max_entries(self._ptr, n)
+        if rc:
+            raise OSError(_errno(rc), f"resize map {self.name}: {os.strerror(_errno(rc))}")
+
+    @property
+    def key_size(self) -> int:
+        return int(lib().bpf_map__key_size(self._ptr))
+
+    @property
+    def value_size(self) -> int:
+        return int(lib().bpf_map__value_size(self._ptr))
+
+
+class FdMap(MapIO):
+    """A map known only by its fd (e.g. one BCC created); sizes from the kernel's info."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        raw = _obj_info(fd, _MAP_INFO_SIZE)
+        self._fd = fd
+        self.name = name
+        self._key_size, self._value_size, self.max_entries = (
+            int.from_bytes(raw[off : off + 4], "little") for off in (8, 12, 16))
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def key_size(self) -> int:
+        return self._key_size
+
+    @property
+    def value_size(self) -> int:
+        return self._value_size
 
 
 class BpfObject:

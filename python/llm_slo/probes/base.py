@@ -8,7 +8,6 @@ reported, not fatal.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -16,14 +15,22 @@ import numpy as np
 import structlog
 
 from llm_slo import decode
-from llm_slo.bpf.libbpf import BTF_KIND_TYPEDEF, BpfObject, kernel_btf_has, possible_cpus
+from llm_slo.bpf.bcc import BccObject, tracepoint_fields
+from llm_slo.bpf.libbpf import (
+    BPF_DIR,
+    BTF_KIND_TYPEDEF,
+    BpfObject,
+    kernel_btf_has,
+    possible_cpus,
+)
 from llm_slo.bpf.ringbuf import RingBuffer
 from llm_slo.errors import AttachPointMissing
 
 log = structlog.get_logger("probes")
 
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
-BPF_DIR = Path(os.environ.get("LLM_SLO_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
+# What a probe loads: a CO-RE object through libbpf, or the BCC fallback's module.
+LoadedObject = BpfObject | BccObject
 
 
 class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,9 +46,13 @@ class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tls_slow_ms: float = 100.0
     reclaim_slow_ms: float = 1.0
     btf_path: str | None = None
-    # "auto": tp_btf when the kernel has BTF, else the raw_tp twins (CO-RE then needs
-    # btf_path); "tp_btf" or "raw_tp" force one flavour.
-    attach_mode: Literal["auto", "tp_btf", "raw_tp"] = "auto"
+    # "auto": tp_btf when the kernel has BTF; without it the raw_tp twins when btf_path
+    # gives CO-RE a BTF file, else the BCC fallback (compiled here against the kernel's
+    # headers). "tp_btf", "raw_tp" or "bcc" force one.
+    attach_mode: Literal["auto", "tp_btf", "raw_tp", "bcc"] = "auto"
+    # BCC fallback: the kernel header tree to compile against; default: the running
+    # kernel's (/lib/modules/<release>/build, or the kheaders module).
+    kernel_headers: str | None = None
 
 
 class AttachPoint(msgspec.Struct, frozen=True):
@@ -55,7 +66,8 @@ class AttachPoint(msgspec.Struct, frozen=True):
 
 
 def _ms(v: float) -> int:
-    return int(v * 1_000_000)
+    # At least 1 ns: the BCC programs read 0 as "settings not written yet".
+    return max(1, int(v * 1_000_000))
 
 
 class Probe:
@@ -91,19 +103,29 @@ class Probe:
 
 
 class BpfProbe(Probe):
-    """A probe backed by ``bpf/<object_name>.bpf.o``."""
+    """A probe backed by ``bpf/<object_name>.bpf.o``, or by the BCC fallback's
+    ``bpf/bcc/<object_name>.bcc.c`` on kernels without BTF."""
 
     object_name: str = ""
     tracepoints: tuple[str, ...] = ()  # tp_btf targets; each must be in kernel BTF
+    # The BCC fallback's classic tracepoints ("category/event"), each required, and the
+    # optional ones it compiles in when present (macro -> "category/event[:field]").
+    bcc_tracepoints: tuple[str, ...] = ()
+    bcc_features: dict[str, str] = {}  # noqa: RUF012 - class-level table
     rings: dict[str, np.dtype[Any]] = {}  # noqa: RUF012 - class-level table
 
     def __init__(self, options: ProbeOptions) -> None:
         super().__init__(options)
-        self.obj: BpfObject | None = None
+        self.obj: LoadedObject | None = None
         self.ring_readers: dict[str, RingBuffer] = {}
         self.stats = decode.DecodeStats()
 
     def attach_points(self) -> list[AttachPoint]:
+        if self.uses_bcc():
+            # Classic tracepoints: tracefs says which exist (uprobes are the subclass's).
+            return [AttachPoint(self.signal, "tracepoint", tp,
+                                tracepoint_fields(tp) is not None, True)
+                    for tp in self.bcc_tracepoints]
         if not os.path.exists(KERNEL_BTF):
             # raw_tp needs no BTF, and without BTF (or tracefs) there is nothing to ask.
             return [AttachPoint(self.signal, "raw_tp", f"{tp} (unverified)", True, True)
@@ -114,10 +136,21 @@ class BpfProbe(Probe):
             for tp in self.tracepoints
         ]
 
+    def uses_bcc(self) -> bool:
+        """The BCC fallback: forced, or no kernel BTF and no BTF file for CO-RE."""
+        mode = self.options.attach_mode
+        return mode == "bcc" or (mode == "auto" and not os.path.exists(KERNEL_BTF)
+                                 and not self.options.btf_path)
+
     def flavour(self) -> str:
-        """Which twin of the tracepoint programs to load: "tp_btf" or "raw_tp"."""
+        """What to load: "bcc" (the fallback), or the CO-RE object with its "tp_btf" or
+        "raw_tp" twins of the tracepoint programs ("" when it has none)."""
         mode = self.options.attach_mode
         kernel_btf = os.path.exists(KERNEL_BTF)
+        if self.uses_bcc():
+            return "bcc"
+        if not self.tracepoints:
+            return ""
         if mode == "raw_tp" or (mode == "auto" and not kernel_btf):
             return "raw_tp"
         if not kernel_btf:
@@ -131,32 +164,42 @@ class BpfProbe(Probe):
         return "tp_btf"
 
     def open(self) -> None:
-        flavour = self.flavour() if self.tracepoints else ""
-        self.obj = BpfObject(
-            str(BPF_DIR / f"{self.object_name}.bpf.o"),
-            probe=self.signal,
-            btf_custom_path=self.options.btf_path,
-        )
-        for prog in self.obj.programs.values():
-            kind = prog.section.split("/", 1)[0]
-            if kind in ("tp_btf", "raw_tp"):
-                prog.set_autoload(kind == flavour)
-        if flavour:
-            log.debug("attach flavour", signal=self.signal, flavour=flavour)
-        for name in self.rings:
-            self.obj.maps[name].set_max_entries(self.options.ringbuf_bytes)
-        self.obj.load()
+        flavour = self.flavour()
+        if flavour == "bcc":
+            self.obj = BccObject(self.object_name, probe=self.signal,
+                                 ring_bytes=self.options.ringbuf_bytes,
+                                 headers=self.options.kernel_headers,
+                                 tracepoints=self.bcc_tracepoints, features=self.bcc_features)
+        else:
+            self.obj = self._load_core(flavour)
+        log.debug("loaded", signal=self.signal, flavour=flavour or "core")
         self.configure(self.obj)
         self.attach(self.obj)
         self.ring_readers = {
             name: RingBuffer(self.obj.maps[name].fd, self.obj.maps[name].max_entries, dtype)
-            for name, dtype in self.rings.items()
+            for name, dtype in self.rings.items() if name in self.obj.maps
         }
 
-    def configure(self, obj: BpfObject) -> None:
+    def _load_core(self, flavour: str) -> BpfObject:
+        obj = BpfObject(
+            str(BPF_DIR / f"{self.object_name}.bpf.o"),
+            probe=self.signal,
+            btf_custom_path=self.options.btf_path,
+        )
+        self.obj = obj  # closed by close() if loading fails
+        for prog in obj.programs.values():
+            kind = prog.section.split("/", 1)[0]
+            if kind in ("tp_btf", "raw_tp"):
+                prog.set_autoload(kind == flavour)
+        for name in self.rings:
+            obj.maps[name].set_max_entries(self.options.ringbuf_bytes)
+        obj.load()
+        return obj
+
+    def configure(self, obj: LoadedObject) -> None:
         """Write the ``settings`` map after load, before attach."""
 
-    def attach(self, obj: BpfObject) -> None:
+    def attach(self, obj: LoadedObject) -> None:
         for prog in obj.programs.values():
             if prog.autoload:
                 prog.attach()

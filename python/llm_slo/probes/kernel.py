@@ -1,4 +1,8 @@
-"""The six BPF-backed probes, one class per signal, named as everywhere else."""
+"""The six BPF-backed probes, one class per signal, named as everywhere else.
+
+Each loads its CO-RE object, or on kernels without BTF the BCC fallback's source of the
+same name (``bcc_tracepoints``/``bcc_features`` say what that one hooks).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,20 @@ import msgspec
 import numpy as np
 
 from llm_slo import abi, decode
-from llm_slo.bpf.libbpf import BpfObject, possible_cpus
+from llm_slo.bpf.bcc import BccObject
+from llm_slo.bpf.libbpf import possible_cpus
 from llm_slo.errors import AttachPointMissing, LlmSloError
 from llm_slo.events import RECLAIM_KINDS, LatencyAggregate
 from llm_slo.libraries import find_libc, find_libssl
 from llm_slo.mounts import cgroup2_mount
-from llm_slo.probes.base import AttachPoint, BpfProbe, _ms
+from llm_slo.probes.base import AttachPoint, BpfProbe, LoadedObject, _ms
+
+# BCC fallback: how long a failed connect waits for its error report before it counts
+# as closed by the application (the report follows tcp_done() within microseconds).
+ABORT_GRACE_NS = 1_000_000_000
 
 
-def _settings(obj: BpfObject, dtype: np.dtype[Any], **values: int) -> None:
+def _settings(obj: LoadedObject, dtype: np.dtype[Any], **values: int) -> None:
     rec = np.zeros(1, dtype=dtype)
     for k, v in values.items():
         rec[k] = v
@@ -41,7 +50,7 @@ class HistReader:
         self.detail = detail
         self.differ = decode.Differ()
 
-    def read(self, obj: BpfObject, now_ns: int) -> list[LatencyAggregate]:
+    def read(self, obj: LoadedObject, now_ns: int) -> list[LatencyAggregate]:
         ncpus = possible_cpus() if self.percpu else 0
         keys, vals = obj.maps[self.map_name].read_all(self.key, self.value, ncpus)
         if self.percpu:
@@ -85,9 +94,10 @@ class RunqueueDelay(BpfProbe):
     signal = "runqueue_delay_ms"
     object_name = "runqueue_delay"
     tracepoints = ("sched_wakeup", "sched_wakeup_new", "sched_switch")
+    bcc_tracepoints = ("sched/sched_wakeup", "sched/sched_wakeup_new", "sched/sched_switch")
     rings = {"events": abi.RUNQ_EVENT}  # noqa: RUF012
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.RUNQ_CONFIG, slow_ns=_ms(self.options.runq_slow_ms),
                   max_events_per_sec=self.options.runq_max_events_per_sec)
         self.hists = HistReader(self.signal, "runq_hists", abi.U64, abi.HIST, percpu=True)
@@ -104,16 +114,33 @@ class ConnectLatency(BpfProbe):
     signal = "connect_latency_ms"
     object_name = "connect_latency"
     tracepoints = ("inet_sock_set_state",)
+    bcc_tracepoints = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb")
+    bcc_features = {"HAVE_RETRANSMIT_ERR": "tcp/tcp_retransmit_skb:err",  # noqa: RUF012
+                    "HAVE_RECEIVE_RESET": "tcp/tcp_receive_reset",
+                    "HAVE_SK_ERROR_REPORT": "sock/inet_sk_error_report"}
     rings = {"events": abi.CONNECT_EVENT}  # noqa: RUF012
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.CONNECT_CONFIG, slow_ns=_ms(self.options.connect_slow_ms))
         self.hists = HistReader(self.signal, "connect_stats", abi.U64, abi.CONNECT_STATS)
 
     def poll(self, now_ns: int) -> list[Any]:
         assert self.obj is not None
         events: list[Any] = decode.connect_events(self.drain("events"), self.stats)
+        if isinstance(self.obj, BccObject):
+            events += self._aborted(now_ns)
         return events + self.hists.read(self.obj, now_ns)
+
+    def _aborted(self, now_ns: int) -> list[Any]:
+        """BCC fallback: failed connects that no error report claimed within a second
+        were closed by the application (bpf/bcc/connect_latency.bcc.c)."""
+        assert self.obj is not None
+        parked = self.obj.maps["unreported"]
+        keys, events = parked.read_all(np.dtype((np.void, parked.key_size)), abi.CONNECT_EVENT)
+        old = (now_ns - events["hdr"]["ts_ns"].astype(np.int64)) >= ABORT_GRACE_NS
+        for k in decode.row_bytes(keys[old]):
+            parked.delete(k)
+        return decode.connect_events(events[old], self.stats)
 
 
 class TcpRetransmits(BpfProbe):
@@ -122,8 +149,10 @@ class TcpRetransmits(BpfProbe):
     signal = "tcp_retransmits_total"
     object_name = "tcp_retransmits"
     tracepoints = ("tcp_retransmit_skb",)
+    bcc_tracepoints = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb")
+    bcc_features = {"HAVE_RETRANSMIT_ERR": "tcp/tcp_retransmit_skb:err"}  # noqa: RUF012
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         self.differ = decode.Differ()
 
     def poll(self, now_ns: int) -> list[Any]:
@@ -139,9 +168,10 @@ class MemReclaimLatency(BpfProbe):
     object_name = "mem_reclaim_latency"
     tracepoints = ("mm_vmscan_direct_reclaim_begin", "mm_vmscan_direct_reclaim_end",
                    "mm_vmscan_memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_end")
+    bcc_tracepoints = tuple(f"vmscan/{tp}" for tp in tracepoints)
     rings = {"events": abi.RECLAIM_EVENT}  # noqa: RUF012
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.RECLAIM_CONFIG, slow_ns=_ms(self.options.reclaim_slow_ms))
         self.hists = HistReader(self.signal, "reclaim_hists", abi.RECLAIM_KEY, abi.HIST)
 
@@ -173,11 +203,11 @@ class TlsHandshake(BpfProbe):
         symbols = (*(s for s, _ in self.entries), "SSL_free")
         return _uprobe_points(self.signal, find_libssl(), symbols, True)
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.TLS_CONFIG, slow_ns=_ms(self.options.tls_slow_ms))
         self.hists = HistReader(self.signal, "tls_hists", abi.U64, abi.HIST)
 
-    def attach(self, obj: BpfObject) -> None:
+    def attach(self, obj: LoadedObject) -> None:
         libs = find_libssl()
         if not libs:
             raise AttachPointMissing(self.signal, "no libssl found on the host or in "
@@ -213,24 +243,32 @@ class DnsLatency(BpfProbe):
                        "dns_sendmsg4", "dns_sendmsg6")
 
     def attach_points(self) -> list[AttachPoint]:
+        if self.uses_bcc():  # the fallback has the resolver half only
+            return _uprobe_points(self.signal, find_libc(), ("getaddrinfo",), True)
         root = cgroup2_mount()
         points = [AttachPoint(self.signal, "cgroup", root or "<no cgroup2 mount>", bool(root),
                               True)]
         return points + _uprobe_points(self.signal, find_libc(), ("getaddrinfo",), False)
 
-    def configure(self, obj: BpfObject) -> None:
+    def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.DNS_CONFIG, slow_ns=_ms(self.options.dns_slow_ms),
                   sample_every=self.options.dns_sample_every)
-        self.wire = HistReader(self.signal, "dns_hists", abi.U64, abi.HIST, detail="wire")
+        self.wire = (None if isinstance(obj, BccObject) else
+                     HistReader(self.signal, "dns_hists", abi.U64, abi.HIST, detail="wire"))
         self.resolver = HistReader(self.signal, "resolver_hists", abi.U64, abi.HIST,
                                    detail="resolver")
 
-    def attach(self, obj: BpfObject) -> None:
-        root = cgroup2_mount()
-        if not root:
-            raise AttachPointMissing(self.signal, "no cgroup2 mount to attach cgroup_skb to")
-        for name in self.cgroup_programs:
-            obj.programs[name].attach_cgroup(root)
+    def attach(self, obj: LoadedObject) -> None:
+        if isinstance(obj, BccObject):
+            self.gaps.append("wire DNS (cgroup_skb): not in the BCC fallback; getaddrinfo "
+                             "latency only")
+        else:
+            root = cgroup2_mount()
+            if not root:
+                raise AttachPointMissing(self.signal,
+                                         "no cgroup2 mount to attach cgroup_skb to")
+            for name in self.cgroup_programs:
+                obj.programs[name].attach_cgroup(root)
         libs = find_libc()
         if not libs:
             self.gaps.append("getaddrinfo: no libc found; resolver latency unavailable")
@@ -242,13 +280,18 @@ class DnsLatency(BpfProbe):
             except LlmSloError as e:
                 obj.detach_since(before)
                 self.gaps.append(f"getaddrinfo in {lib}: {e}")
+        if not obj.links:  # BCC without a libc: nothing left to measure
+            raise AttachPointMissing(self.signal, "; ".join(self.gaps))
 
     def poll(self, now_ns: int) -> list[Any]:
         assert self.obj is not None
-        out: list[Any] = decode.dns_events(self.drain("events"), self.stats)
+        out: list[Any] = []
+        if self.wire is not None:
+            out += decode.dns_events(self.drain("events"), self.stats)
         out += decode.resolver_events(self.drain("resolver_events"), self.stats)
-        out += self._timeouts(now_ns)
-        return out + self.wire.read(self.obj, now_ns) + self.resolver.read(self.obj, now_ns)
+        if self.wire is not None:
+            out += self._timeouts(now_ns) + self.wire.read(self.obj, now_ns)
+        return out + self.resolver.read(self.obj, now_ns)
 
     def _timeouts(self, now_ns: int) -> list[Any]:
         assert self.obj is not None

@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Shared by the BCC fallback programs (the .bcc.c files here), which BCC compiles at run time
+ * against the host's kernel headers on kernels without BTF, where the CO-RE objects
+ * cannot relocate.
+ *
+ * Portability rule: read nothing but tracepoint arguments (BCC builds their struct from
+ * the tracefs format of the running kernel), uprobe registers and helpers. No kernel
+ * struct is dereferenced, so a header set that does not match the running kernel
+ * exactly still yields correct records. Where the CO-RE programs walk a struct (a
+ * socket's or a woken task's cgroup), these record the owner when it is `current`.
+ *
+ * Records, settings and histograms are the layouts of ../llm_slo.h, so userspace reads
+ * the maps and rings of both loaders with the same code. The loader pastes this file
+ * into each program (BCC rewrites map calls in the main file only).
+ */
+#ifndef __COMMON_BCC_H
+#define __COMMON_BCC_H
+
+#include "llm_slo.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* The loader passes the ring size (bytes) it would give the CO-RE object. */
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 64
+#endif
+
+BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *v = counters.lookup(&idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 slot = 0;
+
+	if (v >> 32) { v >>= 32; slot += 32; }
+	if (v >> 16) { v >>= 16; slot += 16; }
+	if (v >> 8) { v >>= 8; slot += 8; }
+	if (v >> 4) { v >>= 4; slot += 4; }
+	if (v >> 2) { v >>= 2; slot += 2; }
+	if (v >> 1) { slot += 1; }
+	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
+}
+
+static __always_inline void hist_add(struct hist *h, u64 delta_ns)
+{
+	u32 slot = log2_slot(delta_ns);
+
+	if (slot >= HIST_SLOTS)
+		return;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_ns, delta_ns);
+}
+
+static __always_inline void fill_header(struct event_header *hdr, u16 kind, u32 size,
+					u64 ts_ns, u64 cgroup_id, u64 pid_tgid)
+{
+	hdr->kind = kind;
+	hdr->version = ABI_VERSION;
+	hdr->size = size;
+	hdr->ts_ns = ts_ns;
+	hdr->cgroup_id = cgroup_id;
+	hdr->pid_tgid = pid_tgid;
+}
+
+/*
+ * A v4-mapped or v6 flow from tracepoint address fields (network byte order). Copied
+ * with bpf_probe_read_kernel, not memcpy: under register pressure clang keeps a pointer
+ * into the tracepoint context, and the verifier refuses loads through a modified ctx.
+ */
+static __always_inline void flow_from_args(struct flow *f, u16 family, const u8 *saddr,
+					   const u8 *daddr, const u8 *saddr_v6,
+					   const u8 *daddr_v6, u16 sport, u16 dport)
+{
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = family;
+	f->protocol = 6; /* every caller is a TCP tracepoint */
+	f->sport = sport;
+	f->dport = dport;
+	if (family == AF_INET) {
+		f->saddr[10] = 0xff; f->saddr[11] = 0xff;
+		f->daddr[10] = 0xff; f->daddr[11] = 0xff;
+		bpf_probe_read_kernel(&f->saddr[12], 4, saddr);
+		bpf_probe_read_kernel(&f->daddr[12], 4, daddr);
+	} else {
+		bpf_probe_read_kernel(f->saddr, 16, saddr_v6);
+		bpf_probe_read_kernel(f->daddr, 16, daddr_v6);
+	}
+}
+
+#endif /* __COMMON_BCC_H */

@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * connect_latency_ms (BCC fallback): active TCP connects from SYN to the end of
+ * SYN_SENT, with outcome, from classic tracepoints only.
+ *
+ * CLOSE -> SYN_SENT runs inside connect() in the calling task (pid, comm, cgroup are
+ * taken there); the exit from SYN_SENT runs in softirq or a timer. The CO-RE program
+ * reads sk_err at the exit; here the error comes from tracepoints, which the kernel
+ * fires around tcp_done() in an order that changed over time:
+ *  - tcp_receive_reset fires before it (a refused connect);
+ *  - inet_sk_error_report (5.15+; no socket address, so keyed by flow) fires before it
+ *    for timeouts and ICMP errors up to 6.9, after it from 6.10 (tcp_done_with_error).
+ * A failure whose error is not known at CLOSE is parked in `unreported` and streamed by
+ * the error report that follows; one that no report follows was closed by the
+ * application, and userspace streams it as aborted once it is a second old. Kernels
+ * without these tracepoints report failures as CONNECT_ERROR, err 0.
+ */
+#include "common.bcc.h"
+
+#define PROTO_TCP 6
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+#define ECONNRESET 104
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+/* Both error sources present: a failure with err 0 was aborted by the application. */
+#define HAVE_ERROR_TRACEPOINTS (HAVE_RECEIVE_RESET && HAVE_SK_ERROR_REPORT)
+
+struct pending {
+	u64 ts_ns;
+	u64 cgroup_id;
+	u64 pid_tgid;
+	char comm[TASK_COMM_LEN];
+	u32 syn_retrans;
+	s32 err; /* from tcp_receive_reset, 0 if none */
+};
+
+struct flow_key {
+	u8 daddr[16];
+	u16 sport;
+	u16 dport;
+	u32 _pad;
+};
+
+BPF_ARRAY(settings, struct connect_config, 1);
+BPF_TABLE("lru_hash", u64, struct pending, starts, 16384);
+BPF_TABLE("lru_hash", struct flow_key, s32, flow_errors, 4096);
+BPF_TABLE("lru_hash", struct flow_key, struct connect_event, unreported, 4096);
+BPF_TABLE("lru_hash", u64, struct connect_stats, connect_stats, 4096);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Never written: the zeroed initial value of connect_stats, too large for the stack. */
+BPF_ARRAY(zero_stats, struct connect_stats, 1);
+
+static __always_inline u8 outcome_of(int newstate, int err)
+{
+	if (newstate == TCP_ESTABLISHED)
+		return CONNECT_ESTABLISHED;
+	switch (err) {
+	case 0:
+		return HAVE_ERROR_TRACEPOINTS ? CONNECT_ABORTED : CONNECT_ERROR;
+	case ECONNREFUSED:
+		return CONNECT_REFUSED;
+	case ETIMEDOUT:
+		return CONNECT_TIMEOUT;
+	case ECONNRESET:
+		return CONNECT_RESET;
+	default:
+		return CONNECT_ERROR;
+	}
+}
+
+static __always_inline void flow_key_of(struct flow_key *k, u16 family, const u8 *daddr,
+					const u8 *daddr_v6, u16 sport, u16 dport)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	if (family == AF_INET) {
+		k->daddr[10] = 0xff; k->daddr[11] = 0xff;
+		bpf_probe_read_kernel(&k->daddr[12], 4, daddr);
+	} else {
+		bpf_probe_read_kernel(k->daddr, 16, daddr_v6);
+	}
+	k->sport = sport;
+	k->dport = dport;
+}
+
+/* A macro, not a function: the tracepoint's args struct is BCC-generated. */
+#define fill_event(e, args, s, now, delta, err, outcome) do {				\
+	fill_header(&(e)->hdr, EVENT_CONNECT, sizeof(*(e)), now, (s)->cgroup_id,	\
+		    (s)->pid_tgid);							\
+	__builtin_memcpy((e)->hdr.comm, (s)->comm, sizeof((e)->hdr.comm));		\
+	flow_from_args(&(e)->flow, (args)->family, (args)->saddr, (args)->daddr,	\
+		       (args)->saddr_v6, (args)->daddr_v6, (args)->sport, (args)->dport);	\
+	(e)->latency_ns = delta;							\
+	(e)->err = err;									\
+	(e)->outcome = outcome;								\
+	(e)->syn_retrans = (s)->syn_retrans;						\
+	(e)->_pad[0] = (e)->_pad[1] = (e)->_pad[2] = 0;					\
+	(e)->_pad2 = 0;									\
+} while (0)
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	u64 key = (u64)args->skaddr, now = bpf_ktime_get_ns(), delta;
+	struct connect_stats *st, *zs;
+	struct connect_config *cfg;
+	struct connect_event *e;
+	struct flow_key fk;
+	struct pending *s;
+	s32 *ferr;
+	u32 zero = 0;
+	int err;
+	u8 outcome;
+
+	if (args->protocol != PROTO_TCP)
+		return 0;
+	if (args->oldstate == TCP_CLOSE && args->newstate == TCP_SYN_SENT) {
+		struct pending p = { .ts_ns = now, .cgroup_id = bpf_get_current_cgroup_id(),
+				     .pid_tgid = bpf_get_current_pid_tgid() };
+
+		bpf_get_current_comm(&p.comm, sizeof(p.comm));
+		if (starts.update(&key, &p))
+			count(COUNTER_MAP_FULL);
+		return 0;
+	}
+	if (args->oldstate != TCP_SYN_SENT)
+		return 0;
+	s = starts.lookup(&key);
+	if (!s)
+		return 0;
+	delta = now - s->ts_ns;
+	if ((s64)delta < 0)
+		goto cleanup;
+	err = 0;
+	flow_key_of(&fk, args->family, args->daddr, args->daddr_v6, args->sport, args->dport);
+	if (args->newstate != TCP_ESTABLISHED) {
+		err = s->err;
+		ferr = flow_errors.lookup(&fk);
+		if (ferr) {
+			if (!err)
+				err = *ferr;
+			flow_errors.delete(&fk);
+		}
+	}
+	outcome = outcome_of(args->newstate, err);
+	zs = zero_stats.lookup(&zero);
+	st = zs ? connect_stats.lookup_or_try_init(&s->cgroup_id, zs) : NULL;
+	if (st) {
+		if (outcome == CONNECT_ESTABLISHED)
+			hist_add(&st->hist, delta);
+		/* A parked failure counts as aborted until its report says otherwise. */
+		__sync_fetch_and_add(&st->outcomes[outcome & 7], 1);
+	}
+	cfg = settings.lookup(&zero);
+	/* slow_ns 0: settings not written yet (BCC attaches tracepoints at load). */
+	if (outcome == CONNECT_ESTABLISHED && (!cfg || !cfg->slow_ns || delta < cfg->slow_ns))
+		goto cleanup;
+	if (outcome == CONNECT_ABORTED) {
+		struct connect_event parked = {};
+
+		fill_event(&parked, args, s, now, delta, err, outcome);
+		if (unreported.update(&fk, &parked))
+			count(COUNTER_MAP_FULL);
+		goto cleanup;
+	}
+	e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		count(COUNTER_RINGBUF_DROPPED);
+		goto cleanup;
+	}
+	fill_event(e, args, s, now, delta, err, outcome);
+	events.ringbuf_submit(e, 0);
+cleanup:
+	starts.delete(&key);
+	return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+{
+	u64 key = (u64)args->skaddr;
+	struct pending *s;
+
+	if (args->state != TCP_SYN_SENT)
+		return 0;
+#if HAVE_RETRANSMIT_ERR
+	if (args->err)
+		return 0; /* 6.x also reports attempts that never left */
+#endif
+	s = starts.lookup(&key);
+	if (s)
+		__sync_fetch_and_add(&s->syn_retrans, 1);
+	return 0;
+}
+
+#if HAVE_RECEIVE_RESET
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+	u64 key = (u64)args->skaddr;
+	struct pending *s = starts.lookup(&key);
+
+	if (s)
+		s->err = ECONNREFUSED; /* a reset in SYN_SENT is a refusal (tcp_reset()) */
+	return 0;
+}
+#endif
+
+#if HAVE_SK_ERROR_REPORT
+TRACEPOINT_PROBE(sock, inet_sk_error_report)
+{
+	struct connect_stats *st;
+	struct connect_event *parked, *e;
+	struct flow_key fk;
+	s32 err = args->error;
+	u8 outcome;
+
+	if (args->protocol != PROTO_TCP || !err)
+		return 0;
+	flow_key_of(&fk, args->family, args->daddr, args->daddr_v6, args->sport, args->dport);
+	parked = unreported.lookup(&fk);
+	if (!parked) {
+		flow_errors.update(&fk, &err); /* up to 6.9: tcp_done() comes next */
+		return 0;
+	}
+	outcome = outcome_of(TCP_CLOSE, err);
+	st = connect_stats.lookup(&parked->hdr.cgroup_id);
+	if (st) {
+		__sync_fetch_and_add(&st->outcomes[CONNECT_ABORTED], -1);
+		__sync_fetch_and_add(&st->outcomes[outcome & 7], 1);
+	}
+	e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		count(COUNTER_RINGBUF_DROPPED);
+	} else {
+		__builtin_memcpy(e, parked, sizeof(*e));
+		e->err = err;
+		e->outcome = outcome;
+		events.ringbuf_submit(e, 0);
+	}
+	unreported.delete(&fk);
+	return 0;
+}
+#endif
