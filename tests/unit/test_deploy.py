@@ -76,3 +76,24 @@ def test_kustomize_renders_with_the_generated_configmap_mounted() -> None:
     assert svc["spec"]["selector"] == ds["spec"]["template"]["metadata"]["labels"]
     assert all(d["metadata"].get("namespace") == "llm-slo" for k, d in docs.items()
                if k not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_no_btf_overlay_adds_headers_and_tracefs_read_only() -> None:
+    """deploy/overlays/no-btf: the BCC fallback's inputs, mounted read-only, and room to
+    compile (clang and LLVM: about 200 MB RSS)."""
+    overlay = BASE.parent / "overlays" / "no-btf"
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    (ds,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet"]
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert {"/lib/modules", "/usr/src", "/sys/kernel/tracing", "/sys/kernel/btf",
+            "/etc/llm-slo"} <= set(mounts)
+    assert all(m["readOnly"] for m in mounts.values())
+    paths = {v["name"]: v.get("hostPath", {}).get("path")
+             for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert all(paths[m["name"]] == p for p, m in mounts.items()
+               if p in ("/lib/modules", "/usr/src", "/sys/kernel/tracing"))
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert container["securityContext"]["privileged"] is False
