@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What the BCC fallback costs at start: time to open every probe, and peak RSS.
 
-Opens the whole probe set twice, each in a fresh process: with the CO-RE objects and with
-``attach_mode=bcc`` (compiled here against ``--kernel-headers DIR`` or the running
-kernel's headers). Needs root. Prints one JSON line per loader.
+Opens the whole probe set twice, each in a fresh process: with the CO-RE objects
+(``attach_mode=tp_btf``, so it needs kernel BTF) and with ``attach_mode=bcc``, compiled
+against ``--kernel-headers DIR`` or the running kernel's headers. Needs root. Prints one
+JSON line per loader.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> int:
     p.add_argument("--kernel-headers", default="", metavar="DIR",
                    help="header tree for BCC (default: the running kernel's)")
     args = p.parse_args()
-    for mode in ("auto", "bcc"):
+    for mode in ("tp_btf", "bcc"):
         r = subprocess.run([sys.executable, "-c", CHILD, mode, args.kernel_headers],
                            capture_output=True, text=True, check=False)
         if r.returncode:

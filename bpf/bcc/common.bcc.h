@@ -22,10 +22,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-/* The loader passes the ring size (bytes) it would give the CO-RE object. */
-#ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 64
-#endif
+/* RINGBUF_PAGES comes from the loader: ProbeOptions.ringbuf_bytes as a power of two of
+ * pages, the size libbpf gives the CO-RE objects' rings. */
 
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
 

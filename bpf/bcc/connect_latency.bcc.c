@@ -8,12 +8,14 @@
  * reads sk_err at the exit; here the error comes from tracepoints, which the kernel
  * fires around tcp_done() in an order that changed over time:
  *  - tcp_receive_reset fires before it (a refused connect);
- *  - inet_sk_error_report (5.15+; no socket address, so keyed by flow) fires before it
- *    for timeouts and ICMP errors up to 6.9, after it from 6.10 (tcp_done_with_error).
+ *  - inet_sk_error_report (5.15+; no socket address, so keyed by the whole flow) fires
+ *    before it for timeouts and ICMP errors up to 6.9, after it from 6.10
+ *    (tcp_done_with_error). A report taken at CLOSE must be that recent: reports of
+ *    established sockets and ones that follow a reset are never claimed and just age.
  * A failure whose error is not known at CLOSE is parked in `unreported` and streamed by
  * the error report that follows; one that no report follows was closed by the
- * application, and userspace streams it as aborted once it is a second old. Kernels
- * without these tracepoints report failures as CONNECT_ERROR, err 0.
+ * application, and userspace streams it as aborted once it is a second old. Without the
+ * error report (before 5.15) a failure that no reset explains is CONNECT_ERROR, err 0.
  */
 #include "common.bcc.h"
 
@@ -24,8 +26,8 @@
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
-/* Both error sources present: a failure with err 0 was aborted by the application. */
-#define HAVE_ERROR_TRACEPOINTS (HAVE_RECEIVE_RESET && HAVE_SK_ERROR_REPORT)
+/* A report this close before the CLOSE is about that socket (same softirq, up to 6.9). */
+#define REPORT_SLACK_NS 10000000ULL
 
 struct pending {
 	u64 ts_ns;
@@ -36,17 +38,16 @@ struct pending {
 	s32 err; /* from tcp_receive_reset, 0 if none */
 };
 
-struct flow_key {
-	u8 daddr[16];
-	u16 sport;
-	u16 dport;
+struct flow_error {
+	u64 ts_ns;
+	s32 err;
 	u32 _pad;
 };
 
 BPF_ARRAY(settings, struct connect_config, 1);
 BPF_TABLE("lru_hash", u64, struct pending, starts, 16384);
-BPF_TABLE("lru_hash", struct flow_key, s32, flow_errors, 4096);
-BPF_TABLE("lru_hash", struct flow_key, struct connect_event, unreported, 4096);
+BPF_TABLE("lru_hash", struct flow, struct flow_error, flow_errors, 4096);
+BPF_TABLE("lru_hash", struct flow, struct connect_event, unreported, 4096);
 BPF_TABLE("lru_hash", u64, struct connect_stats, connect_stats, 4096);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Never written: the zeroed initial value of connect_stats, too large for the stack. */
@@ -58,7 +59,7 @@ static __always_inline u8 outcome_of(int newstate, int err)
 		return CONNECT_ESTABLISHED;
 	switch (err) {
 	case 0:
-		return HAVE_ERROR_TRACEPOINTS ? CONNECT_ABORTED : CONNECT_ERROR;
+		return HAVE_SK_ERROR_REPORT ? CONNECT_ABORTED : CONNECT_ERROR;
 	case ECONNREFUSED:
 		return CONNECT_REFUSED;
 	case ETIMEDOUT:
@@ -70,34 +71,20 @@ static __always_inline u8 outcome_of(int newstate, int err)
 	}
 }
 
-static __always_inline void flow_key_of(struct flow_key *k, u16 family, const u8 *daddr,
-					const u8 *daddr_v6, u16 sport, u16 dport)
+static __always_inline void fill_event(struct connect_event *e, const struct pending *s,
+				       const struct flow *fl, u64 now, u64 delta, int err,
+				       u8 outcome)
 {
-	__builtin_memset(k, 0, sizeof(*k));
-	if (family == AF_INET) {
-		k->daddr[10] = 0xff; k->daddr[11] = 0xff;
-		bpf_probe_read_kernel(&k->daddr[12], 4, daddr);
-	} else {
-		bpf_probe_read_kernel(k->daddr, 16, daddr_v6);
-	}
-	k->sport = sport;
-	k->dport = dport;
+	fill_header(&e->hdr, EVENT_CONNECT, sizeof(*e), now, s->cgroup_id, s->pid_tgid);
+	__builtin_memcpy(e->hdr.comm, s->comm, sizeof(e->hdr.comm));
+	__builtin_memcpy(&e->flow, fl, sizeof(e->flow));
+	e->latency_ns = delta;
+	e->err = err;
+	e->outcome = outcome;
+	e->syn_retrans = s->syn_retrans;
+	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
+	e->_pad2 = 0;
 }
-
-/* A macro, not a function: the tracepoint's args struct is BCC-generated. */
-#define fill_event(e, args, s, now, delta, err, outcome) do {				\
-	fill_header(&(e)->hdr, EVENT_CONNECT, sizeof(*(e)), now, (s)->cgroup_id,	\
-		    (s)->pid_tgid);							\
-	__builtin_memcpy((e)->hdr.comm, (s)->comm, sizeof((e)->hdr.comm));		\
-	flow_from_args(&(e)->flow, (args)->family, (args)->saddr, (args)->daddr,	\
-		       (args)->saddr_v6, (args)->daddr_v6, (args)->sport, (args)->dport);	\
-	(e)->latency_ns = delta;							\
-	(e)->err = err;									\
-	(e)->outcome = outcome;								\
-	(e)->syn_retrans = (s)->syn_retrans;						\
-	(e)->_pad[0] = (e)->_pad[1] = (e)->_pad[2] = 0;					\
-	(e)->_pad2 = 0;									\
-} while (0)
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
@@ -105,11 +92,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	struct connect_stats *st, *zs;
 	struct connect_config *cfg;
 	struct connect_event *e;
-	struct flow_key fk;
+	struct flow_error *ferr;
+	struct flow fl;
 	struct pending *s;
-	s32 *ferr;
 	u32 zero = 0;
-	int err;
+	int err = 0;
 	u8 outcome;
 
 	if (args->protocol != PROTO_TCP)
@@ -131,21 +118,22 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	delta = now - s->ts_ns;
 	if ((s64)delta < 0)
 		goto cleanup;
-	err = 0;
-	flow_key_of(&fk, args->family, args->daddr, args->daddr_v6, args->sport, args->dport);
-	if (args->newstate != TCP_ESTABLISHED) {
-		err = s->err;
-		ferr = flow_errors.lookup(&fk);
-		if (ferr) {
-			if (!err)
-				err = *ferr;
-			flow_errors.delete(&fk);
-		}
+	flow_from_args(&fl, args->family, args->saddr, args->daddr, args->saddr_v6,
+		       args->daddr_v6, args->sport, args->dport);
+	ferr = flow_errors.lookup(&fl);
+	if (ferr) {
+		if (args->newstate != TCP_ESTABLISHED && now - ferr->ts_ns <= REPORT_SLACK_NS)
+			err = ferr->err;
+		flow_errors.delete(&fl);
 	}
+	if (s->err)
+		err = s->err;
 	outcome = outcome_of(args->newstate, err);
 	zs = zero_stats.lookup(&zero);
 	st = zs ? connect_stats.lookup_or_try_init(&s->cgroup_id, zs) : NULL;
-	if (st) {
+	if (!st) {
+		count(COUNTER_MAP_FULL);
+	} else {
 		if (outcome == CONNECT_ESTABLISHED)
 			hist_add(&st->hist, delta);
 		/* A parked failure counts as aborted until its report says otherwise. */
@@ -158,8 +146,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (outcome == CONNECT_ABORTED) {
 		struct connect_event parked = {};
 
-		fill_event(&parked, args, s, now, delta, err, outcome);
-		if (unreported.update(&fk, &parked))
+		fill_event(&parked, s, &fl, now, delta, err, outcome);
+		if (unreported.update(&fl, &parked))
 			count(COUNTER_MAP_FULL);
 		goto cleanup;
 	}
@@ -168,7 +156,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		count(COUNTER_RINGBUF_DROPPED);
 		goto cleanup;
 	}
-	fill_event(e, args, s, now, delta, err, outcome);
+	fill_event(e, s, &fl, now, delta, err, outcome);
 	events.ringbuf_submit(e, 0);
 cleanup:
 	starts.delete(&key);
@@ -207,21 +195,22 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 #if HAVE_SK_ERROR_REPORT
 TRACEPOINT_PROBE(sock, inet_sk_error_report)
 {
-	struct connect_stats *st;
+	struct flow_error fe = { .ts_ns = bpf_ktime_get_ns(), .err = args->error };
 	struct connect_event *parked, *e;
-	struct flow_key fk;
-	s32 err = args->error;
+	struct connect_stats *st;
+	struct flow fl;
 	u8 outcome;
 
-	if (args->protocol != PROTO_TCP || !err)
+	if (args->protocol != PROTO_TCP || !fe.err)
 		return 0;
-	flow_key_of(&fk, args->family, args->daddr, args->daddr_v6, args->sport, args->dport);
-	parked = unreported.lookup(&fk);
+	flow_from_args(&fl, args->family, args->saddr, args->daddr, args->saddr_v6,
+		       args->daddr_v6, args->sport, args->dport);
+	parked = unreported.lookup(&fl);
 	if (!parked) {
-		flow_errors.update(&fk, &err); /* up to 6.9: tcp_done() comes next */
+		flow_errors.update(&fl, &fe); /* up to 6.9: tcp_done() comes next */
 		return 0;
 	}
-	outcome = outcome_of(TCP_CLOSE, err);
+	outcome = outcome_of(TCP_CLOSE, fe.err);
 	st = connect_stats.lookup(&parked->hdr.cgroup_id);
 	if (st) {
 		__sync_fetch_and_add(&st->outcomes[CONNECT_ABORTED], -1);
@@ -232,11 +221,11 @@ TRACEPOINT_PROBE(sock, inet_sk_error_report)
 		count(COUNTER_RINGBUF_DROPPED);
 	} else {
 		__builtin_memcpy(e, parked, sizeof(*e));
-		e->err = err;
+		e->err = fe.err;
 		e->outcome = outcome;
 		events.ringbuf_submit(e, 0);
 	}
-	unreported.delete(&fk);
+	unreported.delete(&fl);
 	return 0;
 }
 #endif

@@ -53,6 +53,8 @@ int resolver_exit(struct pt_regs *ctx)
 	h = resolver_hists.lookup_or_try_init(&cgroup_id, &zero_hist);
 	if (h)
 		hist_add(h, delta);
+	else
+		count(COUNTER_MAP_FULL);
 	cfg = settings.lookup(&zero);
 	if (cfg && ret == 0 && delta < cfg->slow_ns)
 		goto cleanup;

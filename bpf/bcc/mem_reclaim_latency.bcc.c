@@ -3,8 +3,8 @@
  * mem_reclaim_latency_ms (BCC fallback): direct and memcg reclaim stalls per cgroup.
  *
  * The vmscan begin/end tracepoints run synchronously in the allocating task, so
- * `current` is the task that stalled: helpers give everything, no struct is read, and
- * this is the same program as the CO-RE one. kswapd's background reclaim stalls no
+ * `current` is the task that stalled: helpers give everything and no struct is read, as
+ * in the CO-RE program, whose logic this is. kswapd's background reclaim stalls no
  * request and is not counted.
  */
 #include "common.bcc.h"
@@ -16,7 +16,7 @@ struct reclaim_start {
 };
 
 BPF_ARRAY(settings, struct reclaim_config, 1);
-BPF_TABLE("lru_hash", u64, struct reclaim_start, reclaim_starts, 16384);
+BPF_TABLE("hash", u64, struct reclaim_start, reclaim_starts, 16384);
 BPF_TABLE("lru_hash", struct reclaim_key, struct hist, reclaim_hists, 4096);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -53,6 +53,8 @@ static __always_inline void end(u32 kind, u64 nr_reclaimed)
 	h = reclaim_hists.lookup_or_try_init(&key, &zero_hist);
 	if (h)
 		hist_add(h, delta);
+	else
+		count(COUNTER_MAP_FULL);
 	cfg = settings.lookup(&zero);
 	/* slow_ns 0: settings not written yet (BCC attaches tracepoints at load). */
 	if (!cfg || !cfg->slow_ns || delta < cfg->slow_ns)

@@ -10,17 +10,20 @@
  * back in. A task that has not run since the probe loaded has no record yet: its first
  * wait is skipped.
  */
-#include <linux/sched.h>
 #include "common.bcc.h"
+
+/* sched_switch's prev_state for a preempted task: TASK_REPORT_MAX, (TASK_REPORT + 1) << 1,
+ * the "R+" of its print format; defined here rather than taken from <linux/sched.h>, whose
+ * other contents the fallback must not depend on. */
+#define TASK_REPORT_MAX 0x100
 
 struct task_owner {
 	u64 cgroup_id;
 	u64 pid_tgid;
-	char comm[TASK_COMM_LEN];
 };
 
 BPF_ARRAY(settings, struct runq_config, 1);
-BPF_TABLE("lru_hash", u32, u64, enqueued_by_pid, 65536);
+BPF_TABLE("hash", u32, u64, enqueued_by_pid, 65536);
 BPF_TABLE("lru_hash", u32, struct task_owner, owners, 65536);
 BPF_TABLE("lru_percpu_hash", u64, struct hist, runq_hists, 4096);
 BPF_TABLE("lru_hash", u64, struct rate_window, rate_windows, 4096);
@@ -39,8 +42,10 @@ static __always_inline bool allow_event(u64 cgroup_id, u32 limit, u64 now)
 	struct rate_window zero = {};
 	struct rate_window *w = rate_windows.lookup_or_try_init(&cgroup_id, &zero);
 
-	if (!w)
+	if (!w) {
+		count(COUNTER_MAP_FULL);
 		return false;
+	}
 	if (now - w->start_ns > 1000000000ULL) {
 		w->start_ns = now;
 		w->count = 0;
@@ -75,14 +80,15 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	long state = args->prev_state;
 
 	if (prev) {
-		o = owners.lookup(&prev);
-		if (!o || o->cgroup_id != prev_cgroup) {
-			struct task_owner fresh = { .cgroup_id = prev_cgroup,
-						    .pid_tgid = bpf_get_current_pid_tgid() };
+		struct task_owner now_prev = { .cgroup_id = prev_cgroup,
+					       .pid_tgid = bpf_get_current_pid_tgid() };
 
-			bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-			owners.update(&prev, &fresh);
-		}
+		/* Written only when it changed (a cgroup move, a reused pid): an update on
+		 * every context switch of the node would cost more than this lookup. */
+		o = owners.lookup(&prev);
+		if ((!o || o->cgroup_id != now_prev.cgroup_id || o->pid_tgid != now_prev.pid_tgid)
+		    && owners.update(&prev, &now_prev))
+			count(COUNTER_MAP_FULL);
 		/* Preempted (reported as TASK_REPORT_MAX) or yielding: still runnable. */
 		if (state == 0 || (state & TASK_REPORT_MAX))
 			mark_enqueued(prev);
@@ -98,7 +104,9 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	if (!o || (s64)delay < 0)
 		return 0;
 	h = runq_hists.lookup_or_try_init(&o->cgroup_id, &zero_hist);
-	if (h) {
+	if (!h) {
+		count(COUNTER_MAP_FULL);
+	} else {
 		h->slots[log2_slot(delay)]++;
 		h->count++;
 		h->sum_ns += delay;
@@ -115,9 +123,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		count(COUNTER_RINGBUF_DROPPED);
 		return 0;
 	}
-	fill_header(&e->hdr, EVENT_RUNQ_SLOW, sizeof(*e), now, o->cgroup_id,
-		    (o->pid_tgid & 0xffffffff00000000ULL) | next);
-	__builtin_memcpy(e->hdr.comm, o->comm, sizeof(e->hdr.comm));
+	fill_header(&e->hdr, EVENT_RUNQ_SLOW, sizeof(*e), now, o->cgroup_id, o->pid_tgid);
+	bpf_probe_read_kernel(e->hdr.comm, sizeof(e->hdr.comm), args->next_comm);
 	e->delay_ns = delay;
 	e->prev_cgroup_id = prev_cgroup;
 	e->cpu = bpf_get_smp_processor_id();

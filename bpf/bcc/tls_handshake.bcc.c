@@ -63,6 +63,8 @@ static __always_inline void emit(struct tls_start_key *key, struct tls_start *s,
 		h = tls_hists.lookup_or_try_init(&cgroup_id, &zero_hist);
 		if (h)
 			hist_add(h, delta);
+		else
+			count(COUNTER_MAP_FULL);
 		cfg = settings.lookup(&zero);
 		if (cfg && delta < cfg->slow_ns)
 			return;

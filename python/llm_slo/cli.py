@@ -95,12 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", choices=("text", "json"), default="text")
     check.add_argument("--strict", action="store_true", help="treat warnings as failures")
     check.add_argument("--btf", metavar="FILE", help="BTF file to use if the kernel has none")
+    check.add_argument("--kernel-headers", metavar="DIR",
+                       help="header tree the BCC fallback would compile against (default: "
+                       "the running kernel's)")
 
     btf = sub.add_parser(
         "btf",
         help="where BTF comes from and, per probe, whether its attach points exist",
-        description="Shows the BTF source (kernel or --btf FILE) and every hook each probe "
-        "needs, marked present or missing on this host.",
+        description="Shows the BTF source (kernel, --btf FILE, or none: then the BCC "
+        "fallback's classic tracepoints) and every hook each probe needs, marked present or "
+        "missing on this host.",
     )
     btf.add_argument("--btf", metavar="FILE", help="BTF file to use instead of the kernel's")
     btf.add_argument("--output", choices=("text", "json"), default="text")
@@ -324,7 +328,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _prereq(args: argparse.Namespace) -> int:
     from llm_slo import prereq
 
-    checks = prereq.run_checks(btf_path=args.btf)
+    checks = prereq.run_checks(btf_path=args.btf, kernel_headers=args.kernel_headers)
     if args.output == "json":
         sys.stdout.write(prereq.render_json(checks).decode() + "\n")
     else:
@@ -336,22 +340,24 @@ def _btf(args: argparse.Namespace) -> int:
     from llm_slo.probes import PROBES, ProbeOptions
 
     path = args.btf or "/sys/kernel/btf/vmlinux"
-    if not os.path.exists(path):
-        raise LlmSloError(
-            f"no BTF at {path}: use a kernel with CONFIG_DEBUG_INFO_BTF=y or pass --btf FILE "
-            "(without either, the probes use the BCC fallback: see `sloctl prereq check`)"
-        )
-    source = "file" if args.btf else "kernel"
+    if args.btf and not os.path.exists(path):
+        raise LlmSloError(f"no BTF at {path}: pass this kernel's BTF file (e.g. from BTFHub)")
+    source = ("file" if args.btf else "kernel") if os.path.exists(path) else "none"
     options = ProbeOptions(btf_path=args.btf)
     points = [pt for cls in PROBES.values() for pt in cls(options).attach_points()]
     if args.output == "json":
-        doc = {"btf": {"source": source, "path": path}, "attach_points": points}
+        doc = {"btf": {"source": source, "path": path if source != "none" else None},
+               "attach_points": points}
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
     else:
-        print(f"BTF: {source} ({path}, {os.path.getsize(path)} bytes)")
+        if source == "none":
+            print(f"BTF: none ({path} missing): the probes use the BCC fallback, compiled "
+                  "against the kernel headers (see `sloctl prereq check`)")
+        else:
+            print(f"BTF: {source} ({path}, {os.path.getsize(path)} bytes)")
         for pt in points:
             mark = "present" if pt.present else ("MISSING" if pt.required else "missing")
-            print(f"  {pt.probe:<24} {pt.kind:<7} {mark:<8} {pt.target}")
+            print(f"  {pt.probe:<24} {pt.kind:<10} {mark:<8} {pt.target}")
     missing = [pt for pt in points if pt.required and not pt.present]
     return 1 if missing else 0
 

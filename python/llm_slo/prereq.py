@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib.util
 import os
 import re
@@ -28,7 +29,6 @@ MEMCG_KERNEL = (5, 11)  # from here BPF memory is charged to memcg, not RLIMIT_M
 MIN_LIBBPF = (1, 1)  # the ABI our cffi declarations target
 MEMLOCK_WANTED = 64 << 20
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-KHEADERS = "/sys/kernel/kheaders.tar.xz"  # CONFIG_IKHEADERS: headers inside the kernel
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe/type"
 # bpf(2) has no libc wrapper and its number differs per architecture (asm/unistd.h).
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280, "i686": 357,
@@ -104,6 +104,12 @@ class Host:
         """OpenSSL libraries the TLS probes could attach to (:func:`find_libssl`)."""
         return find_libssl()
 
+    def kernel_headers(self, configured: str | None) -> str | None:
+        """Where the BCC fallback would find kernel headers (:func:`find_kernel_headers`)."""
+        from llm_slo.bpf.bcc import find_kernel_headers
+
+        return find_kernel_headers(configured)
+
     def bcc_module(self) -> bool:
         """Whether BCC's Python module is installed (here or in the distribution's
         packages, where the fallback loader looks); not imported: that loads libbcc."""
@@ -146,7 +152,7 @@ def _kernel_version(host: Host, _: str | None) -> _R:
     return _R("ok", detail)
 
 
-def _btf(host: Host, btf_path: str | None) -> _R:
+def _btf(host: Host, btf_path: str | None, kernel_headers: str | None = None) -> _R:
     vmlinux = host.exists(VMLINUX_BTF)
     if btf_path and not host.btf_has("task_struct", BTF_KIND_STRUCT, btf_path):
         return _R("fail", f"{btf_path}: not a vmlinux BTF (no struct task_struct)",
@@ -158,7 +164,12 @@ def _btf(host: Host, btf_path: str | None) -> _R:
                   "use a kernel with CONFIG_DEBUG_INFO_BTF=y for the tp_btf probes")
     if vmlinux:
         return _R("ok", f"{VMLINUX_BTF} present" + (f"; CO-RE from {btf_path}" * bool(btf_path)))
-    headers, lacks = _bcc(host)
+    headers = host.kernel_headers(kernel_headers)
+    lacks = [] if host.bcc_module() else ["BCC's Python module (python3-bpfcc)"]
+    if headers is None:
+        lacks.append(f"kernel headers (linux-headers-{host.uname()[0]})")
+    if not any(fs == "tracefs" for _, fs in _mounts(host)):
+        lacks.append("a tracefs mount (mount -t tracefs nodev /sys/kernel/tracing)")
     if not lacks:
         return _R("warn", f"{VMLINUX_BTF} missing: probes use the BCC fallback, compiled "
                   f"against {headers}; no wire DNS there (getaddrinfo only)",
@@ -167,19 +178,7 @@ def _btf(host: Host, btf_path: str | None) -> _R:
     return _R("fail", f"{VMLINUX_BTF} missing, and the BCC fallback lacks "
               + " and ".join(lacks),
               "use a kernel with CONFIG_DEBUG_INFO_BTF=y, pass --btf FILE (e.g. from BTFHub), "
-              "or install " + " and ".join(lacks))
-
-
-def _bcc(host: Host) -> tuple[str, list[str]]:
-    """What the BCC fallback would compile against, and what it lacks."""
-    release = host.uname()[0]
-    build = f"/lib/modules/{release}/build"
-    lacks = [] if host.bcc_module() else ["BCC's Python module (python3-bpfcc)"]
-    if host.exists(f"{build}/include/linux/kconfig.h"):
-        return build, lacks
-    if host.exists(KHEADERS):
-        return KHEADERS, lacks
-    return "", [*lacks, f"kernel headers (linux-headers-{release})"]
+              "or provide " + " and ".join(lacks))
 
 
 def _bpf_syscall(host: Host, _: str | None) -> _R:
@@ -300,15 +299,18 @@ def _run_one(name: str, blocker: bool, fn: _Fn, host: Host, btf_path: str | None
                  detail=r.detail, fix="" if r.status == "ok" else r.fix)
 
 
-def run_checks(host: Host | None = None, *, btf_path: str | None = None) -> list[Check]:
+def run_checks(host: Host | None = None, *, btf_path: str | None = None,
+               kernel_headers: str | None = None) -> list[Check]:
     """Run every check, in a stable order, against ``host`` (default: this machine).
 
     ``btf_path`` is the ``--btf FILE`` the agent would use for CO-RE; given a valid one, a
-    missing kernel BTF no longer blocks the agent.
+    missing kernel BTF no longer blocks the agent; nor does a usable BCC fallback, which
+    would compile against ``kernel_headers`` (default: the running kernel's).
     """
     host = host if host is not None else Host()
+    btf = functools.partial(_btf, kernel_headers=kernel_headers)
     plan: list[tuple[str, bool, _Fn]] = [
-        ("kernel_version", True, _kernel_version), ("btf", btf_path is None, _btf),
+        ("kernel_version", True, _kernel_version), ("btf", btf_path is None, btf),
         ("bpf_syscall", True, _bpf_syscall), ("capabilities", True, _capabilities),
         ("tracefs", False, _tracefs), ("uprobe_pmu", False, _uprobe_pmu),
         ("cgroup_v2", True, _cgroup_v2), ("libbpf", True, _libbpf),

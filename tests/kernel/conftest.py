@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -106,8 +107,10 @@ def bcc_headers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None
 def _header_tree(root: Path) -> str | None:
     if os.path.isfile(f"/lib/modules/{os.uname().release}/build/include/linux/kconfig.h"):
         return None
-    arch = {"x86_64": ("amd64", "x86"), "aarch64": ("arm64", "arm64")}[os.uname().machine]
-    builds = sorted(glob.glob(f"/usr/src/linux-headers-*-{arch[0]}"))
+    arch = {"x86_64": ("amd64", "x86"), "aarch64": ("arm64", "arm64")}.get(os.uname().machine)
+    if arch is None:
+        pytest.skip(f"BCC fallback: no Debian header layout known for {os.uname().machine}")
+    builds = sorted(glob.glob(f"/usr/src/linux-headers-*-{arch[0]}"), key=_version_key)
     if not builds:
         pytest.skip("BCC fallback: no kernel headers (apt install linux-headers-amd64)")
     build = Path(builds[-1])
@@ -120,3 +123,8 @@ def _header_tree(root: Path) -> str | None:
                 if not link.exists():
                     link.symlink_to(entry)
     return str(root)
+
+
+def _version_key(path: str) -> list[int | str]:
+    """Numbers compared as numbers: 6.1.0-10 is newer than 6.1.0-9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]

@@ -90,7 +90,9 @@ def test_no_btf_overlay_adds_headers_and_tracefs_read_only() -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert {"/lib/modules", "/usr/src", "/sys/kernel/tracing", "/sys/kernel/btf",
             "/etc/llm-slo"} <= set(mounts)
-    assert all(m["readOnly"] for m in mounts.values())
+    assert all(m.get("readOnly") for p, m in mounts.items() if p != "/tmp")
+    assert mounts["/tmp"]["name"] in {v["name"] for v in ds["spec"]["template"]["spec"]["volumes"]
+                                      if "emptyDir" in v}
     paths = {v["name"]: v.get("hostPath", {}).get("path")
              for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert all(paths[m["name"]] == p for p, m in mounts.items()

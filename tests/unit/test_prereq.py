@@ -62,6 +62,7 @@ class FakeHost(Host):
         self.libbpf: str | Exception = "v1.1"
         self.ssl = [SSL]
         self.bcc = False
+        self.headers: str | None = None
         self.broken = ""  # name of a method that raises
         for key, value in over.items():
             setattr(self, key, value)
@@ -104,6 +105,9 @@ class FakeHost(Host):
 
     def bcc_module(self) -> bool:
         return self.bcc
+
+    def kernel_headers(self, configured: str | None) -> str | None:
+        return configured or self.headers
 
 
 def checks(host: FakeHost | None = None, btf_path: str | None = None) -> dict[str, Check]:
@@ -152,18 +156,24 @@ def test_btf_missing_is_a_blocker():
     assert "python3-bpfcc" in c.fix and "linux-headers-6.18.44-fc-v669" in c.fix
 
 
-@pytest.mark.parametrize("headers", ["/lib/modules/6.18.44-fc-v669/build", "kheaders"])
-def test_btf_missing_with_bcc_falls_back(headers: str):
+def test_btf_missing_with_bcc_falls_back():
+    """Without BTF the BCC fallback serves when its module, headers and tracefs are there;
+    the check names whichever is missing, and configured headers count."""
     files = without(VMLINUX_BTF)
-    path = (headers + "/include/linux/kconfig.h" if headers.startswith("/")
-            else "/sys/kernel/kheaders.tar.xz")
-    c = checks(FakeHost(files={**files, path: ""}, bcc=True))
+    build = "/lib/modules/6.18.44-fc-v669/build"
+    c = checks(FakeHost(files=files, bcc=True, headers=build))
     assert (c["btf"].status, c["btf"].blocker) == ("warn", False)
-    assert "BCC fallback" in c["btf"].detail
+    assert "BCC fallback" in c["btf"].detail and build in c["btf"].detail
     assert exit_code(list(c.values()), strict=False) == 0
     no_headers = checks(FakeHost(files=files, bcc=True))["btf"]
     assert (no_headers.status, no_headers.blocker) == ("fail", True)
     assert "linux-headers-" in no_headers.fix and "python3-bpfcc" not in no_headers.fix
+    given = {c.name: c for c in run_checks(FakeHost(files=files, bcc=True),
+                                           kernel_headers="/srv/headers")}["btf"]
+    assert given.status == "warn" and "/srv/headers" in given.detail
+    no_tracefs = {**files, "/proc/self/mounts": HYBRID.replace("tracefs", "none")}
+    untraced = checks(FakeHost(files=no_tracefs, bcc=True, headers=build))["btf"]
+    assert untraced.status == "fail" and "tracefs" in untraced.fix
 
 
 def test_btf_file_replaces_kernel_btf_for_core_only():

@@ -7,8 +7,8 @@ decode exactly as the CO-RE objects' do. :class:`BccObject` offers the part of
 :class:`~llm_slo.bpf.libbpf.BpfObject` the probes use (maps, programs, links).
 
 BCC's Python module ships with the distribution (Debian: ``python3-bpfcc``) for the
-system interpreter; when the agent's virtualenv lacks it, the distribution's directory
-is appended to ``sys.path`` (appended: the virtualenv's own packages still win).
+system interpreter; when the agent's virtualenv lacks it, it is imported from the
+distribution's directory, which is on ``sys.path`` only for that import.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ BCC_DIR = BPF_DIR / "bcc"
 DIST_PACKAGES = ("/usr/lib/python3/dist-packages", "/usr/lib64/python3/site-packages",
                  f"/usr/lib/python3.{sys.version_info.minor}/site-packages")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+KHEADERS = "/sys/kernel/kheaders.tar.xz"  # CONFIG_IKHEADERS: BCC unpacks it under /tmp
 _FIELD = re.compile(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(\[[^\]]*\])?;")
 
 
@@ -42,14 +43,16 @@ def import_bcc(probe: str) -> ModuleType:
     try:
         import bcc
     except ImportError:
-        sys.path.extend(d for d in DIST_PACKAGES
-                        if os.path.isdir(os.path.join(d, "bcc")) and d not in sys.path)
+        saved = list(sys.path)
+        sys.path.extend(d for d in DIST_PACKAGES if os.path.isdir(os.path.join(d, "bcc")))
         try:
             import bcc
-        except ImportError as e:
-            raise ProbeError(probe, "the BCC fallback (for kernels without BTF) needs BCC's "
-                             "Python module: apt install python3-bpfcc (Debian/Ubuntu) or "
-                             f"python3-bcc (Fedora/RHEL) ({e})") from e
+        except (ImportError, OSError) as e:  # OSError: the package without libbcc.so
+            raise ProbeError(probe, "the BCC fallback (for kernels without BTF) needs BCC: "
+                             "apt install python3-bpfcc (Debian/Ubuntu) or python3-bcc "
+                             f"(Fedora/RHEL) ({e})") from e
+        finally:
+            sys.path[:] = saved  # BCC's submodules resolve through its package path
     return bcc
 
 
@@ -74,24 +77,41 @@ def tracepoint_fields(event: str) -> frozenset[str] | None:
     return frozenset(m[1] for m in _FIELD.finditer(text) if not m[1].startswith("common_"))
 
 
-def kernel_headers(configured: str | None, probe: str) -> str | None:
-    """The header tree to compile against: ``configured``, ``$BCC_KERNEL_SOURCE``, or
-    None when BCC finds this kernel's own (``/lib/modules/<release>/build``, or the
-    in-kernel ``/sys/kernel/kheaders.tar.xz``); an error naming the fix otherwise."""
+def find_kernel_headers(configured: str | None = None) -> str | None:
+    """Where BCC will find kernel headers: ``configured``, ``$BCC_KERNEL_SOURCE``, this
+    kernel's ``/lib/modules/<release>/build``, or the kheaders module; None if nowhere."""
     tree = configured or os.environ.get("BCC_KERNEL_SOURCE")
     if tree:
-        if not os.path.isfile(os.path.join(tree, "include", "linux", "kconfig.h")):
-            raise ProbeError(probe, f"kernel headers {tree}: no include/linux/kconfig.h (a "
-                             "header tree for BCC has include/ and arch/<arch>/include/, "
-                             "generated headers included)")
         return tree
-    release = platform.release()
-    build = f"/lib/modules/{release}/build/include/linux/kconfig.h"
-    if os.path.isfile(build) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    build = f"/lib/modules/{platform.release()}/build"
+    if os.path.isfile(f"{build}/include/linux/kconfig.h"):
+        return build
+    return KHEADERS if os.path.exists(KHEADERS) else None
+
+
+def kernel_headers(configured: str | None, probe: str) -> str | None:
+    """The tree to point ``BCC_KERNEL_SOURCE`` at, or None when BCC finds this kernel's
+    own; an error naming the fix when there are none."""
+    tree = find_kernel_headers(configured)
+    if tree is None:
+        release = platform.release()
+        raise ProbeError(probe, f"no kernel headers for {release}, which the BCC fallback "
+                         "compiles against: install them (Debian/Ubuntu: linux-headers-"
+                         f"{release}), load the kheaders module, or set "
+                         "probes.kernel_headers")
+    if tree == KHEADERS or tree.startswith("/lib/modules/"):
         return None
-    raise ProbeError(probe, f"no kernel headers for {release}, which the BCC fallback "
-                     "compiles against: install them (Debian/Ubuntu: linux-headers-"
-                     f"{release}), load the kheaders module, or set probes.kernel_headers")
+    if not os.path.isfile(os.path.join(tree, "include", "linux", "kconfig.h")):
+        raise ProbeError(probe, f"kernel headers {tree}: no include/linux/kconfig.h (a "
+                         "header tree for BCC has include/ and arch/<arch>/include/, "
+                         "generated headers included)")
+    return tree
+
+
+def ring_pages(ring_bytes: int) -> int:
+    """Pages for a ring of at least ``ring_bytes``: a power of two, as libbpf rounds."""
+    pages = max(1, -(-ring_bytes // PAGE_SIZE))
+    return 1 << (pages - 1).bit_length()
 
 
 def _inline_common(source: Path) -> bytes:
@@ -114,8 +134,8 @@ class BccLink:
 
     def destroy(self) -> None:
         if self._detach is not None:
-            self._detach()
-            self._detach = None
+            detach, self._detach = self._detach, None
+            detach()
 
 
 class BccProgram:
@@ -125,12 +145,10 @@ class BccProgram:
     def __init__(self, owner: BccObject, name: str) -> None:
         self._owner = owner
         self.name = name
-        tp = name.removeprefix("tracepoint__")
-        self.section = ("tracepoint/" + tp.replace("__", "/", 1)) if tp != name else "uprobe"
 
     @property
     def autoload(self) -> bool:
-        """Whether it is loaded (the probes' run-time statistics ask only those)."""
+        """Whether it is loaded (``BpfObject``'s name; run-time statistics ask it)."""
         return self.name.encode() in self._owner.bpf.funcs
 
     def attach(self) -> None:
@@ -139,20 +157,23 @@ class BccProgram:
     def attach_uprobe(self, binary: str, symbol: str, *, retprobe: bool = False) -> BccLink:
         b = self._owner.bpf
         kind = "uretprobe" if retprobe else "uprobe"
-        attach, detach = ((b.attach_uretprobe, b.detach_uretprobe) if retprobe
-                          else (b.attach_uprobe, b.detach_uprobe))
+        attach = b.attach_uretprobe if retprobe else b.attach_uprobe
+        before = set(b.uprobe_fds)
         try:
             attach(name=binary.encode(), sym=symbol.encode(), fn_name=self.name.encode())
         except Exception as e:  # BCC raises bare Exception/ValueError for every failure
             raise AttachPointMissing(self._owner.probe, f"attach {self.name} to "
                                      f"{kind}:{binary}:{symbol}: {e}") from e
-        return self._owner._keep(BccLink(f"{kind}:{binary}:{symbol}",
-                                         lambda: detach(name=binary.encode(),
-                                                        sym=symbol.encode())))
+        # Detached by event name: BCC's detach_uprobe would look the symbol up again in
+        # the file, which is gone once the container that held it has exited.
+        events = [ev for ev in b.uprobe_fds if ev not in before]
 
-    def attach_cgroup(self, cgroup_path: str) -> BccLink:
-        raise AttachPointMissing(self._owner.probe, "cgroup programs are not part of the BCC "
-                                 "fallback")
+        def detach() -> None:
+            for ev in events:
+                if ev in b.uprobe_fds:
+                    b.detach_uprobe_event(ev)
+
+        return self._owner._keep(BccLink(f"{kind}:{binary}:{symbol}", detach))
 
     def run_stats(self) -> tuple[int, int]:
         return prog_run_stats(self._owner.bpf.funcs[self.name.encode()].fd)
@@ -168,9 +189,6 @@ class _BccMaps:
     def _fd(self, name: str) -> int:
         return int(self._owner.bcc.libbcc.lib.bpf_table_fd(self._owner.bpf.module,
                                                             name.encode()))
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._cache or self._fd(name) >= 0)
 
     def __getitem__(self, name: str) -> FdMap:
         if name not in self._cache:
@@ -207,16 +225,19 @@ class BccObject:
             raise AttachPointMissing(probe, f"tracepoint(s) {', '.join(missing)} not in "
                                      "this kernel")
         tree = kernel_headers(headers, probe)
-        pages = max(1, ring_bytes // PAGE_SIZE)
-        cflags = [f"-I{BPF_DIR}", f"-I{BCC_DIR}", f"-DRINGBUF_PAGES={pages}"]
+        cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={ring_pages(ring_bytes)}"]
         for macro, where in (features or {}).items():
             event, _, field = where.partition(":")
             fields = tracepoint_fields(event)
             cflags.append(f"-D{macro}={int(fields is not None and (not field or field in fields))}")
         self.bpf = self._compile(_inline_common(source), source.name, cflags, tree)
-        lib = self.bcc.libbcc.lib
-        names = [lib.bpf_function_name(self.bpf.module, i).decode()
-                 for i in range(lib.bpf_num_functions(self.bpf.module))]
+        try:
+            lib = self.bcc.libbcc.lib
+            names = [lib.bpf_function_name(self.bpf.module, i).decode()
+                     for i in range(lib.bpf_num_functions(self.bpf.module))]
+        except Exception:
+            self.close()
+            raise
         self.programs = {n: BccProgram(self, n) for n in names}
         self.maps = _BccMaps(self)
 
@@ -226,9 +247,16 @@ class BccObject:
         saved = os.environ.get("BCC_KERNEL_SOURCE")
         if tree:
             os.environ["BCC_KERNEL_SOURCE"] = tree
+        # BCC attaches each tracepoint function as it loads it; if a later one fails,
+        # those already attached must not stay behind (BCC keeps the half-built object
+        # alive until exit), hence construction in two steps.
+        bpf = self.bcc.BPF.__new__(self.bcc.BPF)
         try:
-            return self.bcc.BPF(text=text, cflags=cflags)
+            bpf.__init__(text=text, cflags=cflags)
+            return bpf
         except Exception as e:
+            if getattr(bpf, "module", None) is not None:
+                bpf.cleanup()
             raise ProbeError(self.probe, f"BCC could not compile or load {name}: {e} "
                              "(BCC's diagnostics are on stderr)") from e
         finally:
@@ -254,9 +282,11 @@ class BccObject:
 
     def close(self) -> None:
         """Detach everything and free the module (idempotent)."""
-        for link in self._links:
-            link.destroy()
-        self._links.clear()
-        if getattr(self, "bpf", None) is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        try:
+            for link in self._links:
+                link.destroy()
+        finally:
+            self._links.clear()
+            if getattr(self, "bpf", None) is not None:
+                bpf, self.bpf = self.bpf, None
+                bpf.cleanup()

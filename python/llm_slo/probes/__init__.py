@@ -94,9 +94,13 @@ class ProbeSet:
         return {s: p.counters() for s, p in self.probes.items()}
 
     def close(self) -> None:
-        """Detach and free every probe, then stop run-time accounting (idempotent)."""
-        for probe in self.probes.values():
-            probe.close()
+        """Detach and free every probe, then stop run-time accounting (idempotent); one
+        that fails to close is logged and the others are still closed."""
+        for signal, probe in self.probes.items():
+            try:
+                probe.close()
+            except Exception as e:
+                log.error("probe close failed", signal=signal, error=repr(e))
         self.probes.clear()
         if self._stats_fd is not None:
             os.close(self._stats_fd)

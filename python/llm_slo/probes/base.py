@@ -59,7 +59,7 @@ class AttachPoint(msgspec.Struct, frozen=True):
     """A hook a probe needs, and whether this host has it."""
 
     probe: str
-    kind: str  # tp_btf | cgroup | uprobe | procfs
+    kind: str  # tp_btf | raw_tp | tracepoint (BCC) | cgroup | uprobe | procfs
     target: str
     present: bool
     required: bool
@@ -113,6 +113,7 @@ class BpfProbe(Probe):
     bcc_tracepoints: tuple[str, ...] = ()
     bcc_features: dict[str, str] = {}  # noqa: RUF012 - class-level table
     rings: dict[str, np.dtype[Any]] = {}  # noqa: RUF012 - class-level table
+    bcc_rings: tuple[str, ...] | None = None  # the rings the BCC source has; None: all
 
     def __init__(self, options: ProbeOptions) -> None:
         super().__init__(options)
@@ -177,7 +178,8 @@ class BpfProbe(Probe):
         self.attach(self.obj)
         self.ring_readers = {
             name: RingBuffer(self.obj.maps[name].fd, self.obj.maps[name].max_entries, dtype)
-            for name, dtype in self.rings.items() if name in self.obj.maps
+            for name, dtype in self.rings.items()
+            if flavour != "bcc" or self.bcc_rings is None or name in self.bcc_rings
         }
 
     def _load_core(self, flavour: str) -> BpfObject:

@@ -137,10 +137,12 @@ class ConnectLatency(BpfProbe):
         assert self.obj is not None
         parked = self.obj.maps["unreported"]
         keys, events = parked.read_all(np.dtype((np.void, parked.key_size)), abi.CONNECT_EVENT)
-        old = (now_ns - events["hdr"]["ts_ns"].astype(np.int64)) >= ABORT_GRACE_NS
-        for k in decode.row_bytes(keys[old]):
-            parked.delete(k)
-        return decode.connect_events(events[old], self.stats)
+        old = np.flatnonzero((now_ns - events["hdr"]["ts_ns"].astype(np.int64))
+                             >= ABORT_GRACE_NS)
+        # Only what this delete took: a report may claim an entry between read and delete.
+        taken = [i for i, k in zip(old, decode.row_bytes(keys[old]), strict=True)
+                 if parked.delete(k)]
+        return decode.connect_events(events[taken], self.stats)
 
 
 class TcpRetransmits(BpfProbe):
@@ -239,6 +241,7 @@ class DnsLatency(BpfProbe):
     signal = "dns_latency_ms"
     object_name = "dns_latency"
     rings = {"events": abi.DNS_EVENT, "resolver_events": abi.RESOLVER_EVENT}  # noqa: RUF012
+    bcc_rings = ("resolver_events",)
     cgroup_programs = ("dns_egress", "dns_ingress", "dns_connect4", "dns_connect6",
                        "dns_sendmsg4", "dns_sendmsg6")
 
