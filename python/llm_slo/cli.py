@@ -337,9 +337,9 @@ def _prereq(args: argparse.Namespace) -> int:
 
 
 def _btf(args: argparse.Namespace) -> int:
-    from llm_slo.probes import PROBES, ProbeOptions
+    from llm_slo.probes import PROBES, ProbeOptions, base
 
-    path = args.btf or "/sys/kernel/btf/vmlinux"
+    path = args.btf or base.KERNEL_BTF
     if args.btf and not os.path.exists(path):
         raise LlmSloError(f"no BTF at {path}: pass this kernel's BTF file (e.g. from BTFHub)")
     source = ("file" if args.btf else "kernel") if os.path.exists(path) else "none"

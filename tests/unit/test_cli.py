@@ -54,6 +54,24 @@ def test_btf_missing_file_is_clear(tmp_path) -> None:
     assert main(["btf", "--btf", str(tmp_path / "none.btf")]) == 1
 
 
+def test_btf_without_kernel_btf_lists_the_bcc_fallbacks_hooks(tmp_path, monkeypatch,
+                                                              capsys) -> None:
+    """No kernel BTF and no --btf: not an error but the fallback, with the classic
+    tracepoints its probes need, each marked present or MISSING from tracefs."""
+    from llm_slo.probes import base
+
+    monkeypatch.setattr(base, "KERNEL_BTF", str(tmp_path / "vmlinux"))
+    code = main(["btf"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("BTF: none") and "BCC fallback" in out[0]
+    rows = [line.split() for line in out[1:]]
+    tracepoints = {r[3] for r in rows if r[1] == "tracepoint"}
+    assert {"sched/sched_switch", "sock/inet_sock_set_state", "tcp/tcp_retransmit_skb",
+            "vmscan/mm_vmscan_memcg_reclaim_end"} <= tracepoints
+    assert not [r for r in rows if r[1] in ("tp_btf", "raw_tp", "cgroup")]
+    assert code == int(any(r[2] == "MISSING" for r in rows))
+
+
 def test_agent_port_in_use_is_a_clear_error(tmp_path) -> None:
     """The OTLP port already taken: one line naming the address, exit 2, no traceback."""
     import socket
