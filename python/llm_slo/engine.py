@@ -52,6 +52,8 @@ ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
 _SIGNAL_TS = operator.attrgetter("ts_unix_nano")
 _SAMPLE_TS = operator.itemgetter(0)
+# Streamed when slow: each record's value is how long ago (ms) its operation began.
+_LIFETIME_SIGNALS = frozenset({"connect_latency_ms", "tls_handshake_ms"})
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -300,6 +302,7 @@ class SloEngine:
         """The window's features from its signals and its SLI ``samples``."""
         timelines = [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
         signals = [ev for t in timelines for ev in t.window(start_ns, end_ns)]
+        signals += _loss_before(timelines, signals, start_ns)
         active = self.active_signals or {  # replay: every signal seen (whole retention)
             ev.signal for t in timelines for ev in t.items}
         return features_from(signals, _app_evidence(samples),
@@ -366,6 +369,25 @@ class _Timeline(Generic[T]):
         items, ts_of = self.items, self._ts
         while items and ts_of(items[0]) < horizon_ns:
             items.popleft()
+
+
+def _loss_before(timelines: list[_Timeline[ProbeEvent]], signals: list[ProbeEvent],
+                 start_ns: int) -> list[ProbeEvent]:
+    """Data retransmits in the lifetime of the window's slow connects and handshakes,
+    before the window began.
+
+    A connect or handshake streamed in a window began up to its latency earlier, and the
+    packets it lost then are its cause: without them, loss that has just stopped reads as
+    a slow connect or handshake (its SYN retransmits are counted apart, as connect
+    evidence, so only data retransmits are taken).
+    """
+    longest = max((ev.value for ev in signals if ev.signal in _LIFETIME_SIGNALS
+                   and ev.count is None), default=0.0)
+    if longest <= 0:
+        return []
+    since = start_ns - int(longest * 1e6)
+    return [ev for t in timelines for ev in t.window(since, start_ns - 1)
+            if ev.signal == "tcp_retransmits_total" and ev.detail == "data"]
 
 
 def _app_evidence(window: list[tuple[int, SliSample, str]]) -> AppEvidence:

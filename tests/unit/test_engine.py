@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from llm_slo.baseline import BaselineConfig
 from llm_slo.config import AgentConfig, load_config
-from llm_slo.engine import EngineConfig, SloEngine, _Timeline
+from llm_slo.engine import EngineConfig, SloEngine, _loss_before, _Timeline
 from llm_slo.errors import ConfigError
-from llm_slo.events import LatencyAggregate
+from llm_slo.events import ConnectEvent, ConnTuple, LatencyAggregate, RetransmitAggregate
 from llm_slo.identity import Identity
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.replay import replay
@@ -272,3 +272,31 @@ def test_window_scan_finds_what_a_full_scan_finds(arrivals: list[int], start: in
     assert got == [r for r in timeline.items if start <= r[0] <= start + width]
     assert sorted(got) == sorted((t, i) for i, t in enumerate(arrivals)
                                  if start <= t <= start + width)
+
+
+CONN = ConnTuple("10.0.0.2", 40000, "10.0.0.9", 443, "tcp")
+
+
+def _retransmits(t: int, count: int, syn: bool = False) -> ProbeEvent:
+    return BUILDER.build(RetransmitAggregate(ts_ns=t, cgroup_id=CGROUP, conn=CONN, syn=syn,
+                                             count=count), 0, t)
+
+
+def _slow_connect(t: int, latency_ms: float) -> ProbeEvent:
+    return BUILDER.build(ConnectEvent(ts_ns=t, cgroup_id=CGROUP, pid=PID, latency_ms=latency_ms,
+                                      outcome="established", errno=0, syn_retransmits=1,
+                                      conn=CONN), 0, t)
+
+
+def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window() -> None:
+    """A connect that completes 1.2 s after it began, just after the loss stopped: the
+    data retransmits of its lifetime join the window's evidence (SYN retransmits and
+    older ones do not); without a slow connect or handshake nothing is added."""
+    start = T0 + 10 * NS
+    timeline: _Timeline[ProbeEvent] = _Timeline(lambda ev: ev.ts_unix_nano)
+    lost = [_retransmits(start - NS, 7), _retransmits(start - NS // 2, 3)]
+    for ev in [_retransmits(start - 3 * NS, 9), *lost, _retransmits(start - NS, 2, syn=True)]:
+        timeline.add(ev)
+    window = [_slow_connect(start + NS // 4, 1200.0), _agg("connect_latency_ms", start, 0.2)]
+    assert _loss_before([timeline], window, start) == lost
+    assert _loss_before([timeline], window[1:], start) == []  # aggregates are not lifetimes
