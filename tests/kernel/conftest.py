@@ -36,7 +36,8 @@ def open_probe(request: pytest.FixtureRequest) -> Iterator[Callable[..., Probe]]
         mode = options.get("attach_mode")
         if mode == "bcc":
             assert isinstance(probe, BpfProbe) and isinstance(probe.obj, BccObject)
-        elif mode and isinstance(probe, BpfProbe) and probe.obj is not None:
+        elif mode in ("tp_btf", "raw_tp") and isinstance(probe, BpfProbe) and probe.tracepoints:
+            assert probe.obj is not None
             loaded = {p.section.split("/")[0] for p in probe.obj.programs.values()
                       if p.autoload and p.section.startswith(("tp_btf/", "raw_tp/"))}
             assert loaded == {mode}, f"{cls.__name__} loaded {loaded}, wanted {mode}"
