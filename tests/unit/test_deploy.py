@@ -81,7 +81,7 @@ def test_kustomize_renders_with_the_generated_configmap_mounted() -> None:
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_no_btf_overlay_adds_headers_and_tracefs_read_only() -> None:
     """deploy/overlays/no-btf: the BCC fallback's inputs, mounted read-only, and room to
-    compile (clang and LLVM: about 200 MB RSS, scripts/bcc_footprint.py)."""
+    compile (clang and LLVM: about 180 MB RSS, scripts/bcc_footprint.py)."""
     overlay = BASE.parent / "overlays" / "no-btf"
     out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True,
                          text=True, timeout=60, check=True).stdout
