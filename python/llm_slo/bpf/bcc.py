@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from llm_slo.bpf.libbpf import BPF_DIR, FdMap, prog_run_stats
+from llm_slo.bpf.libbpf import BPF_DIR, FdMap, LinkOwner, prog_run_stats
 from llm_slo.errors import AttachPointMissing, ProbeError
 from llm_slo.mounts import read_mounts
 
@@ -199,7 +199,7 @@ class _BccMaps:
         return self._cache[name]
 
 
-class BccObject:
+class BccObject(LinkOwner):
     """``bpf/bcc/<name>.bcc.c`` compiled and loaded by BCC for one probe.
 
     ``tracepoints`` ("category/event") must exist, else :class:`AttachPointMissing`;
@@ -211,7 +211,7 @@ class BccObject:
                  headers: str | None = None, tracepoints: tuple[str, ...] = (),
                  features: dict[str, str] | None = None) -> None:
         self.probe = probe
-        self._links: list[BccLink] = []
+        super().__init__()
         self.bcc = import_bcc(probe)
         source = BCC_DIR / f"{name}.bcc.c"
         if not source.is_file():
@@ -270,23 +270,11 @@ class BccObject:
         self._links.append(link)
         return link
 
-    @property
-    def links(self) -> list[BccLink]:
-        return list(self._links)
-
-    def detach_since(self, n: int) -> None:
-        """Destroy the links made after the first ``n`` (undo a partial attach)."""
-        for link in self._links[n:]:
-            link.destroy()
-        del self._links[n:]
-
     def close(self) -> None:
         """Detach everything and free the module (idempotent)."""
         try:
-            for link in self._links:
-                link.destroy()
+            self.detach_all()
         finally:
-            self._links.clear()
             if getattr(self, "bpf", None) is not None:
                 bpf, self.bpf = self.bpf, None
                 bpf.cleanup()

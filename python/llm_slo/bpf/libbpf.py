@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -99,6 +99,36 @@ def _fail(probe: str, what: str, err: int, detail: str = "") -> ProbeError:
     if err == errno_mod.ENOENT:
         return AttachPointMissing(probe, reason)
     return ProbeError(probe, reason)
+
+
+class Detachable(Protocol):
+    def destroy(self) -> None: ...
+
+
+class LinkOwner:
+    """The attachments of one loaded object, in the order made (both loaders keep them so:
+    a probe undoes a half-attached library, and closing detaches everything)."""
+
+    def __init__(self) -> None:
+        self._links: list[Detachable] = []
+
+    @property
+    def links(self) -> list[Detachable]:
+        return list(self._links)
+
+    def detach_since(self, n: int) -> None:
+        """Destroy the links made after the first ``n`` (undo a partial attach)."""
+        for link in self._links[n:]:
+            link.destroy()
+        del self._links[n:]
+
+    def detach_all(self) -> None:
+        """Destroy every link; the list is emptied even if one fails."""
+        try:
+            for link in self._links:
+                link.destroy()
+        finally:
+            self._links.clear()
 
 
 class Link:
@@ -322,17 +352,17 @@ class FdMap(MapIO):
         return self._value_size
 
 
-class BpfObject:
+class BpfObject(LinkOwner):
     """A compiled ``.bpf.o`` opened through libbpf, owning its links.
 
     ``probe`` names the signal in every error so an operator knows which probe failed.
     """
 
     def __init__(self, path: str, *, probe: str, btf_custom_path: str | None = None) -> None:
+        super().__init__()
         _install_print()
         self.path = path
         self.probe = probe
-        self._links: list[Link] = []
         self._keepalive: list[Any] = []
         opts = ffi.new("struct bpf_object_open_opts *")
         opts.sz = ffi.sizeof("struct bpf_object_open_opts")
@@ -386,21 +416,9 @@ class BpfObject:
         self._links.append(link)
         return link
 
-    @property
-    def links(self) -> list[Link]:
-        return list(self._links)
-
-    def detach_since(self, n: int) -> None:
-        """Destroy the links made after the first ``n`` (undo a partial attach)."""
-        for link in self._links[n:]:
-            link.destroy()
-        del self._links[n:]
-
     def close(self) -> None:
         """Detach every link, then free the object (idempotent)."""
-        for link in self._links:
-            link.destroy()
-        self._links.clear()
+        self.detach_all()
         if self._obj is not None:
             lib().bpf_object__close(self._obj)
             self._obj = None
