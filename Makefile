@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 
 BPF_SRCS := $(wildcard bpf/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.c=.o)
-BPF_HDRS := bpf/llm_slo.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.h
+BPF_HDRS := bpf/llm_slo.h bpf/record.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.h
 # Reproducible objects: the checkout path is mapped to "." in the BTF line info, no DWARF.
 BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 	-Ivmlinux/$(ARCH) -Ibpf -fno-ident -fdebug-prefix-map=$(CURDIR)=.

@@ -9,6 +9,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 #include "llm_slo.h"
+#include "record.h"
 
 /*
  * Ring-buffer records are only ever used through reserved pointers, so clang would
@@ -36,32 +37,6 @@ static __always_inline void count(__u32 idx)
 		(*v)++;
 }
 
-static __always_inline __u32 log2_slot(__u64 v)
-{
-	__u32 slot = 0;
-
-	/* Branch-free enough and bounded: 6 steps cover 64 bits. */
-	if (v >> 32) { v >>= 32; slot += 32; }
-	if (v >> 16) { v >>= 16; slot += 16; }
-	if (v >> 8) { v >>= 8; slot += 8; }
-	if (v >> 4) { v >>= 4; slot += 4; }
-	if (v >> 2) { v >>= 2; slot += 2; }
-	if (v >> 1) { slot += 1; }
-	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
-}
-
-/* Histograms are shared by CPUs (plain hash), so updates are atomic adds. */
-static __always_inline void hist_add(struct hist *h, __u64 delta_ns)
-{
-	__u32 slot = log2_slot(delta_ns);
-
-	if (slot >= HIST_SLOTS)
-		return;
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, delta_ns);
-}
-
 /* Look up the value for key, inserting a zeroed one first if needed. */
 static __always_inline void *lookup_or_init(void *map, const void *key, const void *zero)
 {
@@ -74,17 +49,6 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 		return NULL;
 	}
 	return bpf_map_lookup_elem(map, key);
-}
-
-static __always_inline void fill_header(struct event_header *hdr, __u16 kind, __u32 size,
-					__u64 ts_ns, __u64 cgroup_id, __u64 pid_tgid)
-{
-	hdr->kind = kind;
-	hdr->version = ABI_VERSION;
-	hdr->size = size;
-	hdr->ts_ns = ts_ns;
-	hdr->cgroup_id = cgroup_id;
-	hdr->pid_tgid = pid_tgid;
 }
 
 /* cgroup v2 id of a task that is not `current` (woken or switched-in task). */

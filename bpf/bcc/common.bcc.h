@@ -18,6 +18,7 @@
 #define __COMMON_BCC_H
 
 #include "llm_slo.h"
+#include "record.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -33,41 +34,6 @@ static __always_inline void count(u32 idx)
 
 	if (v)
 		(*v)++;
-}
-
-static __always_inline u32 log2_slot(u64 v)
-{
-	u32 slot = 0;
-
-	if (v >> 32) { v >>= 32; slot += 32; }
-	if (v >> 16) { v >>= 16; slot += 16; }
-	if (v >> 8) { v >>= 8; slot += 8; }
-	if (v >> 4) { v >>= 4; slot += 4; }
-	if (v >> 2) { v >>= 2; slot += 2; }
-	if (v >> 1) { slot += 1; }
-	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
-}
-
-static __always_inline void hist_add(struct hist *h, u64 delta_ns)
-{
-	u32 slot = log2_slot(delta_ns);
-
-	if (slot >= HIST_SLOTS)
-		return;
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, delta_ns);
-}
-
-static __always_inline void fill_header(struct event_header *hdr, u16 kind, u32 size,
-					u64 ts_ns, u64 cgroup_id, u64 pid_tgid)
-{
-	hdr->kind = kind;
-	hdr->version = ABI_VERSION;
-	hdr->size = size;
-	hdr->ts_ns = ts_ns;
-	hdr->cgroup_id = cgroup_id;
-	hdr->pid_tgid = pid_tgid;
 }
 
 /*
