@@ -144,10 +144,13 @@ _COUNTS: dict[str, tuple[str, ...]] = {
     "cfs_throttled_ms": ("cfs_throttled_ms",),
 }
 
+_SUMS = frozenset(n for names in _COUNTS.values() for n in names)
+
 
 def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None, *,
                   active_signals: Iterable[str] | None = None,
-                  own_cgroup_ids: Iterable[int] | None = None) -> WindowFeatures:
+                  own_cgroup_ids: Iterable[int] | None = None,
+                  sum_scale: float = 1.0) -> WindowFeatures:
     """Features of one workload's window from its ProbeEvents and span evidence.
 
     Aggregates (events whose detail carries ``p99<=``) give means and tails; streamed
@@ -156,6 +159,9 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
     signals present) are 0 when nothing was seen: a quiet probe means "none happened",
     and a baseline that only learnt from windows with retransmits would be biased high.
     ``own_cgroup_ids`` (default: the events' cgroups) are the workload's own cgroups.
+    Sums (the count features: events, stall and wait time) are multiplied by
+    ``sum_scale``: evidence gathered over several windows is compared, per window, with
+    a baseline learnt from single windows.
     """
     events = list(signals)
     own = set(own_cgroup_ids) if own_cgroup_ids is not None else {e.cgroup_id for e in events}
@@ -254,6 +260,9 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
     if app is not None and app.retrieval_count > 0:
         v["retrieval_mean_ms"] = app.retrieval_mean_ms
         v["retrieval_p99_ms"] = app.retrieval_p99_ms
+    if sum_scale != 1.0:
+        for name in _SUMS.intersection(v):
+            v[name] *= sum_scale
     return WindowFeatures(values=v, meta=_meta(v, events))
 
 

@@ -52,7 +52,8 @@ ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
 _SIGNAL_TS = operator.attrgetter("ts_unix_nano")
 _SAMPLE_TS = operator.itemgetter(0)
-# Streamed when slow: each record's value is how long ago (ms) its operation began.
+# Streamed when slow: each record's value is how long ago (ms) its operation began, and
+# what was lost or starved since then is its cause.
 _LIFETIME_SIGNALS = frozenset({"connect_latency_ms", "tls_handshake_ms"})
 
 
@@ -64,6 +65,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     abstain_retry_s: float = 5.0  # ... but after an abstention, try again this soon
     signal_retention_s: float = 120.0  # also the longest span whose start can be joined
     correlation_delay_s: float = 2.0  # wait after a span ends before joining it
+    # Explaining a violation, evidence reaches back to when its bad requests began (and
+    # its slow connects and handshakes), but no further than this.
+    evidence_lookback_s: float = 30.0
     thresholds: SliThresholds = msgspec.field(default_factory=SliThresholds)
     objectives: list[SloObjective] = msgspec.field(default_factory=lambda: [
         SloObjective(name="ttft", sli_name="ttft_ms", target=0.99),
@@ -78,7 +82,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         # Checked at load, not at the first sample hours later (msgspec turns a
         # ValueError here into a validation error naming the config).
         for name in ("window_s", "cooldown_s", "abstain_retry_s", "signal_retention_s",
-                     "correlation_delay_s"):
+                     "correlation_delay_s", "evidence_lookback_s"):
             if getattr(self, name) < 0 or (name == "window_s" and self.window_s == 0):
                 raise ValueError(f"engine.{name} must be positive")
         for rule in self.rules:
@@ -243,7 +247,12 @@ class SloEngine:
             if not due and not (window_done and calm):
                 continue
             samples = work.samples.window(now_ns - window_ns, now_ns)
-            features = self._features(work, samples, now_ns - window_ns, now_ns)
+            start_ns = now_ns - window_ns
+            if due:
+                start_ns = self._evidence_start(work, samples, {sli for sli, _ in due},
+                                                start_ns, now_ns)
+                samples = work.samples.window(start_ns, now_ns)
+            features = self._features(work, samples, start_ns, now_ns)
             # The SLI's events are counted over two windows, the engine's notion of calm
             # (see ``calm``): one quiet window in a lossy fault is not its end.
             lookback = work.samples.window(now_ns - 2 * window_ns, now_ns) if due else []
@@ -297,16 +306,39 @@ class SloEngine:
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)
 
+    def _timelines(self, work: _Workload) -> list[_Timeline[ProbeEvent]]:
+        return [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
+
+    def _evidence_start(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
+                        slis: set[str], start_ns: int, now_ns: int) -> int:
+        """Where the evidence of a violation begins: the window's start, or earlier when
+        the window's bad requests of ``slis``, or its streamed slow connects and
+        handshakes, began before it (bounded by ``evidence_lookback_s``).
+
+        A request that breaches just after a fault ended began during it: the window
+        alone shows the recovery (a slow handshake completing, the process catching up)
+        and names that; the request's lifetime holds the cause.
+        """
+        began = [s.start_unix_nano for _, s, status in samples
+                 if s.sli_name in slis and is_bad(s, status)]
+        began += [ev.ts_unix_nano - int(ev.value * 1e6)
+                  for t in self._timelines(work) for ev in t.window(start_ns, now_ns)
+                  if ev.signal in _LIFETIME_SIGNALS and ev.count is None]
+        floor = now_ns - int(self.config.evidence_lookback_s * NS)
+        return max(floor, min(start_ns, *began)) if began else start_ns
+
     def _features(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
                   start_ns: int, end_ns: int) -> WindowFeatures:
-        """The window's features from its signals and its SLI ``samples``."""
-        timelines = [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
+        """Features of ``[start_ns, end_ns]`` from its signals and SLI ``samples``; sums
+        scaled to one window's worth when it is longer than a window."""
+        timelines = self._timelines(work)
         signals = [ev for t in timelines for ev in t.window(start_ns, end_ns)]
-        signals += _loss_before(timelines, signals, start_ns)
         active = self.active_signals or {  # replay: every signal seen (whole retention)
             ev.signal for t in timelines for ev in t.items}
+        window_ns = self.config.window_s * NS
         return features_from(signals, _app_evidence(samples),
-                             active_signals=active, own_cgroup_ids=work.cgroups)
+                             active_signals=active, own_cgroup_ids=work.cgroups,
+                             sum_scale=min(1.0, window_ns / max(end_ns - start_ns, 1)))
 
     def _expire(self, now_ns: int) -> None:
         horizon = now_ns - int(self.config.signal_retention_s * NS)
@@ -369,25 +401,6 @@ class _Timeline(Generic[T]):
         items, ts_of = self.items, self._ts
         while items and ts_of(items[0]) < horizon_ns:
             items.popleft()
-
-
-def _loss_before(timelines: list[_Timeline[ProbeEvent]], signals: list[ProbeEvent],
-                 start_ns: int) -> list[ProbeEvent]:
-    """Data retransmits in the lifetime of the window's slow connects and handshakes,
-    before the window began.
-
-    A connect or handshake streamed in a window began up to its latency earlier, and the
-    packets it lost then are its cause: without them, loss that has just stopped reads as
-    a slow connect or handshake (its SYN retransmits are counted apart, as connect
-    evidence, so only data retransmits are taken).
-    """
-    longest = max((ev.value for ev in signals if ev.signal in _LIFETIME_SIGNALS
-                   and ev.count is None), default=0.0)
-    if longest <= 0:
-        return []
-    since = start_ns - int(longest * 1e6)
-    return [ev for t in timelines for ev in t.window(since, start_ns - 1)
-            if ev.signal == "tcp_retransmits_total" and ev.detail == "data"]
 
 
 def _app_evidence(window: list[tuple[int, SliSample, str]]) -> AppEvidence:

@@ -34,7 +34,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class SliSample(msgspec.Struct, frozen=True, kw_only=True):
     """One SLI measurement of one request, with the identity the correlator joins on.
 
-    ``ts_unix_nano`` is the span's end. ``pod``, ``node`` and ``pid`` are "" / 0 when the
+    ``ts_unix_nano`` is the span's end, ``start_unix_nano`` its start (when the request
+    began, for a request or first-token span). ``pod``, ``node`` and ``pid`` are "" / 0 when the
     span's attributes and resource do not carry them. ``detail`` qualifies the value:
     "429" or "5xx" for provider errors, the ``error.type`` for request errors, else "".
     """
@@ -50,6 +51,7 @@ class SliSample(msgspec.Struct, frozen=True, kw_only=True):
     value: float
     unit: str
     ts_unix_nano: int
+    start_unix_nano: int
     detail: str = ""
     pod: str = ""
     node: str = ""
@@ -217,6 +219,7 @@ def _sample(span: Span, name: SliName, value: float, detail: str) -> SliSample:
         value=float(value),
         unit=SLI_UNITS[name],
         ts_unix_nano=span.end_unix_nano,
+        start_unix_nano=span.start_unix_nano,
         detail=detail,
         pod=_text(span.attr("k8s.pod.name")),
         node=_text(span.attr("k8s.node.name")),

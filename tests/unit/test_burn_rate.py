@@ -164,7 +164,7 @@ class TestConfig:
 def sample(sli: str, value: float, service: str = "chat-api", ts: int = T0) -> SliSample:
     return SliSample(service=service, namespace="", workload="", cluster="", request_id="r",
                      trace_id="", span_id="s", sli_name=sli, value=value, unit="",
-                     ts_unix_nano=ts)
+                     ts_unix_nano=ts, start_unix_nano=ts)
 
 
 class TestGoodPredicate:

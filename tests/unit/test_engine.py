@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from llm_slo.baseline import BaselineConfig
 from llm_slo.config import AgentConfig, load_config
-from llm_slo.engine import EngineConfig, SloEngine, _loss_before, _Timeline
+from llm_slo.engine import EngineConfig, SloEngine, _Timeline
 from llm_slo.errors import ConfigError
 from llm_slo.events import ConnectEvent, ConnTuple, LatencyAggregate, RetransmitAggregate
 from llm_slo.identity import Identity
@@ -277,8 +277,41 @@ def test_window_scan_finds_what_a_full_scan_finds(arrivals: list[int], start: in
 CONN = ConnTuple("10.0.0.2", 40000, "10.0.0.9", 443, "tcp")
 
 
-def _retransmits(t: int, count: int, syn: bool = False) -> ProbeEvent:
-    return BUILDER.build(RetransmitAggregate(ts_ns=t, cgroup_id=CGROUP, conn=CONN, syn=syn,
+def _calm_then(engine: SloEngine, seconds: int, extra: dict[int, list[ProbeEvent]],
+               dns_ms: dict[int, float]) -> None:
+    """Calm requests and kernel signals for ``seconds``, ticking each second; in second
+    s the DNS mean is ``dns_ms.get(s, 0.4)`` and ``extra[s]`` joins the signals."""
+    for sec in range(seconds):
+        for k in range(4):
+            t = T0 + sec * NS + k * NS // 4
+            engine.add_signals(_kernel(t, dns_ms.get(sec, 0.4)) + (extra.get(sec, [])
+                                                                   if k == 0 else []))
+            engine.add_spans([*_children(sec * 4 + k, t), _span(sec * 4 + k, t, 40.0)])
+        engine.tick(T0 + (sec + 1) * NS)
+
+
+@pytest.mark.parametrize("lookback_s", [30.0, 0.0])
+def test_a_request_breaching_after_the_fault_is_explained_by_its_lifetime(
+        lookback_s: float) -> None:
+    """DNS was slow in second 8 and calm again in 9; a request that began in 8 breaches
+    TTFT at 9.5. Its window [9, 10] shows no fault, its lifetime does: the engine takes
+    the evidence from when the request began (``evidence_lookback_s`` bounds how far)."""
+    engine = SloEngine(msgspec.structs.replace(CONFIG, evidence_lookback_s=lookback_s),
+                       cgroup_of_pid={PID: CGROUP})
+    _calm_then(engine, 9, {}, {8: 1200.0})
+    late = _span(900, T0 + 9 * NS + NS // 2, 1250.0)
+    assert late.start_unix_nano < T0 + 9 * NS - NS // 2
+    engine.add_spans([late])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
+    if lookback_s:
+        assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
+        assert any(ev.signal.startswith("dns_") for ev in att.evidence)
+    else:
+        assert att.abstain and (att.abstain_reason or "").startswith("no_deviation"), att
+
+
+def _retransmits(t: int, count: int) -> ProbeEvent:
+    return BUILDER.build(RetransmitAggregate(ts_ns=t, cgroup_id=CGROUP, conn=CONN, syn=False,
                                              count=count), 0, t)
 
 
@@ -289,14 +322,18 @@ def _slow_connect(t: int, latency_ms: float) -> ProbeEvent:
 
 
 def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window() -> None:
-    """A connect that completes 1.2 s after it began, just after the loss stopped: the
-    data retransmits of its lifetime join the window's evidence (SYN retransmits and
-    older ones do not); without a slow connect or handshake nothing is added."""
-    start = T0 + 10 * NS
-    timeline: _Timeline[ProbeEvent] = _Timeline(lambda ev: ev.ts_unix_nano)
-    lost = [_retransmits(start - NS, 7), _retransmits(start - NS // 2, 3)]
-    for ev in [_retransmits(start - 3 * NS, 9), *lost, _retransmits(start - NS, 2, syn=True)]:
-        timeline.add(ev)
-    window = [_slow_connect(start + NS // 4, 1200.0), _agg("connect_latency_ms", start, 0.2)]
-    assert _loss_before([timeline], window, start) == lost
-    assert _loss_before([timeline], window[1:], start) == []  # aggregates are not lifetimes
+    """Loss stopped at 8.5 s; a connect that began during it completes at 9.25 s, in a
+    window with no retransmit left. The packets lost since it began are its window's
+    evidence, so network_egress ranks first, not a slow connect. Counted per window:
+    evidence from 1.95 s is compared with a baseline of 1 s windows."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    engine.set_active_signals(["dns_latency_ms", "tcp_retransmits_total",
+                               "runqueue_delay_ms", "connect_latency_ms", "tls_handshake_ms"])
+    lost = {8: [_retransmits(T0 + 8 * NS + NS // 4, 12)]}
+    _calm_then(engine, 9, lost, {})
+    engine.add_signals([_slow_connect(T0 + 9 * NS + NS // 4, 1200.0)])
+    engine.add_spans([_span(901, T0 + 9 * NS + NS // 2, 1250.0)])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
+    assert att.fault_hypotheses[0].domain == "network_egress", att
+    retx = next(ev for ev in att.evidence if ev.signal == "tcp_retransmits")
+    assert retx.value == pytest.approx(12 / 1.95)  # [8.05, 10] s, per 1 s window
