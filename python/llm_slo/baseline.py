@@ -9,14 +9,13 @@ No fixed thresholds: 40 ms of DNS is calm for one workload and an outage for ano
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Iterable
 
 import msgspec
 
 from llm_slo.incident import CorrelationTier, EvidenceSource
-from llm_slo.probe_event import ProbeEvent
+from llm_slo.probe_event import ProbeEvent, detail_values
 
 
 class FeatureSpec(msgspec.Struct, frozen=True):
@@ -106,14 +105,6 @@ class AppEvidence(msgspec.Struct, kw_only=True, frozen=True):
     retrieval_p99_ms: float = 0.0
 
 
-_KV = re.compile(r"(\w+)(<=|=)([-\d.]+)")
-
-
-def _detail(detail: str | None) -> dict[str, float]:
-    """``key=value`` and ``key<=valuems`` tokens of a ProbeEvent detail as numbers."""
-    return {k: float(v) for k, _, v in _KV.findall(detail or "")}
-
-
 def _series(detail: str | None) -> str:
     """The sub-series word leading a detail (``wire``, ``resolver``, ``direct``), or ""."""
     first = (detail or "").split(" ", 1)[0]
@@ -175,7 +166,7 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
         counts[name] = counts.get(name, 0.0) + by
 
     for e in events:
-        kv = _detail(e.detail)
+        kv = detail_values(e.detail)
         series = f"{e.signal}/{_series(e.detail)}"
         if "p99" in kv and e.count is not None:  # an in-kernel histogram interval
             agg.setdefault(series, _Acc()).add(e.value, e.count, kv["p99"],

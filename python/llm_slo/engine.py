@@ -39,7 +39,7 @@ from llm_slo.burn_rate import (
 )
 from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
-from llm_slo.probe_event import ProbeEvent
+from llm_slo.probe_event import ProbeEvent, detail_values
 from llm_slo.sli import SliSample, SliThresholds, evaluate, slis_from_span, to_slo_event
 from llm_slo.slo_event import SloEvent
 from llm_slo.spans import Span
@@ -317,13 +317,14 @@ class SloEngine:
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
-        and names that; the request's lifetime holds the cause.
+        and names that; the request's lifetime holds the cause. A burn-rate alert may have
+        no bad request in the window, but its slow connects still say when they began.
         """
         began = [s.start_unix_nano for _, s, status in samples
                  if s.sli_name in slis and is_bad(s, status)]
-        began += [ev.ts_unix_nano - int(ev.value * 1e6)
+        began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)
                   for t in self._timelines(work) for ev in t.window(start_ns, now_ns)
-                  if ev.signal in _LIFETIME_SIGNALS and ev.count is None]
+                  if ev.signal in _LIFETIME_SIGNALS]
         floor = now_ns - int(self.config.evidence_lookback_s * NS)
         return max(floor, min(start_ns, *began)) if began else start_ns
 
@@ -401,6 +402,12 @@ class _Timeline(Generic[T]):
         items, ts_of = self.items, self._ts
         while items and ts_of(items[0]) < horizon_ns:
             items.popleft()
+
+
+def _latency_ms(ev: ProbeEvent) -> float:
+    """A connect's or handshake's latency; of an aggregate, the upper bound of its
+    slowest bucket (within a factor of two of the slowest operation that ended in it)."""
+    return ev.value if ev.count is None else detail_values(ev.detail).get("max", ev.value)
 
 
 def _app_evidence(window: list[tuple[int, SliSample, str]]) -> AppEvidence:

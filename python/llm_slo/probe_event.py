@@ -8,6 +8,7 @@ signals and a few descriptive fields. The JSON Schema in
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -88,6 +89,15 @@ class ProbeEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
 
 
 _NO_POD = PodName("", "", "")
+
+
+_DETAIL_KV = re.compile(r"(\w+)(<=|=)([-\d.]+)")
+
+
+def detail_values(detail: str | None) -> dict[str, float]:
+    """The numbers of a detail: ``key=value`` and ``key<=valuems`` tokens (an aggregate's
+    ``p99<=`` and ``max<=`` bucket bounds, ``failures=``, ``prev_cgroup_id=``...)."""
+    return {k: float(v) for k, _, v in _DETAIL_KV.findall(detail or "")}
 
 
 def status_of(signal: str, value: float, failed: bool = False) -> Status:

@@ -321,17 +321,21 @@ def _slow_connect(t: int, latency_ms: float) -> ProbeEvent:
                                       conn=CONN), 0, t)
 
 
-def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window() -> None:
-    """Loss stopped at 8.5 s; a connect that began during it completes at 9.25 s, in a
+@pytest.mark.parametrize("streamed", [True, False])
+def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window(streamed: bool) -> None:
+    """Loss stopped at 8.1 s; a connect that began during it completes at 9.25 s, in a
     window with no retransmit left. The packets lost since it began are its window's
     evidence, so network_egress ranks first, not a slow connect. Counted per window:
-    evidence from 1.95 s is compared with a baseline of 1 s windows."""
+    evidence from 1.95 s is compared with a baseline of 1 s windows. An aggregate gives
+    its slowest bucket's bound as the lifetime (here 1.2 s, as the streamed connect)."""
     engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
     engine.set_active_signals(["dns_latency_ms", "tcp_retransmits_total",
                                "runqueue_delay_ms", "connect_latency_ms", "tls_handshake_ms"])
-    lost = {8: [_retransmits(T0 + 8 * NS + NS // 4, 12)]}
+    lost = {8: [_retransmits(T0 + 8 * NS + NS // 10, 12)]}  # before the request began
     _calm_then(engine, 9, lost, {})
-    engine.add_signals([_slow_connect(T0 + 9 * NS + NS // 4, 1200.0)])
+    t = T0 + 9 * NS + NS // 4
+    engine.add_signals([_slow_connect(t, 1200.0) if streamed
+                        else _agg("connect_latency_ms", t, 800.0)])
     engine.add_spans([_span(901, T0 + 9 * NS + NS // 2, 1250.0)])
     (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
     assert att.fault_hypotheses[0].domain == "network_egress", att
