@@ -143,8 +143,11 @@ def _soft(z: float, cfg: AttributionConfig) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
 
 
-def _posterior(groups: dict[str, float], cfg: AttributionConfig) -> dict[str, float]:
-    """Posterior share per domain and ``unknown`` from soft group evidence (sums to 1)."""
+def _posterior(groups: dict[str, float], cfg: AttributionConfig
+               ) -> tuple[dict[str, float], dict[str, float], tuple[str, ...]]:
+    """From soft group evidence: the posterior share per domain and ``unknown`` (sums to
+    1), each domain's marginal (the mass of every set containing it: P(it is at fault)),
+    and the most probable set."""
     sets: list[tuple[str, ...]] = [(), *((d,) for d in DOMAINS)]
     for k in range(2, cfg.max_concurrent + 1):
         sets.extend(itertools.combinations(DOMAINS, k))
@@ -168,12 +171,15 @@ def _posterior(groups: dict[str, float], cfg: AttributionConfig) -> dict[str, fl
     weights = [math.exp(lp - top) if lp > -math.inf else 0.0 for lp in logs]
     total = sum(weights)
     share = dict.fromkeys((*DOMAINS, UNKNOWN), 0.0)
+    marginal = dict.fromkeys(DOMAINS, 0.0)
     for s, w in zip(sets, weights, strict=True):
         if not s:
             share[UNKNOWN] += w / total
         for d in s:
             share[d] += w / total / len(s)
-    return share
+            marginal[d] += w / total
+    best = max(range(len(sets)), key=lambda i: (weights[i], -i))
+    return share, marginal, sets[best]
 
 
 def _sub_cause(domain: str, zs: dict[str, float], groups: dict[str, float],
@@ -210,7 +216,9 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     Abstains (``unknown``, ``abstain=True``, a reason) when the SLI had only good events
     in the window (a burn-rate alert on earlier bad ones: the window shows the recovery),
     when no feature has a baseline yet, when no feature deviates by ``min_deviation``, or
-    when the top hypothesis is unknown or below ``min_confidence``. Every hypothesis at or
+    when the top hypothesis is unknown or below ``min_confidence`` (unless the most
+    probable explanation is overlapping faults that include it, and its marginal
+    probability of being at fault reaches ``min_confidence``). Every hypothesis at or
     above ``report_threshold`` is listed.
     """
     cfg = config or AttributionConfig()
@@ -224,9 +232,14 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
             continue  # uncatalogued or still warming up: no evidence either way
         zs[name] = z
         groups[group] = max(groups.get(group, 0.0), _soft(z, cfg))
-    share = _posterior(groups, cfg)
+    share, marginal, best_set = _posterior(groups, cfg)
     ranked = sorted(share.items(), key=lambda kv: (-kv[1], kv[0]))
     top, top_p = ranked[0]
+    # Two faults at once split their mass, so neither share may reach min_confidence.
+    # When the most probable explanation is such a set, the top domain's probability of
+    # being at fault (every set containing it) is what must reach it.
+    overlap = (len(best_set) > 1 and top in best_set
+               and marginal[top] >= cfg.min_confidence)
     max_z = max(zs.values(), default=None)
     reason = None
     if violation.bad_in_window == 0 and violation.good_in_window > 0:
@@ -238,7 +251,7 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     elif max_z < cfg.min_deviation:
         reason = (f"no_deviation: largest deviation {max_z:.2f} is below "
                   f"min_deviation {cfg.min_deviation:g}")
-    elif top == UNKNOWN or top_p < cfg.min_confidence:
+    elif top == UNKNOWN or (top_p < cfg.min_confidence and not overlap):
         reason = (f"low_confidence: top hypothesis {top} at {top_p:.2f} "
                   f"(min_confidence {cfg.min_confidence:g})")
     evidence = _evidence(key, features, zs, baseline, cfg)

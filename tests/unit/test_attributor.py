@@ -181,16 +181,32 @@ def test_low_confidence_abstains() -> None:
     assert posteriors(att)["provider_throttle"] > 0.5  # still reported as a hypothesis
 
 
-@pytest.mark.parametrize(("a", "b"), [(0, 8), (0, 9), (4, 8), (7, 9)])
+@pytest.mark.parametrize(("a", "b"), [(0, 8), (0, 9), (4, 8), (7, 9), (2, 8), (3, 8)])
 def test_two_faults_both_reported(a: int, b: int) -> None:
-    """Overlapping faults: both hypotheses are listed above the report threshold."""
+    """Overlapping faults: both hypotheses are listed above the report threshold, and
+    the pair is a confident answer though neither share may reach min_confidence."""
     (da, _, oa), (db, _, ob) = SINGLE[a], SINGLE[b]
     att = attribute({**oa, **ob})
     post = posteriors(att)
     threshold = AttributionConfig().report_threshold
     assert post[da] >= threshold and post[db] >= threshold
     assert sum(post.values()) <= 1 + 1e-9
-    assert att.predicted_fault_domain in (da, db, "unknown")
+    assert not att.abstain and att.predicted_fault_domain in (da, db), att
+
+
+def test_overlapping_faults_split_their_mass_without_abstaining() -> None:
+    """Loss (retransmits, late connects and handshakes) with provider 429s, as in the
+    lab's mixed_multi: the pair is the most probable explanation, its mass is split, so
+    no share reaches min_confidence; the loss's probability of being at fault does.
+    Without the rule (a share must reach 0.5) this was an abstention."""
+    over = {"tcp_retransmits": 40, "provider_429_share": 0.3, "connect_max_ms": 1000,
+            "tls_handshake_max_ms": 500}
+    att = attribute(over)
+    post = posteriors(att)
+    assert not att.abstain and att.predicted_fault_domain == "network_egress", att
+    assert post["network_egress"] < 0.5 and post["provider_throttle"] > 0.15
+    strict = attribute(over, config=AttributionConfig(min_confidence=0.75))
+    assert strict.abstain and (strict.abstain_reason or "").startswith("low_confidence")
 
 
 def test_a_reclaim_stall_explains_slow_retrieval_spans() -> None:
