@@ -83,7 +83,9 @@ class AttributionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     z_elevated: float = 3.0  # deviation at which a feature is 50 % "elevated"
     z_slope: float = 2.0  # steepness of that soft step (per unit of z)
     min_deviation: float = 3.0  # abstain unless some feature deviates at least this much
-    min_confidence: float = 0.5  # abstain unless the top hypothesis has this posterior
+    # abstain unless the top hypothesis has this posterior (or, when the most probable
+    # explanation is overlapping faults including it, this probability of being at fault)
+    min_confidence: float = 0.5
     report_threshold: float = 0.15  # list every hypothesis at or above this posterior
     prior_unknown: float = 0.15  # prior that no modelled domain caused the violation
     prior_overlap: float = 0.2  # prior that two or more domains are at fault together
@@ -238,7 +240,7 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     # Two faults at once split their mass, so neither share may reach min_confidence.
     # When the most probable explanation is such a set, the top domain's probability of
     # being at fault (every set containing it) is what must reach it.
-    overlap = (len(best_set) > 1 and top in best_set
+    overlap = (len(best_set) > 1 and top in best_set and top_p >= cfg.report_threshold
                and marginal[top] >= cfg.min_confidence)
     max_z = max(zs.values(), default=None)
     reason = None

@@ -52,8 +52,8 @@ ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
 _SIGNAL_TS = operator.attrgetter("ts_unix_nano")
 _SAMPLE_TS = operator.itemgetter(0)
-# Streamed when slow: each record's value is how long ago (ms) its operation began, and
-# what was lost or starved since then is its cause.
+# A streamed record's value, an aggregate's slowest bucket, says how long ago (ms) its
+# operation began; what was lost or starved since then is its cause.
 _LIFETIME_SIGNALS = frozenset({"connect_latency_ms", "tls_handshake_ms"})
 
 
@@ -85,6 +85,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                      "correlation_delay_s", "evidence_lookback_s"):
             if getattr(self, name) < 0 or (name == "window_s" and self.window_s == 0):
                 raise ValueError(f"engine.{name} must be positive")
+        if self.evidence_lookback_s > self.signal_retention_s:
+            # Older signals are gone: sums over such an interval would read too low.
+            raise ValueError("engine.evidence_lookback_s must not exceed "
+                             "engine.signal_retention_s")
         for rule in self.rules:
             if rule.long_window_s % BURN_BUCKET_S or rule.short_window_s % BURN_BUCKET_S:
                 raise ValueError(f"engine.rules: windows must be multiples of "
@@ -312,8 +316,9 @@ class SloEngine:
     def _evidence_start(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
                         slis: set[str], start_ns: int, now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
-        the window's bad requests of ``slis``, or its streamed slow connects and
-        handshakes, began before it (bounded by ``evidence_lookback_s``).
+        the window's bad requests of ``slis``, or the connects and handshakes it saw end
+        (streamed or aggregated), began before it; never before ``evidence_lookback_s``
+        ago, unless the window itself reaches further.
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
@@ -325,7 +330,7 @@ class SloEngine:
         began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)
                   for t in self._timelines(work) for ev in t.window(start_ns, now_ns)
                   if ev.signal in _LIFETIME_SIGNALS]
-        floor = now_ns - int(self.config.evidence_lookback_s * NS)
+        floor = min(start_ns, now_ns - int(self.config.evidence_lookback_s * NS))
         return max(floor, min(start_ns, *began)) if began else start_ns
 
     def _features(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
@@ -336,7 +341,7 @@ class SloEngine:
         signals = [ev for t in timelines for ev in t.window(start_ns, end_ns)]
         active = self.active_signals or {  # replay: every signal seen (whole retention)
             ev.signal for t in timelines for ev in t.items}
-        window_ns = self.config.window_s * NS
+        window_ns = int(self.config.window_s * NS)
         return features_from(signals, _app_evidence(samples),
                              active_signals=active, own_cgroup_ids=work.cgroups,
                              sum_scale=min(1.0, window_ns / max(end_ns - start_ns, 1)))

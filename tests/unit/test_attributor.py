@@ -35,6 +35,7 @@ from llm_slo.baseline import (
 from llm_slo.cfs_throttle import CfsThrottleSample
 from llm_slo.cpu_steal import CpuStealSample
 from llm_slo.events import (
+    SIGNALS,
     ConnectEvent,
     ConnTuple,
     DnsEvent,
@@ -354,6 +355,26 @@ def test_features_from_streams_without_aggregates() -> None:
     assert v["connect_failures"] == 0
     assert v["mem_reclaim_ms"] == 12 and v["mem_reclaim_max_ms"] == 7
     assert v["runq_p99_ms"] == 12 and v["runq_slow_count"] == 1
+
+
+def test_features_from_scales_sums_only() -> None:
+    """Evidence over several windows: counts and summed stall/wait time are scaled to one
+    window (``sum_scale``); means, tails and shares are what they are."""
+    evs = [pe(RetransmitAggregate(ts_ns=1, cgroup_id=OWN, conn=CONN, syn=False, count=6)),
+           pe(LatencyAggregate(signal="connect_latency_ms", ts_ns=1, cgroup_id=OWN, count=4,
+                               mean_ms=2.0, p99_ms=4.0, max_ms=1024.0, failures=2)),
+           pe(LatencyAggregate(signal="mem_reclaim_latency_ms", ts_ns=1, cgroup_id=OWN,
+                               count=4, mean_ms=2.5, p99_ms=4.0, max_ms=8.0, detail="memcg")),
+           slow_wait(NEIGHBOUR, 12.0), cfs(120.0, 0.4)]
+    whole = features_from(evs, active_signals=SIGNALS).values
+    third = features_from(evs, active_signals=SIGNALS, sum_scale=1 / 3).values
+    assert whole.keys() == third.keys()
+    summed = {"tcp_retransmits", "tcp_syn_retransmits", "connect_failures",
+              "connect_timeouts", "dns_timeouts", "dns_failures", "tls_failures",
+              "runq_slow_count", "runq_other_delay_ms", "mem_reclaim_ms", "cfs_throttled_ms"}
+    for name, value in whole.items():
+        assert third[name] == pytest.approx(value / 3 if name in summed else value), name
+    assert whole["tcp_retransmits"] == 6 and whole["mem_reclaim_ms"] == 10
 
 
 def test_features_from_reclaim_cfs_and_steal() -> None:

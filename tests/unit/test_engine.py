@@ -204,6 +204,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         load_config(str(typo))
     with pytest.raises(ConfigError, match="No such file"):
         load_config(str(tmp_path / "missing.yaml"))
+    long = tmp_path / "long.yaml"
+    long.write_text("engine:\n  evidence_lookback_s: 600\n")
+    with pytest.raises(ConfigError, match="evidence_lookback_s must not exceed"):
+        load_config(str(long))
     assert load_config(None) == AgentConfig()
 
 
@@ -290,12 +294,13 @@ def _calm_then(engine: SloEngine, seconds: int, extra: dict[int, list[ProbeEvent
         engine.tick(T0 + (sec + 1) * NS)
 
 
-@pytest.mark.parametrize("lookback_s", [30.0, 0.0])
+@pytest.mark.parametrize("lookback_s", [30.0, 1.2])
 def test_a_request_breaching_after_the_fault_is_explained_by_its_lifetime(
         lookback_s: float) -> None:
-    """DNS was slow in second 8 and calm again in 9; a request that began in 8 breaches
-    TTFT at 9.5. Its window [9, 10] shows no fault, its lifetime does: the engine takes
-    the evidence from when the request began (``evidence_lookback_s`` bounds how far)."""
+    """DNS was slow in second 8 and calm again in 9; a request that began at 8.24
+    breaches TTFT at 9.5. Its window [9, 10] shows no fault, its lifetime does: the
+    engine takes the evidence from when the request began, but not from before
+    ``evidence_lookback_s`` (1.2 s: from 8.8, after the slow lookups)."""
     engine = SloEngine(msgspec.structs.replace(CONFIG, evidence_lookback_s=lookback_s),
                        cgroup_of_pid={PID: CGROUP})
     _calm_then(engine, 9, {}, {8: 1200.0})
@@ -303,11 +308,22 @@ def test_a_request_breaching_after_the_fault_is_explained_by_its_lifetime(
     assert late.start_unix_nano < T0 + 9 * NS - NS // 2
     engine.add_spans([late])
     (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
-    if lookback_s:
+    if lookback_s > 2:
         assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
         assert any(ev.signal.startswith("dns_") for ev in att.evidence)
     else:
         assert att.abstain and (att.abstain_reason or "").startswith("no_deviation"), att
+
+
+def test_a_short_lookback_never_shrinks_the_window() -> None:
+    """``evidence_lookback_s`` below the window (0 here) keeps the window: DNS slow in
+    second 9 explains the request that began at 8.24 and breached at 9.5."""
+    engine = SloEngine(msgspec.structs.replace(CONFIG, evidence_lookback_s=0.0),
+                       cgroup_of_pid={PID: CGROUP})
+    _calm_then(engine, 10, {}, {9: 1200.0})
+    engine.add_spans([_span(900, T0 + 9 * NS + NS // 2, 1250.0)])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS + 1) if a.slo_impact.sli == "ttft_ms"]
+    assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
 
 
 def _retransmits(t: int, count: int) -> ProbeEvent:

@@ -250,8 +250,7 @@ class TestIdentity:
 def sample(name: str, value: float, service: str = "chat-api") -> SliSample:
     return SliSample(service=service, namespace="llm", workload="w", cluster="c",
                      request_id="r", trace_id=TRACE, span_id=SPAN, sli_name=name, value=value,
-                     unit="ms", ts_unix_nano=T0,
-                     start_unix_nano=T0)
+                     unit="ms", ts_unix_nano=T0, start_unix_nano=T0)
 
 
 class TestThresholds:
