@@ -18,6 +18,7 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,18 +47,18 @@ log = structlog.get_logger("agent")
 
 EARLY_POLL_GAP_S = 0.05  # the least time between polls when breaches wake the agent
 OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
-                "attribution": "attributions.jsonl"}
+                "attribution": "attributions.jsonl", "span": "spans.jsonl"}
 
 
 class JsonlOutputs:
     """One JSONL file per record kind in ``directory``, flushed after each batch."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, kinds: Iterable[str]) -> None:
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
             self._files: dict[str, IO[bytes]] = {
-                kind: open(Path(directory) / name, "ab")  # noqa: SIM115 - closed in close()
-                for kind, name in OUTPUT_FILES.items()
+                kind: open(Path(directory) / OUTPUT_FILES[kind], "ab")  # noqa: SIM115
+                for kind in kinds  # closed in close()
             }
         except OSError as e:
             raise ConfigError(f"output directory {directory}: {e.strerror or e}") from e
@@ -98,7 +99,8 @@ class Agent:
         host, port = parse_listen(config.intake.listen)
         self.receiver = OtlpReceiver(self._on_spans, host, port, config.intake.max_body_bytes)
         out = config.outputs
-        self.jsonl = JsonlOutputs(out.jsonl_dir) if out.jsonl_dir else None
+        kinds = ["probe", "slo", "attribution"] + (["span"] if out.spans else [])
+        self.jsonl = JsonlOutputs(out.jsonl_dir, kinds) if out.jsonl_dir else None
         self.exporter = (OtlpLogExporter(out.otlp_endpoint, node=self.node)
                          if out.otlp_endpoint else None)
         self._stop = asyncio.Event()
@@ -147,6 +149,8 @@ class Agent:
 
     def _on_spans(self, spans: list[Span]) -> None:
         spans = self.span_processes.host_spans(spans)  # before anything joins on pids
+        if self.jsonl and self.config.outputs.spans:
+            self.jsonl.write("span", spans)
         events = self.engine.add_spans(spans)
         now = time.time_ns()
         self._emit("slo", events, [(now, e.status) for e in events])

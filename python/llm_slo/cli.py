@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--output", choices=("jsonl", "none"),
                        help="jsonl: write probe-events, slo-events and attributions .jsonl")
     agent.add_argument("--output-dir", metavar="DIR", help="directory for --output jsonl")
+    agent.add_argument("--record-spans", action="store_true",
+                       help="also write every received span to spans.jsonl in the output "
+                       "directory, for `sloctl replay --spans`")
     agent.add_argument("--otlp-endpoint", metavar="URL",
                        help="OTLP/HTTP logs endpoint, e.g. http://collector:4318/v1/logs")
     agent.add_argument("--listen", metavar="HOST:PORT",
@@ -294,9 +297,12 @@ def _agent(args: argparse.Namespace) -> int:
     outputs = cfg.outputs
     if args.output == "jsonl" and not (args.output_dir or outputs.jsonl_dir):
         raise ConfigError("--output jsonl needs --output-dir (or outputs.jsonl_dir)")
-    if args.output_dir or args.output == "none":
-        outputs = msgspec.structs.replace(
-            outputs, jsonl_dir=None if args.output == "none" else args.output_dir)
+    jsonl_dir = None if args.output == "none" else args.output_dir or outputs.jsonl_dir
+    spans = args.record_spans or outputs.spans
+    if spans and not jsonl_dir:
+        raise ConfigError("recording spans (--record-spans or outputs.spans) needs JSONL "
+                          "output: pass --output-dir DIR")
+    outputs = msgspec.structs.replace(outputs, jsonl_dir=jsonl_dir, spans=spans)
     if args.otlp_endpoint:
         outputs = msgspec.structs.replace(outputs, otlp_endpoint=args.otlp_endpoint)
     changes: dict[str, object] = {"outputs": outputs}

@@ -1,5 +1,6 @@
 """The agent shell explains a breach when its span arrives, not at the next poll interval;
-a healthy span, or a breach its cooldown holds back, does not wake it.
+a healthy span, or a breach its cooldown holds back, does not wake it. And what it
+records of the spans (``outputs.spans``) replays to the same SLO events.
 
 The probes are replaced by a recorder (no BPF here: the kernel tests run the real ones);
 spans go to the agent's real OTLP receiver over HTTP.
@@ -19,6 +20,8 @@ import msgspec
 
 from llm_slo.agent import Agent
 from llm_slo.config import AgentConfig
+from llm_slo.engine import EngineConfig
+from llm_slo.replay import replay
 
 INTERVAL_S = 5.0  # far longer than the test waits for an attribution
 
@@ -112,3 +115,46 @@ def test_a_due_breach_polls_and_attributes_at_once_others_do_not(tmp_path: Path)
     assert elapsed < 1.0 < INTERVAL_S
     atts = [json.loads(x) for x in attributions.read_text().splitlines()]
     assert {(a["service"], a["slo_impact"]["sli"]) for a in atts} >= {("rag", "ttft_ms")}
+
+
+def test_recorded_spans_replay_to_the_same_slo_events(tmp_path: Path) -> None:
+    """``outputs.spans``: every span the engine got is in spans.jsonl, and ``sloctl
+    replay`` over it judges exactly the SLO events the live agent wrote."""
+    port = _free_port()
+    live = tmp_path / "live"
+    config = msgspec.convert({
+        "interval_s": INTERVAL_S, "intake": {"listen": f"127.0.0.1:{port}"},
+        "outputs": {"jsonl_dir": str(live), "spans": True}}, AgentConfig)
+    agent = Agent(config)
+    agent.probes = RecordingProbes()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        run = asyncio.create_task(agent.run())
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i, ttft in enumerate((40.0, 2500.0, 60.0)):
+                    for _ in range(100):  # until the receiver listens
+                        try:
+                            async with session.post(f"http://127.0.0.1:{port}/v1/traces",
+                                                    json=_request(f"{i + 1:016x}", ttft)) as r:
+                                assert r.status == 200, await r.text()
+                            break
+                        except aiohttp.ClientConnectorError:
+                            await asyncio.sleep(0.05)
+        finally:
+            agent.stop()
+            await run
+
+    asyncio.run(scenario())
+    assert len((live / "spans.jsonl").read_text().splitlines()) == 3
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text("")
+    replay(str(live / "spans.jsonl"), str(signals), str(tmp_path / "replayed"), EngineConfig())
+
+    def judged(path: Path) -> list[tuple[str, str]]:
+        return sorted((e["event_id"], e["status"])
+                      for e in map(json.loads, path.read_text().splitlines()))
+
+    live_events = judged(live / "slo-events.jsonl")
+    assert "breach" in {status for _, status in live_events}
+    assert judged(tmp_path / "replayed" / "slo-events.jsonl") == live_events

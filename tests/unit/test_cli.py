@@ -94,3 +94,17 @@ def test_agent_unwritable_output_dir_is_a_clear_error(tmp_path) -> None:
             "--output-dir", str(blocker / "out"))
     assert r.returncode == 2 and "output directory" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_recording_spans_without_jsonl_output_is_a_clear_error(tmp_path) -> None:
+    """Spans are recorded into the JSONL directory: asking for them without one is named
+    in one line, whether by flag or by config."""
+    r = run("agent", "--signals", "cpu_steal_pct", "--listen", "127.0.0.1:0",
+            "--output", "none", "--otlp-endpoint", "http://127.0.0.1:9/v1/logs",
+            "--record-spans")
+    assert r.returncode == 2 and "--record-spans" in r.stderr, r.stderr
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("outputs:\n  spans: true\n")
+    r = run("agent", "--config", str(cfg), "--signals", "cpu_steal_pct")
+    assert r.returncode == 2 and "outputs.spans" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

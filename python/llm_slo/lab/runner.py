@@ -71,7 +71,9 @@ def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
         "node": NODE, "interval_s": 0.5,
         "identity": {"pods_file": str(pods_file)},
         "intake": {"listen": listen},
-        "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True},
+        # Spans too: a repetition can then be replayed (`sloctl replay`) with other
+        # engine settings, without rerunning the lab.
+        "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True, "spans": True},
         "engine": {
             # abstain_retry_s = cooldown_s: every attribution is a scored case, and
             # retrying abstentions 4x as often made them 4x the named answers (CI).
