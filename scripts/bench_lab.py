@@ -64,11 +64,13 @@ def main() -> int:
     p.add_argument("--out", default="docs/benchmarks/lab")
     p.add_argument("--phases", default="baseline=20s,fault=20s,recovery=10s")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="which to (re)run; the table covers every scenario in --out")
+                   help="which to (re)run; the table covers every scenario in --out "
+                   "('' reruns nothing and rewrites the table)")
     args = p.parse_args()
     out = Path(args.out)
     failed = []
-    for name in args.scenarios.split(","):
+    names = [n for n in args.scenarios.split(",") if n]
+    for name in names:
         run_dir = out / name
         print(f"== {name}", file=sys.stderr, flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -77,7 +79,7 @@ def main() -> int:
                                 "--phases", args.phases, "--out", str(run_dir)])
         if code != 0:
             failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | |")
-    if "none" in args.scenarios.split(","):
+    if "none" in names:
         off = out / "none-no-agent"
         print("== none --no-agent", file=sys.stderr, flush=True)
         shutil.rmtree(off, ignore_errors=True)
