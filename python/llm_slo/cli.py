@@ -221,8 +221,40 @@ def _add_lab(sub: Any) -> None:
     run.add_argument("--no-agent", action="store_true",
                      help="run the workload without the agent (a plain span sink takes its "
                      "place): the baseline for the agent's latency overhead")
+    rescore = lab_sub.add_parser(
+        "rescore", help="replay a finished run's recordings through the engine (its own or "
+        "another engine config) and score that; no kernel, seconds",
+        description="Replays each repetition's spans.jsonl and probe-events.jsonl of a "
+        "`sloctl lab run` output through the engine and scores the attributions against "
+        "the same faults. An approximation of the live agent (fixed ticks, no wake on a "
+        "breach, records at their timestamps): for comparing settings, not a result.",
+        epilog="example:\n  sloctl lab rescore --run out/dns --config tuned.yaml "
+        "--out out/dns-tuned", formatter_class=argparse.RawDescriptionHelpFormatter)
+    rescore.add_argument("--run", required=True, metavar="DIR",
+                         help="a `sloctl lab run --out` directory")
+    rescore.add_argument("--config", metavar="FILE", help="agent config whose engine section "
+                         "replaces the run's (default: the run's own)")
+    rescore.add_argument("--out", required=True, metavar="DIR",
+                         help="where the replayed attributions and summary.json go")
     lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
                        "process a lab run left behind (also of crashed runs)")
+
+
+def _lab_rescore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_slo.config import load_config
+    from llm_slo.lab.rescore import rescore
+
+    engine = load_config(args.config).engine if args.config else None
+    s = rescore(Path(args.run), Path(args.out), engine)
+    print(f"{s['note']}\nmacro-F1 {s['macro_f1']}  FPR {s['fpr']}  "
+          f"delay median {s['detection_delay_s']['median']}  reps {s['reps']}")
+    for domain, c in s["per_class"].items():
+        print(f"  {domain:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+              f"F1 {c['f1']:.3f}  support {c['support']}")
+    print(f"written: {args.out}/summary.json, predictions.csv, rep-NN/attributions.jsonl")
+    return 0
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -251,6 +283,8 @@ def _lab(args: argparse.Namespace) -> int:
         for r in removed:
             print(f"  {r}")
         return 0
+    if args.lab_command == "rescore":
+        return _lab_rescore(args)
     from llm_slo.lab.report import results_table
     from llm_slo.lab.runner import LabRun, Phases
 

@@ -8,7 +8,7 @@ time, exactly as the live agent ticks every interval.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,22 @@ def _read(path: str, kind: type[Any]) -> Iterator[Any]:
 
 
 def replay(spans_path: str, signals_path: str, out_dir: str, config: EngineConfig, *,
-           tick_s: float = 1.0, cgroup_of_pid: dict[int, int] | None = None) -> dict[str, int]:
+           tick_s: float = 1.0, cgroup_of_pid: dict[int, int] | None = None,
+           active_signals: Iterable[str] = ()) -> dict[str, int]:
     """Replay both files; write slo-events.jsonl and attributions.jsonl to ``out_dir``.
 
     ``cgroup_of_pid`` stands in for the /proc lookups the live agent makes; without it,
-    a service's cgroups are learned only from correlated signals.
+    a service's cgroups are learned only from correlated signals. ``active_signals``
+    are the probes that ran (as the live agent declares them); without them, the signals
+    present in the recording.
     """
     spans = sorted(_read(spans_path, Span), key=lambda s: s.end_unix_nano)
     signals = sorted(_read(signals_path, ProbeEvent), key=lambda e: e.ts_unix_nano)
     merged = heapq.merge(((s.end_unix_nano, 1, s) for s in spans),
                          ((e.ts_unix_nano, 0, e) for e in signals), key=lambda t: t[:2])
     engine = SloEngine(config, cgroup_of_pid=cgroup_of_pid)
+    if active_signals:
+        engine.set_active_signals(active_signals)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     enc = msgspec.json.Encoder()

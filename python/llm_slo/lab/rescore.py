@@ -1,0 +1,102 @@
+"""``sloctl lab rescore``: the engine again over a finished lab run's recordings.
+
+Each repetition of ``sloctl lab run`` keeps what the agent received: its ProbeEvents
+(``probe-events.jsonl``) and spans (``spans.jsonl``). This replays them through the
+engine (:func:`llm_slo.replay.replay`) with the run's own agent config or another
+engine section, and scores the new attributions against the same ground truth
+(``faults.json``, ``phases.json``) with the lab's scoring. It answers "what would this
+setting have said about these faults" in seconds instead of a rerun.
+
+It is an approximation of the live agent, and says so in its output: the engine ticks
+every ``interval_s`` of recorded time instead of also waking on a breach, records count
+at their timestamps rather than when they arrived, and a service's cgroups come from
+the recorded events' own pid/cgroup pairs instead of /proc. Lab results stay those of
+live runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from llm_slo.config import AgentConfig
+from llm_slo.engine import EngineConfig
+from llm_slo.errors import ConfigError
+from llm_slo.lab.lab_score import GRACE_S, Prediction, build_cases
+from llm_slo.replay import replay
+from llm_slo.scoring import FaultEpisode, score
+
+APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
+                 "a breach), records at their timestamps, cgroups from the recorded events")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _cgroup_of_pid(probe_events: Path) -> dict[int, int]:
+    """pid -> cgroup id as the kernel reported them: what the live agent read in /proc."""
+    out: dict[int, int] = {}
+    dec = msgspec.json.Decoder()
+    with probe_events.open("rb") as f:
+        for line in f:
+            ev = dec.decode(line)
+            if ev.get("pid") and ev.get("cgroup_id"):
+                out.setdefault(ev["pid"], ev["cgroup_id"])
+    return out
+
+
+def rescore(run_dir: Path, out_dir: Path, engine: EngineConfig | None = None
+            ) -> dict[str, Any]:
+    """Replay every repetition of ``run_dir`` into ``out_dir``/rep-NN and score it.
+
+    ``engine`` replaces the engine section of each repetition's recorded agent config
+    (``rep-NN/agent.json``); the tick is that config's ``interval_s``. Returns (and
+    writes to ``out_dir``/summary.json) the pooled score with the run and the settings.
+    """
+    reps = sorted(p for p in run_dir.glob("rep-*") if p.is_dir())
+    if not reps:
+        raise ConfigError(f"{run_dir}: no rep-NN directories (not a `sloctl lab run` output)")
+    cases, episodes, rows = [], [], []
+    used: EngineConfig | None = None
+    for rep in reps:
+        missing = [n for n in ("spans.jsonl", "probe-events.jsonl", "agent.json",
+                               "faults.json", "phases.json") if not (rep / n).is_file()]
+        if missing:
+            raise ConfigError(f"{rep}: missing {', '.join(missing)} (spans.jsonl is "
+                              "recorded by lab runs since outputs.spans existed)")
+        try:
+            agent = msgspec.json.decode((rep / "agent.json").read_bytes(), type=AgentConfig)
+        except msgspec.MsgspecError as e:
+            raise ConfigError(f"{rep / 'agent.json'}: {e}") from e
+        used = engine or agent.engine
+        target = out_dir / rep.name
+        replay(str(rep / "spans.jsonl"), str(rep / "probe-events.jsonl"), str(target),
+               used, tick_s=agent.interval_s,
+               cgroup_of_pid=_cgroup_of_pid(rep / "probe-events.jsonl"),
+               active_signals=agent.signal_set)
+        faults = json.loads((rep / "faults.json").read_text())
+        rep_cases, rep_rows = build_cases(_jsonl(target / "attributions.jsonl"), faults,
+                                          json.loads((rep / "phases.json").read_text()))
+        cases += rep_cases
+        rows += [(rep.name, r) for r in rep_rows]
+        episodes += [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
+                     for f in faults]
+    summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
+    summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
+                    "engine": msgspec.to_builtins(used)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "predictions.csv").write_text(_csv(rows))
+    return summary
+
+
+def _csv(rows: list[tuple[str, Prediction]]) -> str:
+    out = ["rep,ts,actual,predicted,confidence,sli,kind"]
+    out += [f"{rep},{r.ts:.3f},{r.actual},{r.predicted},"
+            f"{'' if r.confidence is None else round(r.confidence, 3)},{r.sli},{r.kind}"
+            for rep, r in rows]
+    return "\n".join(out) + "\n"

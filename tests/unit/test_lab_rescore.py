@@ -1,0 +1,95 @@
+"""``sloctl lab rescore`` over a recorded repetition: the engine replays the spans and
+ProbeEvents a lab run kept and is scored against the run's own faults; another engine
+config changes the answer, the recording does not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from llm_slo.cli import main
+from llm_slo.config import AgentConfig
+from llm_slo.errors import ConfigError
+from llm_slo.events import LatencyAggregate
+from llm_slo.identity import Identity
+from llm_slo.lab.rescore import rescore
+from llm_slo.lab.runner import agent_config
+from llm_slo.probe_event import ProbeEventBuilder
+from llm_slo.spans import SPAN_KIND_SERVER, Span
+
+NS = 1_000_000_000
+T0 = 1_800_000_000 * NS
+PID, CGROUP = 4242, 777
+FAULT_S = (20, 30)  # DNS answers slow from second 20 to 30 of 40
+BUILDER = ProbeEventBuilder("lab-node", lambda cg: Identity(cgroup_id=cg, cgroup_path="/rag"))
+
+
+def _record(rep: Path) -> None:
+    """40 s of a rag service at 8 requests/s; slow DNS (and so TTFT) in the fault."""
+    rep.mkdir(parents=True)
+    enc = msgspec.json.Encoder()
+    spans, events = [], []
+    for i in range(40 * 8):
+        t = T0 + i * NS // 8
+        faulty = FAULT_S[0] * NS <= t - T0 < FAULT_S[1] * NS
+        ttft = 1250.0 if faulty else 120.0 + i % 7
+        spans.append(Span(
+            trace_id=f"{i + 1:032x}", span_id=f"{i + 1:016x}", name="chat",
+            kind=SPAN_KIND_SERVER, start_unix_nano=t - int(ttft * 1e6) - 20_000_000,
+            end_unix_nano=t, attributes={"gen_ai.operation.name": "chat",
+                                         "llm.slo.ttft_ms": ttft},
+            resource={"service.name": "rag", "process.pid": PID,
+                      "k8s.namespace.name": "llm", "k8s.cluster.name": "lab"}))
+        if i % 4 == 0:
+            mean = 900.0 if faulty else 1.0 + (i % 3) * 0.2
+            agg = LatencyAggregate(signal="dns_latency_ms", ts_ns=t, cgroup_id=CGROUP,
+                                   count=4, mean_ms=mean, p99_ms=mean * 2, max_ms=mean * 2,
+                                   detail="resolver")
+            ev = BUILDER.build(agg, 0, t)
+            events.append(msgspec.structs.replace(ev, pid=PID))
+    (rep / "spans.jsonl").write_bytes(b"".join(enc.encode(s) + b"\n" for s in spans))
+    (rep / "probe-events.jsonl").write_bytes(b"".join(enc.encode(e) + b"\n" for e in events))
+    cfg = agent_config(rep, "127.0.0.1:0", rep / "pods.json")
+    (rep / "agent.json").write_text(json.dumps(cfg))
+    start, end = (T0 / NS + s for s in FAULT_S)
+    (rep / "faults.json").write_text(json.dumps([{"name": "dns_latency",
+                                                  "domain": "network_dns",
+                                                  "start": start, "end": end}]))
+    (rep / "phases.json").write_text(json.dumps([
+        {"name": "baseline", "start": T0 / NS, "end": start},
+        {"name": "fault", "start": start, "end": end},
+        {"name": "recovery", "start": end, "end": T0 / NS + 40}]))
+
+
+def test_rescore_replays_and_scores_a_recorded_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _record(run / "rep-01")
+    summary = rescore(run, tmp_path / "again")
+    assert summary["reps"] == 1 and "replayed, not live" in summary["note"]
+    dns = summary["per_class"]["network_dns"]
+    assert dns["precision"] == 1.0 and dns["recall"] > 0.5, summary["per_class"]
+    assert summary["fpr"] == 0.0
+    assert (tmp_path / "again" / "rep-01" / "attributions.jsonl").read_text()
+    assert "network_dns" in (tmp_path / "again" / "predictions.csv").read_text()
+
+    # Another engine config, same recording: a deviation nothing reaches abstains.
+    strict = msgspec.convert({"engine": {**agent_config(run, "", run)["engine"],
+                                         "attribution": {"min_deviation": 1e9}}},
+                             AgentConfig).engine
+    blind = rescore(run, tmp_path / "strict", strict)
+    assert blind["per_class"]["network_dns"]["recall"] == 0.0
+    assert blind["engine"]["attribution"]["min_deviation"] == 1e9
+
+
+def test_rescore_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       ) -> None:
+    with pytest.raises(ConfigError, match="no rep-NN"):
+        rescore(tmp_path, tmp_path / "out")
+    (tmp_path / "rep-01").mkdir()
+    (tmp_path / "rep-01" / "agent.json").write_text("{}")
+    assert main(["lab", "rescore", "--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing spans.jsonl, probe-events.jsonl, faults.json, phases.json" in err, err
