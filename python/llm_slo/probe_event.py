@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -94,10 +96,14 @@ _NO_POD = PodName("", "", "")
 _DETAIL_KV = re.compile(r"(\w+)(<=|=)([-\d.]+)")
 
 
-def detail_values(detail: str | None) -> dict[str, float]:
+@lru_cache(maxsize=8192)
+def detail_values(detail: str | None) -> Mapping[str, float]:
     """The numbers of a detail: ``key=value`` and ``key<=valuems`` tokens (an aggregate's
-    ``p99<=`` and ``max<=`` bucket bounds, ``failures=``, ``prev_cgroup_id=``...)."""
-    return {k: float(v) for k, _, v in _DETAIL_KV.findall(detail or "")}
+    ``p99<=`` and ``max<=`` bucket bounds, ``failures=``, ``prev_cgroup_id=``...).
+
+    Cached, and so read-only: evidence over a violation's lifetime parses the same
+    details at every tick, and they repeat (histogram bounds are powers of two)."""
+    return MappingProxyType({k: float(v) for k, _, v in _DETAIL_KV.findall(detail or "")})
 
 
 def status_of(signal: str, value: float, failed: bool = False) -> Status:
