@@ -253,8 +253,7 @@ class SloEngine:
             samples = work.samples.window(now_ns - window_ns, now_ns)
             start_ns = now_ns - window_ns
             if due:
-                start_ns = self._evidence_start(work, samples, {sli for sli, _ in due},
-                                                start_ns, now_ns)
+                start_ns = self._evidence_start(work, samples, due, start_ns, now_ns)
                 samples = work.samples.window(start_ns, now_ns)
             features = self._features(work, samples, start_ns, now_ns)
             # The SLI's events are counted over two windows, the engine's notion of calm
@@ -314,9 +313,12 @@ class SloEngine:
         return [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
 
     def _evidence_start(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
-                        slis: set[str], start_ns: int, now_ns: int) -> int:
+                        due: list[tuple[str, SliSample | None]], start_ns: int,
+                        now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
-        the window's bad requests of ``slis``, or the connects and handshakes it saw end
+        the breaches being explained (``due``: late ones may have ended before the
+        window), the window's bad requests of their SLIs, or the connects and handshakes
+        it saw end
         (streamed or aggregated), began before it; never before ``evidence_lookback_s``
         ago, unless the window itself reaches further.
 
@@ -325,8 +327,10 @@ class SloEngine:
         and names that; the request's lifetime holds the cause. A burn-rate alert may have
         no bad request in the window, but its slow connects still say when they began.
         """
-        began = [s.start_unix_nano for _, s, status in samples
-                 if s.sli_name in slis and is_bad(s, status)]
+        slis = {sli for sli, _ in due}
+        began = [s.start_unix_nano for _, s in due if s is not None]
+        began += [s.start_unix_nano for _, s, status in samples
+                  if s.sli_name in slis and is_bad(s, status)]
         began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)
                   for t in self._timelines(work) for ev in t.window(start_ns, now_ns)
                   if ev.signal in _LIFETIME_SIGNALS]

@@ -315,6 +315,19 @@ def test_a_request_breaching_after_the_fault_is_explained_by_its_lifetime(
         assert att.abstain and (att.abstain_reason or "").startswith("no_deviation"), att
 
 
+def test_a_breach_reported_late_is_explained_by_its_own_lifetime() -> None:
+    """A request that began at 7.2 s and breached at 8.4 s reaches the engine only at
+    9.5 s (a sender's delayed batch): its span ended before the window [9, 10], yet its
+    lifetime, with the slow DNS of second 7, is the evidence."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    _calm_then(engine, 9, {}, {7: 1200.0})
+    late = _span(900, T0 + 8 * NS + 4 * NS // 10, 1200.0)
+    assert late.start_unix_nano < T0 + 7 * NS + NS // 4
+    engine.add_spans([late])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
+    assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
+
+
 def test_a_short_lookback_never_shrinks_the_window() -> None:
     """``evidence_lookback_s`` below the window (0 here) keeps the window: DNS slow in
     second 9 explains the request that began at 8.24 and breached at 9.5."""
