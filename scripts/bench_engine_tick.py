@@ -2,9 +2,9 @@
 """CPU of ``SloEngine.tick`` over a synthetic, lab-shaped run: for A/B of engine changes.
 
 Synthetic load, benchmark only (no accuracy meaning): one service at 20 requests/s, one
-pod cgroup with ~80 ProbeEvents/s (DNS, run-queue, connect and TLS aggregates,
-retransmit aggregates, slow connects during faults), the lab's engine settings (1 s
-windows and cooldowns), a tick every 0.5 s. Two faults of 20 s in every 60 s raise DNS
+pod cgroup with 60 ProbeEvents/s (72 during a fault: DNS, run-queue, connect and TLS
+aggregates, retransmit aggregates, slow connects), the lab's engine settings (1 s
+windows and cooldowns), a tick every 0.5 s. One fault of 20 s in every 60 s raises DNS
 and connect latency and TTFT; every fifth request then takes 15 s (``--long-ms``), so
 evidence reaches back over long request lifetimes. Prints the thread CPU time spent in
 ``tick()`` and the attribution count. Compare two trees with

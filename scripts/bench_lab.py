@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def main() -> int:
     if first:
         prov = json.loads(first.read_text())
     doc = [f"# Incident lab benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-           "", f"Last command: `python {' '.join(sys.argv)}` (`make bench-lab` runs every "
+           "", f"Last command: `python {shlex.join(sys.argv)}` (`make bench-lab` runs every "
            "scenario with `--reps 10`). The table covers every scenario directory here; "
            "each row says the commit and start time (UTC) of its run, so a scenario rerun "
            "after a change is visible as such.", "",

@@ -229,11 +229,13 @@ def _add_lab(sub: Any) -> None:
         "the same faults. An approximation of the live agent (fixed ticks, no wake on a "
         "breach, records at their timestamps): for comparing settings, not a result.",
         epilog="example:\n  sloctl lab rescore --run out/dns --config tuned.yaml "
-        "--out out/dns-tuned", formatter_class=argparse.RawDescriptionHelpFormatter)
+        "--out out/dns-tuned\n\ntuned.yaml's engine section is merged over each "
+        "repetition's recorded config:\n  engine:\n    attribution:\n      "
+        "min_confidence: 0.6", formatter_class=argparse.RawDescriptionHelpFormatter)
     rescore.add_argument("--run", required=True, metavar="DIR",
                          help="a `sloctl lab run --out` directory")
     rescore.add_argument("--config", metavar="FILE", help="agent config whose engine section "
-                         "replaces the run's (default: the run's own)")
+                         "is merged over the run's own (default: the run's own)")
     rescore.add_argument("--out", required=True, metavar="DIR",
                          help="where the replayed attributions and summary.json go")
     lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
@@ -246,10 +248,21 @@ def _lab_rescore(args: argparse.Namespace) -> int:
     from llm_slo.config import load_config
     from llm_slo.lab.rescore import rescore
 
-    engine = load_config(args.config).engine if args.config else None
+    engine = None
+    if args.config:
+        load_config(args.config)  # validated whole, errors named
+        raw = Path(args.config).read_bytes()
+        doc = (msgspec.yaml.decode(raw) if args.config.endswith((".yaml", ".yml"))
+               else msgspec.json.decode(raw))
+        engine = doc.get("engine") or {}
     s = rescore(Path(args.run), Path(args.out), engine)
-    print(f"{s['note']}\nmacro-F1 {s['macro_f1']}  FPR {s['fpr']}  "
-          f"delay median {s['detection_delay_s']['median']}  reps {s['reps']}")
+
+    def num(x: float | None, nd: int = 3) -> str:
+        return "n/a" if x is None else f"{x:.{nd}f}"
+
+    print(f"{s['note']}\nmacro-F1 {num(s['macro_f1'])}  FPR {num(s['fpr'])}  "
+          f"delay median {num(s['detection_delay_s']['median'], 2)} s (replayed)  "
+          f"reps {s['reps']}")
     for domain, c in s["per_class"].items():
         print(f"  {domain:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
               f"F1 {c['f1']:.3f}  support {c['support']}")
@@ -335,7 +348,7 @@ def _agent(args: argparse.Namespace) -> int:
     spans = args.record_spans or outputs.spans
     if spans and not jsonl_dir:
         raise ConfigError("recording spans (--record-spans or outputs.spans) needs JSONL "
-                          "output: pass --output-dir DIR")
+                          "output: pass --output-dir DIR (and not --output none)")
     outputs = msgspec.structs.replace(outputs, jsonl_dir=jsonl_dir, spans=spans)
     if args.otlp_endpoint:
         outputs = msgspec.structs.replace(outputs, otlp_endpoint=args.otlp_endpoint)

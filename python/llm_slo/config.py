@@ -33,12 +33,9 @@ class OutputConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     otlp_endpoint: str | None = None  # e.g. http://otel-collector:4318/v1/logs
     probe_events: bool = True  # also export every ProbeEvent, not only SLO results
     # Also record every received span (spans.jsonl in jsonl_dir, as it reached the engine:
-    # host pids), so that `sloctl replay` can rerun the engine over the recording.
+    # host pids), so that `sloctl replay` can rerun the engine over the recording. Needs
+    # jsonl_dir (checked by `sloctl agent` once flags are applied: --output-dir may set it).
     spans: bool = False
-
-    def __post_init__(self) -> None:
-        if self.spans and not self.jsonl_dir:
-            raise ValueError("outputs.spans records to outputs.jsonl_dir, which is not set")
 
 
 class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

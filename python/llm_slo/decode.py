@@ -306,7 +306,7 @@ def retransmit_aggregates(
                 cgroup_id=int(k["cgroup_id"]),
                 conn=conn_tuple(k["flow"]),
                 syn=bool(k["syn"]),
-                count=int(n),
+                count=n,
             )
         )
     return out

@@ -237,6 +237,10 @@ class SloEngine:
         out: list[IncidentAttribution] = []
         for service, work in self._workloads.items():
             triggers: dict[str, SliSample | None] = {s.sli_name: s for s in work.violations}
+            began: dict[str, int] = {}  # per SLI, the earliest start of its breaches
+            for s in work.violations:
+                began[s.sli_name] = min(began.get(s.sli_name, s.start_unix_nano),
+                                        s.start_unix_nano)
             work.violations.clear()
             for svc, sli in alerts:
                 if svc == service:
@@ -253,7 +257,10 @@ class SloEngine:
             samples = work.samples.window(now_ns - window_ns, now_ns)
             start_ns = now_ns - window_ns
             if due:
-                start_ns = self._evidence_start(work, samples, due, start_ns, now_ns)
+                slis = {sli for sli, _ in due}
+                start_ns = self._evidence_start(
+                    work, samples, slis, [began[s] for s in slis if s in began],
+                    start_ns, now_ns)
                 samples = work.samples.window(start_ns, now_ns)
             features = self._features(work, samples, start_ns, now_ns)
             # The SLI's events are counted over two windows, the engine's notion of calm
@@ -313,22 +320,20 @@ class SloEngine:
         return [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
 
     def _evidence_start(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
-                        due: list[tuple[str, SliSample | None]], start_ns: int,
+                        slis: set[str], breaches_began: list[int], start_ns: int,
                         now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
-        the breaches being explained (``due``: late ones may have ended before the
-        window), the window's bad requests of their SLIs, or the connects and handshakes
-        it saw end
-        (streamed or aggregated), began before it; never before ``evidence_lookback_s``
-        ago, unless the window itself reaches further.
+        the breaches of ``slis`` being explained (``breaches_began``: late ones may have
+        ended before the window), the window's bad requests of ``slis``, or the connects
+        and handshakes it saw end (streamed or aggregated), began before it; never
+        before ``evidence_lookback_s`` ago, unless the window itself reaches further.
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
         and names that; the request's lifetime holds the cause. A burn-rate alert may have
         no bad request in the window, but its slow connects still say when they began.
         """
-        slis = {sli for sli, _ in due}
-        began = [s.start_unix_nano for _, s in due if s is not None]
+        began = list(breaches_began)
         began += [s.start_unix_nano for _, s, status in samples
                   if s.sli_name in slis and is_bad(s, status)]
         began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)

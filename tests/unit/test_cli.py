@@ -108,3 +108,14 @@ def test_recording_spans_without_jsonl_output_is_a_clear_error(tmp_path) -> None
     r = run("agent", "--config", str(cfg), "--signals", "cpu_steal_pct")
     assert r.returncode == 2 and "outputs.spans" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+    # ... while --output-dir supplies the directory: accepted (this agent then stops at
+    # its busy port, which proves the configuration passed).
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("agent", "--config", str(cfg), "--signals", "cpu_steal_pct", "--listen",
+                f"127.0.0.1:{port}", "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr

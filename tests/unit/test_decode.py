@@ -498,3 +498,13 @@ def test_dns_timeouts_arbitrary_bytes(blob: bytes) -> None:
     q = np.frombuffer(blob[: n * abi.DNS_QUERY.itemsize], dtype=abi.DNS_QUERY).copy()
     events, mask = decode.dns_timeouts(_keys(n), q, NOW, TIMEOUT)
     assert len(events) == int(np.count_nonzero(mask))
+
+
+def test_differ_int_counters_take_the_plain_path() -> None:
+    """Python ints (retransmit counters): deltas, zero omission and an evicted entry
+    recreated with a smaller count, without numpy."""
+    d = decode.Differ()
+    d.delta({"a": 10, "b": 2})
+    out = d.delta({"a": 4, "b": 5})
+    assert out == {"a": 4, "b": 3} and all(type(v) is int for v in out.values())
+    assert d.delta({"a": 4, "b": 5}) == {}

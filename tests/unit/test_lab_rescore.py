@@ -11,7 +11,6 @@ import msgspec
 import pytest
 
 from llm_slo.cli import main
-from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
 from llm_slo.events import LatencyAggregate
 from llm_slo.identity import Identity
@@ -75,13 +74,14 @@ def test_rescore_replays_and_scores_a_recorded_run(tmp_path: Path) -> None:
     assert (tmp_path / "again" / "rep-01" / "attributions.jsonl").read_text()
     assert "network_dns" in (tmp_path / "again" / "predictions.csv").read_text()
 
-    # Another engine config, same recording: a deviation nothing reaches abstains.
-    strict = msgspec.convert({"engine": {**agent_config(run, "", run)["engine"],
-                                         "attribution": {"min_deviation": 1e9}}},
-                             AgentConfig).engine
-    blind = rescore(run, tmp_path / "strict", strict)
+    # Other engine settings, same recording: merged over the run's own (its 1 s window
+    # stays), and a deviation nothing reaches abstains.
+    blind = rescore(run, tmp_path / "strict", {"attribution": {"min_deviation": 1e9}})
     assert blind["per_class"]["network_dns"]["recall"] == 0.0
     assert blind["engine"]["attribution"]["min_deviation"] == 1e9
+    assert blind["engine"]["window_s"] == 1.0
+    with pytest.raises(ConfigError, match="would be overwritten"):
+        rescore(run, run)
 
 
 def test_rescore_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -31,6 +31,7 @@ from llm_slo.probe_event import (
     UNITS,
     ProbeEvent,
     ProbeEventBuilder,
+    detail_values,
     status_of,
     wall_offset_ns,
 )
@@ -345,3 +346,14 @@ def test_schema_rejects_what_the_contract_forbids() -> None:
     assert not VALIDATOR.is_valid({k: v for k, v in good.items() if k != "node"})
     assert not VALIDATOR.is_valid({**good, "conn_tuple": {**good["conn_tuple"],
                                                           "src_port": 70000}})
+
+
+def test_detail_values_parses_numbers_read_only() -> None:
+    """Aggregate bounds and counters of a detail as numbers; the parse is cached and
+    shared, so it cannot be changed by a caller."""
+    kv = detail_values("resolver p99<=16.7772ms max<=33.5544ms failures=2")
+    assert dict(kv) == {"p99": 16.7772, "max": 33.5544, "failures": 2.0}
+    assert detail_values("resolver p99<=16.7772ms max<=33.5544ms failures=2") is kv
+    with pytest.raises(TypeError):
+        kv["p99"] = 0.0  # type: ignore[index]
+    assert dict(detail_values(None)) == {}

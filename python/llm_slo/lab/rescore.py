@@ -9,9 +9,9 @@ setting have said about these faults" in seconds instead of a rerun.
 
 It is an approximation of the live agent, and says so in its output: the engine ticks
 every ``interval_s`` of recorded time instead of also waking on a breach, records count
-at their timestamps rather than when they arrived, and a service's cgroups come from
-the recorded events' own pid/cgroup pairs instead of /proc. Lab results stay those of
-live runs.
+at their timestamps rather than when they arrived (so detection delays lack the span
+export time), and a service's cgroups come from the recorded events' own pid/cgroup
+pairs instead of /proc. Lab results stay those of live runs.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any
 import msgspec
 
 from llm_slo.config import AgentConfig
-from llm_slo.engine import EngineConfig
 from llm_slo.errors import ConfigError
 from llm_slo.lab.lab_score import GRACE_S, Prediction, build_cases
 from llm_slo.replay import replay
 from llm_slo.scoring import FaultEpisode, score
 
 APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
-                 "a breach), records at their timestamps, cgroups from the recorded events")
+                 "a breach), records at their timestamps (delays lack span export), "
+                 "cgroups from the recorded events")
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -38,30 +38,52 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _cgroup_of_pid(probe_events: Path) -> dict[int, int]:
-    """pid -> cgroup id as the kernel reported them: what the live agent read in /proc."""
+    """pid -> cgroup id as the kernel reported them: what the live agent read in /proc
+    (a pid's latest cgroup, as /proc would say after a move)."""
     out: dict[int, int] = {}
     dec = msgspec.json.Decoder()
     with probe_events.open("rb") as f:
-        for line in f:
-            ev = dec.decode(line)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ev = dec.decode(line)
+            except msgspec.DecodeError as e:
+                raise ConfigError(f"{probe_events}:{n}: not JSON: {e}") from e
             if ev.get("pid") and ev.get("cgroup_id"):
-                out.setdefault(ev["pid"], ev["cgroup_id"])
+                out[ev["pid"]] = ev["cgroup_id"]
     return out
 
 
-def rescore(run_dir: Path, out_dir: Path, engine: EngineConfig | None = None
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
             ) -> dict[str, Any]:
     """Replay every repetition of ``run_dir`` into ``out_dir``/rep-NN and score it.
 
-    ``engine`` replaces the engine section of each repetition's recorded agent config
-    (``rep-NN/agent.json``); the tick is that config's ``interval_s``. Returns (and
-    writes to ``out_dir``/summary.json) the pooled score with the run and the settings.
+    ``engine`` (an ``engine`` config section, as in a config file) is merged over each
+    repetition's recorded agent config (``rep-NN/agent.json``): what it sets changes,
+    the run's other settings stay. The tick is that config's ``interval_s``; the active
+    signals are the probes that ran (configured minus ``agent-stats.json`` failures).
+    Returns (and writes to ``out_dir``/summary.json) the pooled score with the run and
+    the engine settings used.
     """
     reps = sorted(p for p in run_dir.glob("rep-*") if p.is_dir())
     if not reps:
         raise ConfigError(f"{run_dir}: no rep-NN directories (not a `sloctl lab run` output)")
+    out = out_dir.resolve()
+    if out == run_dir.resolve() or any(out.is_relative_to(r.resolve()) for r in reps):
+        raise ConfigError(f"--out {out_dir} is the run {run_dir} or one of its "
+                          "repetitions: their live results would be overwritten")
     cases, episodes, rows = [], [], []
-    used: EngineConfig | None = None
+    used: list[dict[str, Any]] = []
     for rep in reps:
         missing = [n for n in ("spans.jsonl", "probe-events.jsonl", "agent.json",
                                "faults.json", "phases.json") if not (rep / n).is_file()]
@@ -69,15 +91,21 @@ def rescore(run_dir: Path, out_dir: Path, engine: EngineConfig | None = None
             raise ConfigError(f"{rep}: missing {', '.join(missing)} (spans.jsonl is "
                               "recorded by lab runs since outputs.spans existed)")
         try:
-            agent = msgspec.json.decode((rep / "agent.json").read_bytes(), type=AgentConfig)
-        except msgspec.MsgspecError as e:
-            raise ConfigError(f"{rep / 'agent.json'}: {e}") from e
-        used = engine or agent.engine
+            recorded = json.loads((rep / "agent.json").read_text())
+            agent = msgspec.convert(
+                _merged(recorded, {"engine": engine}) if engine else recorded, AgentConfig)
+        except (ValueError, msgspec.ValidationError) as e:
+            raise ConfigError(f"{rep / 'agent.json'} (with the engine settings given): "
+                              f"{e}") from e
+        used.append(msgspec.to_builtins(agent.engine))
+        failed: dict[str, Any] = {}
+        if (rep / "agent-stats.json").is_file():
+            failed = json.loads((rep / "agent-stats.json").read_text()).get("failures") or {}
         target = out_dir / rep.name
         replay(str(rep / "spans.jsonl"), str(rep / "probe-events.jsonl"), str(target),
-               used, tick_s=agent.interval_s,
+               agent.engine, tick_s=agent.interval_s,
                cgroup_of_pid=_cgroup_of_pid(rep / "probe-events.jsonl"),
-               active_signals=agent.signal_set)
+               active_signals=[s for s in agent.signal_set if s not in failed])
         faults = json.loads((rep / "faults.json").read_text())
         rep_cases, rep_rows = build_cases(_jsonl(target / "attributions.jsonl"), faults,
                                           json.loads((rep / "phases.json").read_text()))
@@ -87,7 +115,8 @@ def rescore(run_dir: Path, out_dir: Path, engine: EngineConfig | None = None
                      for f in faults]
     summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
     summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
-                    "engine": msgspec.to_builtins(used)})
+                    # One entry when every repetition ran with the same settings.
+                    "engine": used[0] if all(u == used[0] for u in used) else used})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "predictions.csv").write_text(_csv(rows))

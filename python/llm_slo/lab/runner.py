@@ -71,7 +71,7 @@ def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
         "node": NODE, "interval_s": 0.5,
         "identity": {"pods_file": str(pods_file)},
         "intake": {"listen": listen},
-        # Spans too: a repetition can then be replayed (`sloctl replay`) with other
+        # Spans too: `sloctl lab rescore` can then replay a repetition with other
         # engine settings, without rerunning the lab.
         "outputs": {"jsonl_dir": str(rep_dir), "probe_events": True, "spans": True},
         "engine": {
