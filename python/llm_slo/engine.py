@@ -255,14 +255,18 @@ class SloEngine:
             if not due and not (window_done and calm):
                 continue
             samples = work.samples.window(now_ns - window_ns, now_ns)
-            start_ns = now_ns - window_ns
+            features = self._features(work, samples, now_ns - window_ns, now_ns)
             if due:
                 slis = {sli for sli, _ in due}
-                start_ns = self._evidence_start(
+                since = self._evidence_start(
                     work, samples, slis, [began[s] for s in slis if s in began],
-                    start_ns, now_ns)
-                samples = work.samples.window(start_ns, now_ns)
-            features = self._features(work, samples, start_ns, now_ns)
+                    now_ns - window_ns, now_ns)
+                if since < now_ns - window_ns:
+                    # Each feature at its stronger reading: the window keeps a fault that
+                    # has just begun at full strength (the lifetime reaches back into
+                    # calm and dilutes it), the lifetime keeps one that has just ended.
+                    features = _stronger(features, self._features(
+                        work, work.samples.window(since, now_ns), since, now_ns))
             # The SLI's events are counted over two windows, the engine's notion of calm
             # (see ``calm``): one quiet window in a lossy fault is not its end.
             lookback = work.samples.window(now_ns - 2 * window_ns, now_ns) if due else []
@@ -416,6 +420,20 @@ class _Timeline(Generic[T]):
         items, ts_of = self.items, self._ts
         while items and ts_of(items[0]) < horizon_ns:
             items.popleft()
+
+
+def _stronger(a: WindowFeatures, b: WindowFeatures) -> WindowFeatures:
+    """Per feature the larger value of two readings (every catalogued feature is worse
+    when higher), with the join quality of the reading it came from."""
+    values, meta = dict(a.values), dict(a.meta)
+    for name, v in b.values.items():
+        if v > values.get(name, float("-inf")):
+            values[name] = v
+            if name in b.meta:
+                meta[name] = b.meta[name]
+            else:
+                meta.pop(name, None)
+    return WindowFeatures(values=values, meta=meta)
 
 
 def _latency_ms(ev: ProbeEvent) -> float:

@@ -328,6 +328,24 @@ def test_a_breach_reported_late_is_explained_by_its_own_lifetime() -> None:
     assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
 
 
+def test_a_fault_that_just_began_keeps_its_window_strength() -> None:
+    """Loss begins in second 9; the request that breaches began at 6.4 s, in calm. Over
+    its lifetime (3.6 s) 12 retransmits are 3.3 per window, but the window has all 12:
+    each feature takes its stronger reading, so the onset is not diluted."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    engine.set_active_signals(["dns_latency_ms", "tcp_retransmits_total",
+                               "runqueue_delay_ms", "connect_latency_ms", "tls_handshake_ms"])
+    _calm_then(engine, 9, {}, {})
+    engine.add_signals([_retransmits(T0 + 9 * NS + NS // 4, 12)])
+    slow = _span(902, T0 + 9 * NS + 6 * NS // 10, 3190.0)
+    assert slow.start_unix_nano == T0 + 6 * NS + 4 * NS // 10
+    engine.add_spans([slow])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
+    retx = next(ev for ev in att.evidence if ev.signal == "tcp_retransmits")
+    assert retx.value == 12, att
+    assert att.fault_hypotheses[0].domain == "network_egress", att
+
+
 def test_a_short_lookback_never_shrinks_the_window() -> None:
     """``evidence_lookback_s`` below the window (0 here) keeps the window: DNS slow in
     second 9 explains the request that began at 8.24 and breached at 9.5."""
