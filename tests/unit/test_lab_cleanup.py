@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,3 +70,33 @@ def test_names_carry_owner_and_validate_prefix() -> None:
     for bad in ("", "1abc", "has space", "a/b", "x" * 65):
         with pytest.raises(ValueError):
             check_prefix(bad)
+
+
+def test_the_agent_does_not_outlive_a_killed_run() -> None:
+    """The lab's agent runs outside its cgroups, where cleanup cannot find it: started
+    through bound_to_parent, it is sent SIGTERM when the run dies, even by SIGKILL."""
+    run = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "from llm_slo.lab.runner import bound_to_parent\n"
+         "child = subprocess.Popen(bound_to_parent(['sleep', '30']))\n"
+         "print(child.pid, flush=True)\n"
+         "time.sleep(30)\n"],
+        stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert run.stdout is not None
+        child = int(run.stdout.readline())
+        time.sleep(0.3)  # setpriv has set the signal and exec'd sleep
+        assert pid_alive(child)
+        run.kill()
+        run.wait(5)
+        deadline = time.monotonic() + 5
+        while pid_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(child), "the agent outlived the run that started it"
+    finally:
+        run.kill()
+        run.wait(5)
+        if child and pid_alive(child):
+            os.kill(child, signal.SIGKILL)

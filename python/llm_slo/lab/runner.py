@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,16 +143,28 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
+def bound_to_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` made to get SIGTERM when the process that starts it exits, however it
+    exits (a second Ctrl-C during cleanup, SIGKILL): ``setpriv --pdeathsig`` sets it
+    before exec, with no code run in the forked child of a threaded parent."""
+    if shutil.which("setpriv") is None:  # util-linux: present wherever the lab runs
+        return cmd
+    return ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
+
+
 class AgentProcess:
-    """``sloctl agent`` as a subprocess with its config and log in the rep directory."""
+    """``sloctl agent`` as a subprocess with its config and log in the rep directory.
+
+    The agent runs outside the lab's cgroups (it is the node's agent, not a pod), so
+    ``sloctl lab clean`` cannot find it: it is bound to the run's life instead."""
 
     def __init__(self, rep_dir: Path, config: dict[str, Any]) -> None:
         self.rep_dir = rep_dir
         (rep_dir / "agent.json").write_text(json.dumps(config, indent=1))
         self.log = rep_dir / "agent.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_slo.cli", "agent", "--config",
-             str(rep_dir / "agent.json")],
+            bound_to_parent([sys.executable, "-m", "llm_slo.cli", "agent", "--config",
+                             str(rep_dir / "agent.json")]),
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
 
     @property
