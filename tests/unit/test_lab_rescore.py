@@ -80,6 +80,12 @@ def test_rescore_replays_and_scores_a_recorded_run(tmp_path: Path) -> None:
     assert blind["per_class"]["network_dns"]["recall"] == 0.0
     assert blind["engine"]["attribution"]["min_deviation"] == 1e9
     assert blind["engine"]["window_s"] == 1.0
+    # One cell of the likelihood table changes that cell; the rest of the table stays.
+    cell = rescore(run, tmp_path / "cell",
+                   {"attribution": {"likelihoods": {"tls": {"network_egress": 0.6}}}})
+    table = cell["engine"]["attribution"]["likelihoods"]
+    assert table["tls"]["network_egress"] == 0.6 and table["dns"]["network_dns"] == 0.95
+    assert cell["per_class"] == summary["per_class"]
     with pytest.raises(ConfigError, match="would be overwritten"):
         rescore(run, run)
 

@@ -91,7 +91,10 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
             raise ConfigError(f"{rep}: missing {', '.join(missing)} (spans.jsonl is "
                               "recorded by lab runs since outputs.spans existed)")
         try:
-            recorded = json.loads((rep / "agent.json").read_text())
+            # Defaults spelled out first, so that a partial table (one likelihood cell)
+            # changes that cell, not the whole table.
+            recorded = msgspec.to_builtins(msgspec.convert(
+                json.loads((rep / "agent.json").read_text()), AgentConfig))
             agent = msgspec.convert(
                 _merged(recorded, {"engine": engine}) if engine else recorded, AgentConfig)
         except (ValueError, msgspec.ValidationError) as e:
