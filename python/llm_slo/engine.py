@@ -254,19 +254,22 @@ class SloEngine:
             calm = now_ns - work.last_violation_ns > 2 * window_ns
             if not due and not (window_done and calm):
                 continue
-            samples = work.samples.window(now_ns - window_ns, now_ns)
-            features = self._features(work, samples, now_ns - window_ns, now_ns)
+            start_ns = now_ns - window_ns
+            samples = work.samples.window(start_ns, now_ns)
+            signals = self._signals(work, start_ns, now_ns)
+            features = self._features(work, signals, samples, window_ns)
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
-                    work, samples, slis, [began[s] for s in slis if s in began],
-                    now_ns - window_ns, now_ns)
-                if since < now_ns - window_ns:
+                    signals, samples, slis, [began[s] for s in slis if s in began],
+                    start_ns, now_ns)
+                if since < start_ns:
                     # Each feature at its stronger reading: the window keeps a fault that
                     # has just begun at full strength (the lifetime reaches back into
                     # calm and dilutes it), the lifetime keeps one that has just ended.
                     features = _stronger(features, self._features(
-                        work, work.samples.window(since, now_ns), since, now_ns))
+                        work, self._signals(work, since, start_ns - 1) + signals,
+                        work.samples.window(since, start_ns - 1) + samples, now_ns - since))
             # The SLI's events are counted over two windows, the engine's notion of calm
             # (see ``calm``): one quiet window in a lossy fault is not its end.
             lookback = work.samples.window(now_ns - 2 * window_ns, now_ns) if due else []
@@ -323,14 +326,19 @@ class SloEngine:
     def _timelines(self, work: _Workload) -> list[_Timeline[ProbeEvent]]:
         return [self._by_cgroup[cg] for cg in work.cgroups if cg in self._by_cgroup]
 
-    def _evidence_start(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
-                        slis: set[str], breaches_began: list[int], start_ns: int,
-                        now_ns: int) -> int:
+    def _signals(self, work: _Workload, start_ns: int, end_ns: int) -> list[ProbeEvent]:
+        """The workload's signals with ``start_ns <= ts <= end_ns``."""
+        return [ev for t in self._timelines(work) for ev in t.window(start_ns, end_ns)]
+
+    def _evidence_start(self, signals: list[ProbeEvent],
+                        samples: list[tuple[int, SliSample, str]], slis: set[str],
+                        breaches_began: list[int], start_ns: int, now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
         the breaches of ``slis`` being explained (``breaches_began``: late ones may have
         ended before the window), the window's bad requests of ``slis``, or the connects
-        and handshakes it saw end (streamed or aggregated), began before it; never
-        before ``evidence_lookback_s`` ago, unless the window itself reaches further.
+        and handshakes it saw end (its ``signals``, streamed or aggregated), began before
+        it; never before ``evidence_lookback_s`` ago, unless the window itself reaches
+        further.
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
@@ -340,24 +348,21 @@ class SloEngine:
         began = list(breaches_began)
         began += [s.start_unix_nano for _, s, status in samples
                   if s.sli_name in slis and is_bad(s, status)]
-        began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)
-                  for t in self._timelines(work) for ev in t.window(start_ns, now_ns)
+        began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in signals
                   if ev.signal in _LIFETIME_SIGNALS]
         floor = min(start_ns, now_ns - int(self.config.evidence_lookback_s * NS))
         return max(floor, min(start_ns, *began)) if began else start_ns
 
-    def _features(self, work: _Workload, samples: list[tuple[int, SliSample, str]],
-                  start_ns: int, end_ns: int) -> WindowFeatures:
-        """Features of ``[start_ns, end_ns]`` from its signals and SLI ``samples``; sums
-        scaled to one window's worth when it is longer than a window."""
-        timelines = self._timelines(work)
-        signals = [ev for t in timelines for ev in t.window(start_ns, end_ns)]
+    def _features(self, work: _Workload, signals: list[ProbeEvent],
+                  samples: list[tuple[int, SliSample, str]], span_ns: int) -> WindowFeatures:
+        """Features of ``span_ns`` worth of ``signals`` and SLI ``samples``; sums scaled to
+        one window's worth when that is longer than a window."""
         active = self.active_signals or {  # replay: every signal seen (whole retention)
-            ev.signal for t in timelines for ev in t.items}
+            ev.signal for t in self._timelines(work) for ev in t.items}
         window_ns = int(self.config.window_s * NS)
         return features_from(signals, _app_evidence(samples),
                              active_signals=active, own_cgroup_ids=work.cgroups,
-                             sum_scale=min(1.0, window_ns / max(end_ns - start_ns, 1)))
+                             sum_scale=min(1.0, window_ns / max(span_ns, 1)))
 
     def _expire(self, now_ns: int) -> None:
         horizon = now_ns - int(self.config.signal_retention_s * NS)
