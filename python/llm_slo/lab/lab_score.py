@@ -109,7 +109,8 @@ def _ts(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one per line; none if the file is missing."""
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
@@ -224,7 +225,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
               agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
     """Score one finished repetition from the files in ``rep_dir``."""
-    attributions = _jsonl(rep_dir / "attributions.jsonl")
+    attributions = read_records(rep_dir / "attributions.jsonl")
     cases, rows = build_cases(attributions, faults, phases)
     episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
                 for f in faults]

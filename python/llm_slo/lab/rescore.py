@@ -24,17 +24,13 @@ import msgspec
 
 from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
-from llm_slo.lab.lab_score import GRACE_S, Prediction, build_cases
+from llm_slo.lab.lab_score import GRACE_S, Prediction, build_cases, read_records
 from llm_slo.replay import replay
 from llm_slo.scoring import FaultEpisode, score
 
 APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
                  "a breach), records at their timestamps (delays lack span export), "
                  "cgroups from the recorded events")
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _cgroup_of_pid(probe_events: Path) -> dict[int, int]:
@@ -110,7 +106,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                cgroup_of_pid=_cgroup_of_pid(rep / "probe-events.jsonl"),
                active_signals=[s for s in agent.signal_set if s not in failed])
         faults = json.loads((rep / "faults.json").read_text())
-        rep_cases, rep_rows = build_cases(_jsonl(target / "attributions.jsonl"), faults,
+        rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
                                           json.loads((rep / "phases.json").read_text()))
         cases += rep_cases
         rows += [(rep.name, r) for r in rep_rows]
