@@ -24,7 +24,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,17 @@ class RepResult(msgspec.Struct, kw_only=True):
 
 def _ts(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def write_predictions(path: Path, rows: Iterable[tuple[int, Prediction]]) -> None:
+    """``predictions.csv``: one row per (repetition, case)."""
+    with path.open("w") as f:
+        f.write("rep,ts,actual,predicted,confidence,sli,incident_id,case\n")
+        for rep, p in rows:
+            f.write(",".join(str(x) for x in (
+                rep, f"{p.ts:.3f}", p.actual, p.predicted,
+                "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
+                p.incident_id, p.kind)) + "\n")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

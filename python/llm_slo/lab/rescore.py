@@ -24,7 +24,7 @@ import msgspec
 
 from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
-from llm_slo.lab.lab_score import GRACE_S, Prediction, build_cases, read_records
+from llm_slo.lab.lab_score import GRACE_S, build_cases, read_records, write_predictions
 from llm_slo.replay import replay
 from llm_slo.scoring import FaultEpisode, score
 
@@ -109,7 +109,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
         rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
                                           json.loads((rep / "phases.json").read_text()))
         cases += rep_cases
-        rows += [(rep.name, r) for r in rep_rows]
+        rows += [(int(rep.name.removeprefix("rep-")), r) for r in rep_rows]
         episodes += [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
                      for f in faults]
     summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
@@ -118,13 +118,5 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                     "engine": used[0] if all(u == used[0] for u in used) else used})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "predictions.csv").write_text(_csv(rows))
+    write_predictions(out_dir / "predictions.csv", rows)
     return summary
-
-
-def _csv(rows: list[tuple[str, Prediction]]) -> str:
-    out = ["rep,ts,actual,predicted,confidence,sli,kind"]
-    out += [f"{rep},{r.ts:.3f},{r.actual},{r.predicted},"
-            f"{'' if r.confidence is None else round(r.confidence, 3)},{r.sli},{r.kind}"
-            for rep, r in rows]
-    return "\n".join(out) + "\n"

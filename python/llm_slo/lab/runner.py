@@ -30,7 +30,13 @@ import msgspec
 from llm_slo.lab import cleanup_all
 from llm_slo.lab._util import LabError, stop_process
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
-from llm_slo.lab.lab_score import RepResult, pooled_score, score_rep, summarize
+from llm_slo.lab.lab_score import (
+    RepResult,
+    pooled_score,
+    score_rep,
+    summarize,
+    write_predictions,
+)
 from llm_slo.lab.services import LabServices
 from llm_slo.lab.topology import NODE, Topology, check_environment, clean_netns_etc
 from llm_slo.machine import describe
@@ -371,14 +377,8 @@ def write_artifacts(out: Path, results: list[RepResult], summary: dict[str, Any]
             for r in results:
                 with contextlib.suppress(FileNotFoundError):
                     dst.write((r.rep_dir / name).read_bytes())
-    with (out / "predictions.csv").open("w") as f:
-        f.write("rep,ts,actual,predicted,confidence,sli,incident_id,case\n")
-        for r in results:
-            for p in r.predictions:
-                f.write(",".join(str(x) for x in (
-                    r.rep, f"{p.ts:.3f}", p.actual, p.predicted,
-                    "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
-                    p.incident_id, p.kind)) + "\n")
+    write_predictions(out / "predictions.csv",
+                      ((r.rep, p) for r in results for p in r.predictions))
     pooled_score(results).write_confusion_csv(out / "confusion-matrix.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
