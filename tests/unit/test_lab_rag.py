@@ -52,6 +52,7 @@ from llm_slo.spans import (
 
 PROVIDER_TTFT_MS = 80.0
 RETRIEVAL_MS = 40.0
+TOKENS_PER_S = 400.0
 PROFILE = PROFILES["rag_mixed_20rps"]
 
 
@@ -116,7 +117,7 @@ def lab() -> Iterator[Lab]:
     # ExitStack: whatever started is stopped, in reverse order, also when a start fails.
     with contextlib.ExitStack() as stack:
         provider = stack.enter_context(ProviderEmulator(ttft_ms=PROVIDER_TTFT_MS,
-                                                        tokens_per_s=400.0))
+                                                        tokens_per_s=TOKENS_PER_S))
         vectordb = stack.enter_context(VectorDbEmulator(latency_ms=RETRIEVAL_MS))
         receiver = stack.enter_context(ReceiverThread())
         rag = stack.enter_context(RagService(RagConfig(
@@ -146,11 +147,15 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
     # Resolved by name for every backend call: nothing cached.
     assert lab.rag.lookups - lookups_before == 2 * len(run.results)
 
-    # Client TTFT = retrieval + provider TTFT + small overheads (DNS, TCP, TLS, hops).
+    # Client TTFT = retrieval + provider TTFT + overheads (DNS, TCP, TLS, hops), and it
+    # excludes the generation: token i leaves the provider i token gaps after the first.
+    # (The overheads are the host's: on a slow 2-core VM the median TTFT measured 2x the
+    # floor, so no fixed upper bound on them.)
     floor = PROVIDER_TTFT_MS + RETRIEVAL_MS
-    ttfts = sorted(r.ttft_ms for r in run.results if r.ttft_ms is not None)
-    assert len(ttfts) == 60 and ttfts[0] >= floor
-    assert ttfts[len(ttfts) // 2] <= 1.5 * floor
+    assert all(r.ttft_ms is not None and r.ttft_ms >= floor for r in run.results)
+    for r in run.results:
+        generation_ms = (r.tokens - 1) * 1000.0 / TOKENS_PER_S
+        assert r.ttft_ms is not None and r.ttft_ms <= r.total_ms - 0.8 * generation_ms, r
 
     assert lab.rag.force_flush()
     groups = lab.receiver.by_request({r.request_id for r in run.results}, 4)
