@@ -252,11 +252,13 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
         # A client span that resolves its backend's name contains the lookup, so a slow
         # resolver made every retrieval slow and looked like a slow vector DB (in the lab
         # 0.60 vs 0.33 for a DNS delay, a hair above min_confidence). The backend's own
-        # time is the span less the workload's resolver time of the same interval.
-        v["retrieval_own_mean_ms"] = max(
-            0.0, app.retrieval_mean_ms - v.get("dns_resolver_mean_ms", 0.0))
-        v["retrieval_own_p99_ms"] = max(
-            0.0, app.retrieval_p99_ms - v.get("dns_resolver_p99_ms", 0.0))
+        # time is at least the span less the interval's slowest lookup: the mean resolver
+        # time would not do, since at a fault's start and end the spans ending in a window
+        # and the lookups ending in it are different requests.
+        slowest = max((a.max for a in (agg.get("dns_latency_ms/resolver"),
+                                       stream.get("dns_latency_ms/resolver")) if a), default=0.0)
+        v["retrieval_own_mean_ms"] = max(0.0, app.retrieval_mean_ms - slowest)
+        v["retrieval_own_p99_ms"] = max(0.0, app.retrieval_p99_ms - slowest)
     if sum_scale != 1.0:
         for name in _SUMS.intersection(v):
             v[name] *= sum_scale
