@@ -153,9 +153,13 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
     # floor, so no fixed upper bound on them.)
     floor = PROVIDER_TTFT_MS + RETRIEVAL_MS
     assert all(r.ttft_ms is not None and r.ttft_ms >= floor for r in run.results)
-    for r in run.results:
-        generation_ms = (r.tokens - 1) * 1000.0 / TOKENS_PER_S
-        assert r.ttft_ms is not None and r.ttft_ms <= r.total_ms - 0.8 * generation_ms, r
+    # Per request, a late first token shortens what follows (CI saw 26 ms after TTFT for a
+    # 37.5 ms generation), so the generation is checked on the median.
+    assert all(r.ttft_ms is not None and r.ttft_ms < r.total_ms for r in run.results)
+    after_first = sorted((r.total_ms - (r.ttft_ms or 0.0)) / ((r.tokens - 1) * 1000.0
+                                                             / TOKENS_PER_S)
+                         for r in run.results)
+    assert after_first[len(after_first) // 2] >= 0.8, after_first
 
     assert lab.rag.force_flush()
     groups = lab.receiver.by_request({r.request_id for r in run.results}, 4)
