@@ -152,10 +152,10 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
     # (The overheads are the host's: on a slow 2-core VM the median TTFT measured 2x the
     # floor, so no fixed upper bound on them.)
     floor = PROVIDER_TTFT_MS + RETRIEVAL_MS
-    assert all(r.ttft_ms is not None and r.ttft_ms >= floor for r in run.results)
     # Per request, a late first token shortens what follows (CI saw 26 ms after TTFT for a
     # 37.5 ms generation), so the generation is checked on the median.
-    assert all(r.ttft_ms is not None and r.ttft_ms < r.total_ms for r in run.results)
+    assert all(r.ttft_ms is not None and floor <= r.ttft_ms < r.total_ms
+               for r in run.results)
     after_first = sorted((r.total_ms - (r.ttft_ms or 0.0)) / ((r.tokens - 1) * 1000.0
                                                              / TOKENS_PER_S)
                          for r in run.results)
