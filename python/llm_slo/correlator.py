@@ -3,7 +3,8 @@
 Tiers (the original ladder, configurable): ``trace_id_exact`` 1.00, ``pod_pid_100ms``
 0.90, ``pod_conn_250ms`` 0.80, ``service_node_500ms`` 0.65. A global gate ``window_ms``
 bounds every tier. Only joins at or above ``threshold`` enrich a span (at most
-``max_fanout``: best confidence, then smallest |Δt|, then kernel-flagged first).
+``max_fanout``: best confidence, then smallest |Δt|, then kernel-flagged first, then
+earliest).
 Spans that nothing enriches get their nearest below-threshold joins as ``diagnostics``.
 
 Time. Δt runs from the signal's timestamp to the span's *interval* ``[start, end]`` (0
@@ -12,32 +13,34 @@ and a DNS stall in the middle of it belongs to it. Interval aggregates (per-cgro
 histograms, CFS throttling) count as points at their interval end. Span clocks are moved
 onto the kernel's wall clock with ``clock_offset_ns`` (span time + offset).
 
-Indexing. Signals live in per-key arrays sorted by time (trace id; (pod, pid); (pod,
-connection)): a lookup is a dict get and two bisects. The service/node tier is
-gathered at query time from the keys of the service's pods on the node: it only
-explains spans that nothing else joins, so it should not cost every signal a fourth
-insert. A signal that carries a trace id is indexed under it only: it names its
-request, so joining it to other requests by proximity would be wrong. Signals without a
-pod (host processes, node-wide steal) join by trace id only.
+Indexing. Keys (trace id; (pod, pid); (pod, connection)) become small integer ids, and
+each batch of signals becomes a columnar chunk sorted by (key id, time), so the spans
+due at a tick are joined together: per chunk, two ``searchsorted`` calls over every
+span's (key, window) at once, then one sort of all candidates picks each span's best.
+The service/node tier is gathered at query time from the (pod, pid) keys of the
+service's pods: it only explains spans that nothing else joins, so it should not cost
+every signal a fourth key. A signal that carries a trace id is indexed under it only:
+it names its request, so joining it to other requests by proximity would be wrong.
+Signals without a pod (host processes, node-wide steal) join by trace id only.
 
-Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). What
-keeps it down: no per-signal work for the service tier, claims between tiers tested on
-the signal's own fields rather than by searching the other tier's range, no candidate
-scoring for a tier that cannot beat the k joins already found, and span attributes
-built only when read.
+Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). In
+Python the cost is per object touched, so the hot paths touch each signal a few times
+in list comprehensions and leave the rest to numpy; Matches are built only for the kept
+joins, and span attributes only when read. ``correlate`` on one span pays the per-chunk
+overhead alone: callers with many spans use ``correlate_many``.
 """
 
 from __future__ import annotations
 
+import gc
 import ipaddress
-from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
-from itertools import islice
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 
 from llm_slo.events import ConnTuple
 from llm_slo.probe_event import ProbeEvent
@@ -193,17 +196,191 @@ def _span_key_tuple(span: Span) -> tuple[Any, Any, Any, Any]:
             (service, node) if service and node else None)
 
 
+# Columnar storage. A chunk's signals are sorted per kind by a composite int64: the key's
+# id in the high bits, the time since the chunk's first signal in the low ones, so one
+# ``searchsorted`` finds a (key, time range) for thousands of spans at once.
+_TS_BITS = 34  # a chunk spans at most 2**34 ns (17 s); a wider batch is split
+_TS_SPAN = 1 << _TS_BITS
+_KEY_LIMIT = 1 << (62 - _TS_BITS)  # key ids stay below this (ids are reused)
+_SEAL_NS = 1_000_000_000  # chunks merge until they cover a second...
+_SEAL_ROWS = 1 << 19  # ...or hold this many signals
+_FREE = np.iinfo(np.int64).max  # "newest signal" of an id that is free
+_SEVERITY_OF = {"ok": 0, "warning": 1, "error": 2}
+
+
+@contextmanager
+def _young_garbage() -> Iterator[None]:
+    """Hold off the cyclic GC for one batch. A batch makes a key tuple per signal or
+    span that dies with the batch; a collection in between would find them alive and
+    promote them to the oldest generation, and enough promotions there trigger a full
+    collection, which walks every indexed signal (measured with --seconds 4: 16 full
+    collections inside the timed calls without this, none with it). Nothing here makes
+    cycles; the GC runs again after."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class _Keys:
+    """Join keys of one kind as small integer ids; an id is freed when its key's newest
+    signal falls behind the eviction bound and is reused for a new key."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+        self.keys: list[Any] = []  # id -> key (None while free)
+        self.newest = np.full(256, _FREE, np.int64)  # id -> newest signal's ts
+        self.free: list[int] = []
+
+    def assign(self, keys: list[Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Ids of ``keys`` and the (position, id) of each key seen for the first time."""
+        got = list(map(self.ids.get, keys))
+        created: list[tuple[int, int]] = []
+        if None in got:
+            for i, g in enumerate(got):
+                if g is None:
+                    key = keys[i]
+                    if (g := self.ids.get(key)) is None:  # repeated within the batch
+                        g = self._new(key)
+                        created.append((i, g))
+                    got[i] = g
+        return np.array(got, np.int64), created
+
+    def _new(self, key: Any) -> int:
+        if self.free:
+            i = self.free.pop()
+            self.keys[i] = key
+        else:
+            i = len(self.keys)
+            if i >= _KEY_LIMIT:
+                raise OverflowError("correlator: too many live join keys")
+            self.keys.append(key)
+            if i >= len(self.newest):
+                self.newest = np.concatenate([self.newest, np.full(i, _FREE, np.int64)])
+        self.newest[i] = -1
+        self.ids[key] = i
+        return i
+
+    def saw(self, comp: np.ndarray, ts: np.ndarray) -> None:
+        """Record each key's newest signal from a chunk's sorted composite keys."""
+        if not len(comp):
+            return
+        ids = comp >> _TS_BITS
+        last = np.flatnonzero(np.append(ids[1:] != ids[:-1], True))  # each key's newest
+        k = ids[last]
+        self.newest[k] = np.maximum(self.newest[k], ts[last])
+
+    def expire(self, bound: int) -> list[tuple[int, Any]]:
+        """Free the ids whose newest signal is older than ``bound``; returns (id, key)s."""
+        dead = np.flatnonzero(self.newest[:len(self.keys)] < bound).tolist()
+        gone = []
+        for i in dead:
+            key = self.keys[i]
+            del self.ids[key]
+            self.keys[i] = None
+            gone.append((i, key))
+        self.newest[dead] = _FREE
+        self.free.extend(dead)
+        return gone
+
+
+class _Chunk:
+    """Signals indexed together, columnar. Row r is ``signals[r]``; its uid is uid0 + r.
+
+    ``key[kind]``: the row's key id under that kind, -1 when it has none.
+    ``by_key[kind]``: (composite keys sorted, their rows).
+    """
+
+    __slots__ = ("by_key", "gone", "key", "node", "sev", "signals", "t_max", "t_min", "ts",
+                 "uid0")
+
+    def __init__(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
+                 node: np.ndarray, key: dict[str, np.ndarray], uid0: int, gone: int = 0,
+                 by_key: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        self.signals, self.ts, self.sev, self.node, self.key = signals, ts, sev, node, key
+        self.uid0, self.gone = uid0, gone  # gone: rows already counted as evicted
+        self.t_min, self.t_max = int(ts.min()), int(ts.max())
+        if by_key is None:
+            by_key = {}
+            rel = ts - self.t_min
+            for kind, ids in key.items():
+                rows = np.flatnonzero(ids >= 0)
+                comp = (ids[rows] << _TS_BITS) | rel[rows]
+                # Unstable is fastest; equal key and time must keep arrival order, so
+                # a chunk with such ties is sorted again, stably.
+                o = np.argsort(comp)
+                srt = comp[o]
+                if len(srt) > 1 and (srt[1:] == srt[:-1]).any():
+                    o = np.argsort(comp, kind="stable")
+                    srt = comp[o]
+                by_key[kind] = (srt, rows[o])
+        self.by_key = by_key
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def merge(self, later: _Chunk) -> _Chunk:
+        """This chunk and the one indexed right after it, as one."""
+        base = min(self.t_min, later.t_min)
+        by_key = {}
+        for kind, (comp, rows) in self.by_key.items():
+            comp2, rows2 = later.by_key[kind]
+            # Two sorted runs, moved onto one time base: timsort merges them in one pass.
+            comp = np.concatenate([comp + (self.t_min - base), comp2 + (later.t_min - base)])
+            o = np.argsort(comp, kind="stable")
+            by_key[kind] = (comp[o], np.concatenate([rows, rows2 + len(self)])[o])
+        return _Chunk(self.signals + later.signals, np.concatenate([self.ts, later.ts]),
+                      np.concatenate([self.sev, later.sev]),
+                      np.concatenate([self.node, later.node]),
+                      {k: np.concatenate([v, later.key[k]]) for k, v in self.key.items()},
+                      self.uid0, self.gone + later.gone, by_key)
+
+
+class _Candidates(msgspec.Struct, frozen=True):
+    """Joins found for a batch of spans, one row each (arrays of equal length)."""
+
+    span: np.ndarray  # the span's position in the batch
+    tier: np.ndarray  # position in the correlator's ladder
+    ts: np.ndarray
+    sev: np.ndarray
+    uid: np.ndarray  # the signal's identity: one signal can be found by several tiers
+    ref: np.ndarray  # chunk number << 32 | row, to fetch the ProbeEvent
+
+    @classmethod
+    def none(cls) -> _Candidates:
+        e = np.empty(0, np.int64)
+        return cls(e, e, e, e, e, e)
+
+    @classmethod
+    def concat(cls, parts: list[_Candidates]) -> _Candidates:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in cls.__struct_fields__))
+
+    def take(self, rows: np.ndarray) -> _Candidates:
+        """These rows only."""
+        return _Candidates(*(getattr(self, f)[rows] for f in self.__struct_fields__))
+
+
 class SignalIndex:
-    """Recent signals by join key, sorted by time per key, evicted against a watermark.
+    """Recent signals by join key and time, in columnar chunks, evicted against a watermark.
 
     Keys: trace id; (pod, pid), where pid 0 holds a pod's signals without a pid
-    (per-cgroup and per-flow aggregates); (pod, connection). The service/node
-    tier has no key of its own: :meth:`service_signals` gathers it at query time from
-    the keys of the service's pods, so no signal is indexed a fourth time for a tier
-    that only explains spans nothing else joins. ``service_of`` names a pod's service
-    (ProbeEvent has none; the caller maps it from pod labels or the ``service.name``
-    its spans carry) and is asked again while it has no answer. Without it that tier
-    never matches.
+    (per-cgroup and per-flow aggregates); (pod, connection). Every pod signal is under
+    (pod, pid) exactly once. The service/node tier has no key of its own: it is gathered
+    at query time from the (pod, pid) keys of the service's pods, so no signal is indexed
+    a fourth time for a tier that only explains spans nothing else joins.
+    ``service_of`` names a pod's service (ProbeEvent has none; the caller maps it from
+    pod labels or the ``service.name`` its spans carry) and is asked again while it has
+    no answer. Without it that tier never matches.
+
+    A batch becomes a chunk; young chunks merge pairwise until a chunk covers a second,
+    so a lookup visits a dozen chunks whatever the batch size. Eviction drops a chunk
+    once all of it is behind the bound and hides older rows of a live chunk by starting
+    every lookup at the bound.
     """
 
     def __init__(self, config: CorrelationConfig | None = None,
@@ -212,16 +389,18 @@ class SignalIndex:
         self.config = config or CorrelationConfig()
         self.service_of = service_of
         self._bucket = max(1, round(bucket_ms * 1e6))  # eviction granularity
-        # kind -> key -> (ts, signals, ts of flagged, flagged signals), each by time;
-        # flagged = status warning/error. Arrays: compact, and no work for the GC.
-        self.maps: dict[str, dict[Any, tuple[Any, list[ProbeEvent], Any, list[ProbeEvent]]]]
-        self.maps = {k: {} for k in ("trace", "pid", "conn")}
-        # For the service/node tier, kept up to date only when a key appears or dies.
-        self._pod_keys: dict[str, dict[tuple[str, Any], None]] = {}  # pod -> (kind, key)s
-        self.pod_service: dict[str, str] = {}  # pod -> service, once known (claims read it)
+        self.keys = {k: _Keys() for k in ("trace", "pid", "conn")}
+        self._nodes: dict[str, int] = {}
+        self.chunks: list[_Chunk] = []
+        self._uid = 0
+        self._horizon = -(1 << 62)  # generations below this are evicted
+        self.bound = 0  # ns: no lookup reaches before this (the horizon's start)
+        # For the service/node tier: pod -> its (pod, pid) ids, service -> pods.
+        self._pod_ids: dict[str, set[int]] = {}
+        self._pod_sample: dict[str, ProbeEvent] = {}  # a signal of the pod, for service_of
+        self.pod_service: dict[str, str] = {}
         self._service_pods: dict[str, set[str]] = {}
         self._unmapped: set[str] = set()  # pods whose service is not known yet
-        self._horizon = -(1 << 62)  # generations below this are evicted
         self.size = self.unindexed = self.late = self.evicted = 0
 
     def __len__(self) -> int:
@@ -229,100 +408,97 @@ class SignalIndex:
 
     def add(self, signals: Iterable[ProbeEvent]) -> int:
         """Index signals; returns how many were indexed."""
-        # Hot path (hundreds of thousands of signals a second): the in-order append is
-        # inlined (``_put`` costs a call per key), the rare cases (new key, straggler,
-        # flagged) stay in helpers, and lookups are bound to locals. Grouping a batch by
-        # key first was measured slower: a key sees only ~3 signals a batch.
-        batch = signals if isinstance(signals, list) else list(signals)
-        m_trace, m_pid, m_conn = self.maps.values()
-        late_before = self._horizon * self._bucket  # ts // bucket < horizon  <=>  ts < this
-        tuple_key, put, new_key, put_flagged, insert = (
-            _tuple_key, _put, self._new_key, _put_flagged, _insert)
-        late = unindexed = 0
-        for sig in batch:
-            ts = sig.ts_unix_nano
-            if ts < late_before:
-                late += 1  # behind the last eviction: no span may still want it
-                continue
-            if (tid := sig.trace_id) and (tid := tid.lower()) != _NULL_TRACE:
-                # It names its request: joining it to others by proximity would be wrong.
-                put(m_trace, tid, ts, sig, sig.status != "ok")
-                continue
-            if not (pod := sig.pod):
-                unindexed += 1  # host processes, node-wide steal: trace id only
-                continue
-            flagged = sig.status != "ok"
-            pid = sig.pid
-            if (ct := sig.conn_tuple) is not None and (ck := tuple_key(ct)):
-                if (e := m_conn.get(k := (pod, ck))) is None:
-                    new_key("conn", k, ts, sig, flagged)
-                else:
-                    if ts >= (tl := e[0])[-1]:  # kernel streams are nearly in order
-                        tl.append(ts)
-                        e[1].append(sig)
-                    else:
-                        insert(tl, e[1], ts, sig)
-                    if flagged:
-                        put_flagged(e, ts, sig)
-            # Every pod signal is under (pod, pid), pid 0 for those without one: eviction
-            # counts each signal there once. The pid tier never looks up pid 0.
-            if (e := m_pid.get(k := (pod, pid if pid > 0 else 0))) is None:
-                new_key("pid", k, ts, sig, flagged)
-            else:
-                if ts >= (tl := e[0])[-1]:
-                    tl.append(ts)
-                    e[1].append(sig)
-                else:
-                    insert(tl, e[1], ts, sig)
-                if flagged:
-                    put_flagged(e, ts, sig)
-        n = len(batch) - late - unindexed
+        with _young_garbage():
+            return self._add(signals if isinstance(signals, list) else list(signals))
+
+    def _add(self, batch: list[ProbeEvent]) -> int:
+        n = len(batch)
+        if not n:
+            return 0
+        # Column by column: one pass per field costs less than one Python step per
+        # signal and field (measured by scripts/bench_correlator.py).
+        ts = np.fromiter([g.ts_unix_nano for g in batch], np.int64, n)
+        pods = [g.pod for g in batch]
+        tids = [g.trace_id for g in batch]
+        traced = [i for i, t in enumerate(tids) if t and t.lower() != _NULL_TRACE]
+        late = ts < self.bound  # behind the last eviction: no span may still want it
+        if traced or late.any() or not all(pods):
+            kind_of = np.fromiter(map(bool, pods), np.int8, n)  # 1: pod, 0: unindexed
+            kind_of[traced] = 2  # it names its request: never joined by proximity
+            kind_of[late] = -1
+            self.late += int(late.sum())
+            self.unindexed += int((kind_of == 0).sum())
+            keep = np.flatnonzero(kind_of > 0)
+            if not len(keep):
+                return 0
+            ix = keep.tolist()
+            batch, pods, tids = [batch[i] for i in ix], [pods[i] for i in ix], \
+                [tids[i] for i in ix]
+            ts, kind_of, n = ts[keep], kind_of[keep], len(ix)
+            pod_rows = np.flatnonzero(kind_of == 1)
+            traced_rows = np.flatnonzero(kind_of == 2)
+        else:
+            pod_rows, traced_rows = np.arange(n), np.empty(0, np.int64)
+        key = {k: np.full(n, -1, np.int64) for k in self.keys}
+        if len(traced_rows):
+            key["trace"][traced_rows] = self.keys["trace"].assign(
+                [tids[i].lower() for i in traced_rows.tolist()])[0]  # type: ignore[union-attr]
+        if len(pod_rows):
+            pb = batch if len(pod_rows) == n else [batch[i] for i in pod_rows.tolist()]
+            pp = pods if len(pod_rows) == n else [pods[i] for i in pod_rows.tolist()]
+            ids, created = self.keys["pid"].assign(list(zip(pp, [g.pid for g in pb],
+                                                            strict=True)))
+            key["pid"][pod_rows] = ids
+            for pos, pid_id in created:
+                self._new_pod_key(pp[pos], pid_id, pb[pos])
+            cts = [g.conn_tuple for g in pb]
+            conn_rows = [i for i, ct in enumerate(cts) if ct is not None]
+            conn_keys = [(pp[i], _tuple_key(cts[i])) for i in conn_rows]  # type: ignore[arg-type]
+            if None in [ck for _, ck in conn_keys]:  # a tuple no span can name: skip it
+                conn_rows = [r for r, k in zip(conn_rows, conn_keys, strict=True) if k[1]]
+                conn_keys = [k for k in conn_keys if k[1]]
+            if conn_rows:
+                key["conn"][pod_rows[conn_rows]] = self.keys["conn"].assign(conn_keys)[0]
+        sev = np.fromiter(map(_SEVERITY_OF.__getitem__, [g.status for g in batch]), np.int8, n)
+        nodes = self._nodes
+        node = np.fromiter([nodes.get(x) or nodes.setdefault(x, len(nodes) + 1)
+                            for x in [g.node for g in batch]], np.int32, n)
+        if int(ts.max()) - int(ts.min()) >= _TS_SPAN:  # not from one poll: split by time
+            order = np.argsort(ts, kind="stable")
+            slot = (ts[order] - int(ts.min())) >> (_TS_BITS - 1)  # slices of 2**33 ns
+            for part in np.split(order, np.flatnonzero(np.diff(slot)) + 1):
+                part = np.sort(part)
+                self._append([batch[i] for i in part.tolist()], ts[part], sev[part],
+                              node[part], {k: v[part] for k, v in key.items()})
+        else:
+            self._append(batch, ts, sev, node, key)
         self.size += n
-        self.late += late
-        self.unindexed += unindexed
         return n
 
-    def _new_key(self, kind: str, key: tuple[str, Any], ts: int, sig: ProbeEvent,
-                 flagged: bool) -> None:
-        self.maps[kind][key] = _new_entry(ts, sig, flagged)
-        pod = key[0]
-        if (keys := self._pod_keys.get(pod)) is None:
-            keys = self._pod_keys[pod] = {}
+    def _append(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
+                node: np.ndarray, key: dict[str, np.ndarray]) -> None:
+        ch = _Chunk(signals, ts, sev, node, key, self._uid)
+        self._uid += len(signals)
+        for kind, (comp, rows) in ch.by_key.items():
+            self.keys[kind].saw(comp, ts[rows])
+        chunks = self.chunks
+        chunks.append(ch)
+        # Merge the two youngest while the older is not yet sealed and not larger (a
+        # binary counter): each signal is merged a few times, lookups see few chunks.
+        while len(chunks) > 1:
+            a, b = chunks[-2], chunks[-1]
+            if (a.t_max - a.t_min >= _SEAL_NS or len(a) >= _SEAL_ROWS
+                    or len(a) > len(b) or max(a.t_max, b.t_max)
+                    - min(a.t_min, b.t_min) >= _TS_SPAN):
+                break
+            chunks[-2:] = [a.merge(b)]
+
+    def _new_pod_key(self, pod: str, pid_id: int, sample: ProbeEvent) -> None:
+        if (ids := self._pod_ids.get(pod)) is None:
+            ids = self._pod_ids[pod] = set()
             self._unmapped.add(pod)
-        keys[(kind, key)] = None
-
-    def service_signals(self, service: str, node: str, s: int, e: int, w: int,
-                        nearest: int | None = None) -> tuple[list[int], list[ProbeEvent]]:
-        """Signals of ``service``'s pods on ``node`` within ``w`` of [s, e], by time.
-
-        With ``nearest``, only each key's ``nearest`` closest to [s, e]: a superset of
-        the overall closest, at a cost per key rather than per signal (a diagnostic
-        window over a busy service holds thousands).
-        """
-        if self.service_of is not None:
-            for pod in list(self._unmapped):  # pods new since the last query, or unknown
-                tl_sl = next(iter(self.maps[k][key] for k, key in self._pod_keys[pod]))
-                if svc := self.service_of(tl_sl[1][0]):
-                    self._unmapped.discard(pod)
-                    self.pod_service[pod] = svc
-                    self._service_pods.setdefault(svc, set()).add(pod)
-        seen: set[int] = set()
-        found: list[tuple[int, int, ProbeEvent]] = []
-        for pod in self._service_pods.get(service, ()):
-            for kind, key in self._pod_keys[pod]:
-                tl, sl = self.maps[kind][key][:2]
-                lo, hi = bisect_left(tl, s - w), bisect_right(tl, e + w)
-                if nearest is None:
-                    picked: Iterable[int] = range(lo, hi)
-                else:
-                    picked = _nearest_where(tl, sl, lo, hi, s, e, nearest,
-                                            lambda x: x.node == node and id(x) not in seen)
-                for i in picked:
-                    if (x := sl[i]).node == node and id(x) not in seen:
-                        seen.add(id(x))
-                        found.append((tl[i], len(found), x))
-        found.sort()
-        return [f[0] for f in found], [f[2] for f in found]
+        ids.add(pid_id)
+        self._pod_sample.setdefault(pod, sample)
 
     def evict(self, watermark_ns: int) -> int:
         """Drop signals older than ``watermark_ns - window_ms``, in whole generations.
@@ -333,43 +509,84 @@ class SignalIndex:
         limit = (watermark_ns - round(self.config.window_ms * 1e6)) // self._bucket
         if limit <= self._horizon:
             return 0
-        self._horizon, bound = limit, limit * self._bucket
-        gone = 0
-        # One sweep over every key per generation: cheaper than recording, at each
-        # insert, which keys a generation touched.
-        for kind, m in self.maps.items():
-            dead = []
-            for key, (tl, sl, ftl, fsl) in m.items():
-                if tl[0] < bound:
-                    i = bisect_left(tl, bound)
-                    if kind != "conn":  # a connection's signals are under (pod, pid) too
-                        gone += i
-                    if i == len(tl):
-                        dead.append(key)
-                        continue
-                    del tl[:i], sl[:i]
-                    i = bisect_left(ftl, bound)
-                    del ftl[:i], fsl[:i]
-            for key in dead:
-                del m[key]
-                if kind != "trace":
-                    self._drop_key(kind, key)
+        self._horizon, self.bound = limit, max(limit * self._bucket, 0)
+        gone, live = 0, []
+        for ch in self.chunks:
+            below = int(np.count_nonzero(ch.ts < self.bound)) if ch.t_min < self.bound else 0
+            gone += below - ch.gone
+            ch.gone = below
+            if below < len(ch):
+                live.append(ch)
+        self.chunks = live
+        for kind, keys in self.keys.items():
+            dead = keys.expire(self.bound)
+            if kind == "pid":
+                for pid_id, (pod, _) in dead:
+                    self._drop_pod_key(pod, pid_id)
         self.size -= gone
         self.evicted += gone
         return gone
 
-    def _drop_key(self, kind: str, key: tuple[str, Any]) -> None:
-        pod = key[0]
-        keys = self._pod_keys[pod]
-        del keys[(kind, key)]
-        if not keys:  # the pod has gone quiet: forget it
-            del self._pod_keys[pod]
-            self._unmapped.discard(pod)
-            if (svc := self.pod_service.pop(pod, None)) is not None:
-                pods = self._service_pods[svc]
-                pods.discard(pod)
-                if not pods:
-                    del self._service_pods[svc]
+    def _drop_pod_key(self, pod: str, pid_id: int) -> None:
+        ids = self._pod_ids[pod]
+        ids.discard(pid_id)
+        if ids:
+            return
+        del self._pod_ids[pod]  # the pod has gone quiet: forget it
+        self._pod_sample.pop(pod, None)
+        self._unmapped.discard(pod)
+        if (svc := self.pod_service.pop(pod, None)) is not None:
+            pods = self._service_pods[svc]
+            pods.discard(pod)
+            if not pods:
+                del self._service_pods[svc]
+
+    def service_ids(self, service: str) -> list[int]:
+        """The (pod, pid) key ids of ``service``'s pods (any node)."""
+        if self.service_of is not None and self._unmapped:
+            for pod in list(self._unmapped):  # pods new since the last query, or unknown
+                if svc := self.service_of(self._pod_sample[pod]):
+                    self._unmapped.discard(pod)
+                    self.pod_service[pod] = svc
+                    self._service_pods.setdefault(svc, set()).add(pod)
+        return [i for pod in self._service_pods.get(service, ()) for i in self._pod_ids[pod]]
+
+    def node_id(self, node: str) -> int | None:
+        """The id under which signals of ``node`` are stored, if any arrived."""
+        return self._nodes.get(node)
+
+    def find(self, kind: str, tier: int, span: np.ndarray, key: np.ndarray, lo: np.ndarray,
+             hi: np.ndarray, node: np.ndarray | None = None) -> _Candidates:
+        """Every signal under ``key[i]`` (of ``kind``) with time in [lo[i], hi[i]], for
+        each query i, as candidates of ``span[i]``; with ``node``, only from that node."""
+        lo = np.maximum(lo, self.bound)  # evicted rows may linger in a live chunk
+        parts: list[tuple[np.ndarray, ...]] = []
+        for ci, ch in enumerate(self.chunks):
+            comp, rows = ch.by_key[kind]
+            if not len(comp):
+                continue
+            sel = np.flatnonzero((lo <= ch.t_max) & (hi >= ch.t_min) & (lo <= hi))
+            if not len(sel):
+                continue
+            k = key[sel] << _TS_BITS
+            a = np.searchsorted(comp, k | (np.maximum(lo[sel], ch.t_min) - ch.t_min), "left")
+            b = np.searchsorted(comp, k | (np.minimum(hi[sel], ch.t_max) - ch.t_min), "right")
+            counts = b - a
+            total = int(counts.sum())
+            if not total:
+                continue
+            pos = np.arange(total) + np.repeat(a - (np.cumsum(counts) - counts), counts)
+            r = rows[pos]
+            q = np.repeat(sel, counts)
+            if node is not None:
+                same = ch.node[r] == node[q]
+                r, q = r[same], q[same]
+            parts.append((span[q], ch.ts[r], ch.sev[r], ch.uid0 + r, (ci << 32) | r))
+        if not parts:
+            return _Candidates.none()
+        cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
+        return _Candidates(cols[0], np.full(len(cols[0]), tier, np.int64), cols[1], cols[2],
+                          cols[3], cols[4])
 
 
 class Correlator:
@@ -391,9 +608,12 @@ class Correlator:
                  (POD_CONN, c.pod_conn_confidence, ns(c.pod_conn_window_ms), "conn"),
                  (SERVICE_NODE, c.service_node_confidence, ns(c.service_node_window_ms), "svc")]
         # Most confident first (stable: ties keep ladder order): a signal that fits
-        # several tiers is claimed by the best, and enriching tiers precede diagnostic.
-        # Each with its kind's position in the span's key tuple.
+        # several tiers is claimed by the first. Each with its kind's position in the
+        # span's key tuple.
         self._tiers = [(*t, _KINDS.index(t[3])) for t in sorted(tiers, key=lambda t: -t[1])]
+        # _Candidates order by confidence: equal confidences rank alike.
+        confs = sorted({t[1] for t in tiers}, reverse=True)
+        self._rank = np.array([confs.index(t[1]) for t in self._tiers], np.int64)
 
     def add(self, signals: Iterable[ProbeEvent]) -> int:
         """Shorthand for ``self.index.add``."""
@@ -404,231 +624,178 @@ class Correlator:
         return self.index.evict(watermark_ns)
 
     def correlate(self, span: Span) -> EnrichedSpan:
-        """Join one span against the indexed signals and update the counters."""
-        c, st, index, keys = self.config, self.stats, self.index, _span_key_tuple(span)
-        maps = index.maps
-        s = span.start_unix_nano + self.clock_offset_ns
-        e = max(span.end_unix_nano + self.clock_offset_ns, s)
-        k, thr = c.max_fanout, c.threshold
-        cands: list[tuple[Any, ...]] = []  # the best k enriching joins of each tier
-        diags: list[tuple[Any, ...]] = []
-        claims: list[tuple[str, Any, int, int]] = []  # (kind, key, window) of tiers joined
-        seen: set[int] = set()
-        joins, floor = 0, 2.0
-        for tier, conf, w, kind, pos in self._tiers:
-            if conf < thr and cands:
-                break  # diagnostics only explain spans that nothing enriches
-            key = keys[pos]
-            if key is None:
+        """Join one span (see :meth:`correlate_many`, which is cheaper per span)."""
+        return self.correlate_many([span])[0]
+
+    def correlate_many(self, spans: list[Span]) -> list[EnrichedSpan]:
+        """Join spans against the indexed signals, all at once; updates the counters.
+
+        Per span: every signal that fits a tier (its key, within the tier's window of the
+        span's interval) belongs to the most confident tier it fits. Enriching joins are
+        ordered by confidence, then |Δt|, then severity (flagged first), then time, and
+        the first ``max_fanout`` kept. Spans without one get their diagnostic joins so
+        ordered instead.
+        """
+        with _young_garbage():
+            return self._correlate_many(spans)
+
+    def _correlate_many(self, spans: list[Span]) -> list[EnrichedSpan]:
+        n = len(spans)
+        if n > 1 << 24:  # the sort keys hold a span's position in 24 bits
+            return [x for i in range(0, n, 1 << 24)
+                    for x in self._correlate_many(spans[i:i + (1 << 24)])]
+        if not n:
+            return []
+        c, off = self.config, self.clock_offset_ns
+        keys = [_span_key_tuple(sp) for sp in spans]
+        s = np.fromiter([sp.start_unix_nano for sp in spans], np.int64, n) + off
+        e = np.maximum(np.fromiter([sp.end_unix_nano for sp in spans], np.int64, n) + off, s)
+        enriching = [t for t in self._tiers if t[1] >= c.threshold]
+        found = self._find(enriching, keys, np.arange(n), s, e)
+        joins = np.bincount(found.span, minlength=n)
+        best = self._best(found, s, e)
+        diags: _Candidates | None = None
+        if len(self._tiers) > len(enriching) and (lonely := np.flatnonzero(joins == 0)).size:
+            # Diagnostics only explain spans that nothing enriches.
+            diags = self._best(self._find(self._tiers[len(enriching):], keys, lonely, s, e),
+                               s, e)
+        return self._assemble(spans, joins, best, diags, s, e)
+
+    def _find(self, tiers: list[tuple[Any, ...]], keys: list[tuple[Any, ...]],
+              which: np.ndarray, s: np.ndarray, e: np.ndarray) -> _Candidates:
+        """_Candidates of the spans ``which`` at ``tiers``, each signal at its best tier."""
+        index = self.index
+        found: list[_Candidates] = []
+        for tier, (_, _, w, kind, pos) in enumerate(self._tiers):
+            if self._tiers[tier] not in tiers:
                 continue
-            flagged: tuple[Any, ...] | None
             if kind == "svc":
-                tl, sl = index.service_signals(key[0], key[1], s, e, w,
-                                               k if conf < thr else None)
-                lo, hi, flagged = 0, len(tl), None
-            elif (entry := maps[kind].get(key)) is not None:
-                tl, sl = entry[0], entry[1]
-                flagged = entry  # its [2] and [3]: flagged ts and signals
-                lo = bisect_left(tl, s - w)
-                hi = bisect_right(tl, e + w, lo)
-            else:
+                q_span, q_key, q_node = self._service_queries(keys, which)
+                if not len(q_span):
+                    continue
+                found.append(index.find("pid", tier, q_span, q_key, s[q_span] - w,
+                                        e[q_span] + w, q_node))
                 continue
-            if lo == hi:
+            get = index.keys[kind].ids.get  # get(None) is None: a span without that key
+            ids = list(map(get, [keys[i][pos] for i in which.tolist()]))
+            has = [i for i, x in enumerate(ids) if x is not None]
+            if not has:
                 continue
-            if conf < thr:  # diagnostic: only the nearest few are worth returning
-                for i, d in _nearest(tl, sl, lo, hi, s, e, k, seen):
-                    seen.add(id(sl[i]))
-                    diags.append((-conf, abs(d), len(diags), tier, conf, d, sl[i]))
+            q_span = which[has]
+            q_key = np.array([ids[i] for i in has], np.int64)
+            found.append(index.find(kind, tier, q_span, q_key, s[q_span] - w, e[q_span] + w))
+        found = [f for f in found if len(f.span)]
+        if not found:
+            return _Candidates.none()
+        out = _Candidates.concat(found)
+        if len(found) > 1:  # one signal, several tiers: it belongs to the most confident
+            ident = (out.span << 38) | ((out.uid - int(out.uid.min())) << 2) | out.tier
+            order = np.argsort(ident)
+            ident = ident[order] >> 2
+            first = order[np.append(True, ident[1:] != ident[:-1])]
+            out = out.take(first)
+        return out
+
+    def _service_queries(self, keys: list[tuple[Any, ...]], which: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One query per (span, (pod, pid) key of the span's service's pods)."""
+        index = self.index
+        q_span: list[int] = []
+        q_key: list[int] = []
+        q_node: list[int] = []
+        for i in which.tolist():
+            if (svc := keys[i][3]) is None or (node := index.node_id(svc[1])) is None:
                 continue
-            if claims:  # a signal under several keys belongs to its most confident tier
-                if kind == "conn" and len(claims) == 1 and claims[0][0] == "pid":
-                    # The usual case, inlined: both keys carry the span's pod.
-                    _, (_, pid), plo, phi = claims[0]
-                    keep = [j for j in range(lo, hi)
-                            if sl[j].pid != pid or not plo <= tl[j] <= phi]
-                else:
-                    keep = [j for j in range(lo, hi)
-                            if not _claimed(claims, tl[j], sl[j], index.pod_service)]
-                if len(keep) < hi - lo:
-                    tl, sl, lo, hi = [tl[j] for j in keep], [sl[j] for j in keep], 0, len(keep)
-                    flagged = None  # they no longer line up with the filtered range
-            if kind != "trace":  # trace-id signals live under no other key
-                claims.append((kind, key, s - w, e + w))
-            joins += hi - lo
-            if len(cands) >= k and conf < floor:
-                continue  # k joins of more confident tiers: this one can only be counted
-            cands += _best(tl, sl, lo, hi, s, e, k, flagged, (-conf, tier, conf), len(cands))
-            floor = conf  # tiers come most confident first
-        cands.sort()
-        diags.sort()
-        matches = [Match(x[7], x[4], x[5], x[6] / 1e6) for x in cands[:k]]
-        st.spans += 1
-        st.fanout_dropped += joins - len(matches)
-        if matches:
-            st.enriched += 1
-            by_tier = st.by_tier
-            for m in matches:
-                by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
-                if m.signal.signal not in ATTRIBUTES:
-                    st.unsupported_type += 1
-            return EnrichedSpan(span, matches)
-        if diags:
-            st.low_confidence += 1
-        else:
-            st.unmatched += 1
-        return EnrichedSpan(span, matches, [Match(x[6], x[3], x[4], x[5] / 1e6) for x in diags[:k]])
+            ids = index.service_ids(svc[0])
+            q_span += [i] * len(ids)
+            q_key += ids
+            q_node += [node] * len(ids)
+        return (np.array(q_span, np.int64), np.array(q_key, np.int64),
+                np.array(q_node, np.int32))
 
+    def _best(self, cand: _Candidates, s: np.ndarray, e: np.ndarray) -> _Candidates:
+        """Each span's first ``max_fanout`` candidates, in match order.
 
-def _claimed(claims: list[tuple[str, Any, int, int]], t: int, sig: ProbeEvent,
-             pod_service: dict[str, str]) -> bool:
-    """Whether a more confident tier already joined ``sig`` (at ``t``).
+        One int64 sort key per candidate, most significant first: span, confidence
+        rank, then inside the span (Δt 0) severity and time since the span's start, or
+        outside it |Δt| and severity. Fields saturate (17 s; 8.6 s inside), where ties
+        fall back to the order found (time within a key). A batch of more than
+        2**24 spans is sorted in slices by the caller.
+        """
+        if not len(cand.span):
+            return cand
+        q, ts = cand.span, cand.ts
+        s_q, e_q = s[q], e[q]
+        inside = (ts >= s_q) & (ts <= e_q)
+        worse = 2 - cand.sev.astype(np.int64)
+        low = np.where(inside, (worse << 33) | np.minimum(ts - s_q, (1 << 33) - 1),
+                       (1 << 35) | (np.minimum(np.where(ts < s_q, s_q - ts, ts - e_q),
+                                               (1 << 33) - 1) << 2) | worse)
+        order = np.argsort((q << 38) | (self._rank[cand.tier] << 36) | low, kind="stable")
+        qs = q[order]
+        first = np.searchsorted(qs, qs, "left")  # each span's first row
+        keep = order[np.arange(len(qs)) - first < self.config.max_fanout]
+        return cand.take(keep)
 
-    A tier joins exactly the signals under its key within its window, so membership is
-    a test on the signal's own fields, not a search of that tier's range.
-    """
-    for kind, key, lo, hi in claims:
-        if not lo <= t <= hi:
-            continue
-        if kind == "pid":
-            if sig.pid == key[1] and sig.pod == key[0]:
-                return True
-        elif kind == "conn":
-            if sig.pod == key[0] and (ct := sig.conn_tuple) is not None \
-                    and _tuple_key(ct) == key[1]:
-                return True
-        elif sig.node == key[1] and pod_service.get(sig.pod) == key[0]:  # svc
-            return True
-    return False
+    def _assemble(self, spans: list[Span], joins: np.ndarray, best: _Candidates,
+                  diags: _Candidates | None, s: np.ndarray, e: np.ndarray
+                  ) -> list[EnrichedSpan]:
+        st, chunks = self.stats, self.index.chunks
+        names = [(t[0], t[1]) for t in self._tiers]
 
+        def matches(cand: _Candidates) -> dict[int, list[Match]]:
+            """Per span, its Matches (candidates come sorted by span)."""
+            q, ts = cand.span, cand.ts
+            delta = np.where(ts < s[q], ts - s[q], np.where(ts > e[q], ts - e[q], 0)) / 1e6
+            ms = [Match(chunks[ref >> 32].signals[ref & 0xFFFFFFFF], *names[tier], d)
+                  for tier, d, ref in zip(cand.tier.tolist(), delta.tolist(),
+                                          cand.ref.tolist(), strict=True)]
+            if not ms:
+                return {}
+            cut = (np.flatnonzero(np.diff(q)) + 1).tolist()
+            starts, ends = [0, *cut], [*cut, len(ms)]
+            return {i: ms[a:b] for i, a, b in zip(q[starts].tolist(), starts, ends, strict=True)}
 
-def _put(m: dict[Any, Any], key: Any, ts: int, sig: ProbeEvent, flagged: bool) -> None:
-    """Add one signal under ``key`` (``add`` inlines this for the pod keys)."""
-    e = m.get(key)
-    if e is None:
-        m[key] = _new_entry(ts, sig, flagged)
-        return
-    tl = e[0]
-    if ts >= tl[-1]:  # kernel streams are nearly in order: append
-        tl.append(ts)
-        e[1].append(sig)
-    else:
-        _insert(tl, e[1], ts, sig)
-    if flagged:
-        _put_flagged(e, ts, sig)
-
-
-def _new_entry(ts: int, sig: ProbeEvent, flagged: bool) -> tuple[Any, ...]:
-    """A key's first signal: (ts, signals, ts of flagged, flagged signals)."""
-    return (array("q", (ts,)), [sig], array("q", (ts,)) if flagged else array("q"),
-            [sig] if flagged else [])
-
-
-def _put_flagged(e: tuple[Any, ...], ts: int, sig: ProbeEvent) -> None:
-    """Flagged signals are kept apart too, so the fan-out finds them without a scan."""
-    ftl = e[2]
-    if not ftl or ts >= ftl[-1]:
-        ftl.append(ts)
-        e[3].append(sig)
-    else:
-        _insert(ftl, e[3], ts, sig)
-
-
-def _insert(tl: Any, sl: list[ProbeEvent], ts: int, sig: ProbeEvent) -> None:
-    """Insert in time order; stragglers belong near the end, so look there first."""
-    lo = max(0, len(tl) - 8)
-    if lo and tl[lo - 1] > ts:
-        lo = 0
-    i = bisect_right(tl, ts, lo)  # after equal times: arrival order breaks ties
-    tl.insert(i, ts)
-    sl.insert(i, sig)
-
-
-def _best(ts: Any, ss: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
-          flagged: tuple[Any, ...] | None, tier: tuple[float, str, float],
-          n: int) -> list[tuple[Any, ...]]:
-    """The k joins in [lo, hi) closest to [s, e] as candidates of ``tier``.
-
-    A candidate is (−conf, |Δ|, −severity, n + i, tier, conf, Δ, signal): ``tier`` is
-    (−conf, name, conf), ``n + i`` numbers them in order (unique, so sorting candidates
-    never compares signals). Built here directly: no second tuple per join in the caller.
-    Inside the span (all Δ = 0) flagged signals come first, found in ``flagged[2:4]``
-    (an index entry: their ts and signals) when given. Never scores the whole range: a
-    long span of a busy pid holds hundreds of joins.
-    """
-    nc, name, conf = tier
-    sev = _SEVERITY
-    if hi - lo <= k:
+        got = matches(best)
+        low = matches(diags) if diags is not None else {}
+        st.spans += len(spans)
+        st.fanout_dropped += int(joins.sum()) - len(best.span)
+        by_tier = st.by_tier
+        for m in (x for ms in got.values() for x in ms):
+            by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
+            if m.signal.signal not in ATTRIBUTES:
+                st.unsupported_type += 1
         out = []
-        for i in range(lo, hi):
-            t, x = ts[i], ss[i]
-            d = t - s if t < s else (t - e if t > e else 0)
-            out.append((nc, abs(d), -sev.get(x.status, 0), n + i - lo, name, conf, d, x))
-        return out
-    a = bisect_left(ts, s, lo, hi)
-    b = bisect_right(ts, e, a, hi)
-    if b - a < k:  # all of the inside, then the nearest outside
-        return [(nc, abs(d), -sev.get((x := ss[i]).status, 0), n + j, name, conf, d, x)
-                for j, (i, d) in enumerate(_nearest(ts, ss, lo, hi, s, e, k, _NONE))]
-    if flagged is not None:
-        ftl = flagged[2]
-        inside = flagged[3][bisect_left(ftl, s):bisect_right(ftl, e)]
-    else:
-        inside = [x for x in ss[a:b] if x.status != "ok"]
-    # Errors, then warnings, then the earliest routine ones; each group in time order.
-    pick = [x for x in inside if x.status == "error"][:k]
-    if len(pick) < k:
-        pick += [x for x in inside if x.status == "warning"][:k - len(pick)]
-        j = a
-        while len(pick) < k:  # fewer than k flagged
-            if (x := ss[j]).status == "ok":
-                pick.append(x)
-            j += 1
-    return [(nc, 0, -sev.get(x.status, 0), n + i, name, conf, 0, x) for i, x in enumerate(pick)]
-
-
-def _nearest(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
-             seen: set[int] | frozenset[int]) -> list[tuple[int, int]]:
-    """Up to k (position, Δns) in [lo, hi) closest to [s, e], skipping ``seen``.
-
-    Walks outward from the span rather than scoring the range: a busy service on a
-    node has hundreds of signals in a diagnostic window.
-    """
-    a = bisect_left(tl, s, lo, hi)
-    b = bisect_right(tl, e, a, hi)
-    left, right = a - 1, b
-    if not seen:  # the enriching case: no identity checks
-        out = [(i, 0) for i in range(a, min(b, a + k))]  # Δ = 0
-        while len(out) < k and (left >= lo or right < hi):
-            if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
-                out.append((left, tl[left] - s))
-                left -= 1
+        for i, span in enumerate(spans):
+            if (ms := got.get(i)) is not None:
+                out.append(EnrichedSpan(span, ms))
+            elif (dg := low.get(i)) is not None:
+                out.append(EnrichedSpan(span, [], dg))
             else:
-                out.append((right, tl[right] - e))
-                right += 1
+                out.append(EnrichedSpan(span, []))
+        st.enriched += len(got)
+        st.low_confidence += sum(1 for i in low if i not in got)
+        st.unmatched += len(spans) - len(got) - sum(1 for i in low if i not in got)
         return out
-    out = list(islice(((i, 0) for i in range(a, b) if id(sl[i]) not in seen), k))  # Δ = 0
-    while len(out) < k and (left >= lo or right < hi):
-        if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
-            i, d, left = left, tl[left] - s, left - 1
-        else:
-            i, d, right = right, tl[right] - e, right + 1
-        if id(sl[i]) not in seen:
-            out.append((i, d))
-    return out
 
-
-def _nearest_where(tl: Any, sl: list[ProbeEvent], lo: int, hi: int, s: int, e: int, k: int,
-                   wanted: Callable[[ProbeEvent], bool]) -> list[int]:
-    """Positions of up to k ``wanted`` signals in [lo, hi) closest to [s, e]."""
-    a = bisect_left(tl, s, lo, hi)
-    b = bisect_right(tl, e, a, hi)
-    out = list(islice((i for i in range(a, b) if wanted(sl[i])), k))  # inside: Δ = 0
-    left, right = a - 1, b
-    while len(out) < k and (left >= lo or right < hi):
-        if right >= hi or (left >= lo and s - tl[left] <= tl[right] - e):
-            i, left = left, left - 1
-        else:
-            i, right = right, right + 1
-        if wanted(sl[i]):
-            out.append(i)
-    return out
+        got = matches(best)
+        low = matches(diags) if diags is not None else {}
+        st.spans += len(spans)
+        st.fanout_dropped += int(joins.sum()) - len(best.span)
+        by_tier = st.by_tier
+        out = []
+        for i, span in enumerate(spans):
+            if (ms := got.get(i)) is not None:
+                st.enriched += 1
+                for m in ms:
+                    by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
+                    if m.signal.signal not in ATTRIBUTES:
+                        st.unsupported_type += 1
+                out.append(EnrichedSpan(span, ms))
+            elif (dg := low.get(i)) is not None:
+                st.low_confidence += 1
+                out.append(EnrichedSpan(span, [], dg))
+            else:
+                st.unmatched += 1
+                out.append(EnrichedSpan(span, []))
+        return out

@@ -213,16 +213,15 @@ class SloEngine:
     def _correlate_due(self, now_ns: int) -> None:
         """Join spans that ended long enough ago; matched cgroups join their workload."""
         due_ns = now_ns - int(self.config.correlation_delay_s * NS)
-        keep = []
-        for span in self._pending:
-            if span.end_unix_nano > due_ns:
-                keep.append(span)
-                continue
-            work = self._workloads[span.service]
-            for m in self.correlator.correlate(span).matches:
+        due = [span for span in self._pending if span.end_unix_nano <= due_ns]
+        if not due:
+            return
+        self._pending = [span for span in self._pending if span.end_unix_nano > due_ns]
+        for es in self.correlator.correlate_many(due):  # together: one pass per chunk
+            work = self._workloads[es.span.service]
+            for m in es.matches:
                 if m.signal.cgroup_id:
                     work.cgroups.add(m.signal.cgroup_id)
-        self._pending = keep
 
     def tick(self, now_ns: int) -> list[IncidentAttribution]:
         """Explain violations since the last tick; learn baselines from calm windows."""
