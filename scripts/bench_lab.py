@@ -8,6 +8,7 @@ scenario, straight from each run's summary.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import shutil
@@ -17,8 +18,13 @@ import time
 from pathlib import Path
 
 from llm_slo.lab.faults import SCENARIOS
+from llm_slo.lab.lab_score import read_predictions
 from llm_slo.lab.loadgen import percentile, read_jsonl
 from llm_slo.lab.report import write_run_report
+from llm_slo.scoring import score
+
+SINGLE_FAULT = [name for name, sc in SCENARIOS.items()
+                if len(sc.steps) == 1 and len(sc.steps[0]) == 1]
 
 
 def _fmt(v: object, digits: int = 3) -> str:
@@ -34,6 +40,11 @@ def _latency_overhead(out: Path) -> dict[str, float] | None:
     """TTFT p99 of ``none`` (agent on) vs ``none-no-agent``, when both runs exist."""
     on, off = _p99_ttft(out / "none"), _p99_ttft(out / "none-no-agent")
     if on is None or off is None:
+        # The per-request files may be gone (not kept in docs/): the pair's result stays
+        # in none/summary.json, where the run that had them wrote it.
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            return {"pct": json.loads((out / "none" / "summary.json").read_text())
+                    ["latency_overhead_pct"]}
         return None
     result = {"p99_on_ms": on, "p99_off_ms": off, "pct": 100 * (on - off) / off}
     summary_path = out / "none" / "summary.json"
@@ -43,6 +54,35 @@ def _latency_overhead(out: Path) -> dict[str, float] | None:
     prov = json.loads((out / "none" / "provenance.json").read_text())
     write_run_report(out / "none", command=prov.get("command", ""))
     return result
+
+
+def _pooled_single_fault(out: Path) -> str:
+    """The table's note on every single-fault scenario's cases scored as one run."""
+    present = [n for n in SINGLE_FAULT if (out / n / "predictions.csv").is_file()]
+    if not present:
+        return "Single-fault scenarios pooled: no single-fault runs here."
+    pooled = score([c for n in present for c in read_predictions(out / n / "predictions.csv")])
+    commits = sorted({str(json.loads((out / n / "provenance.json").read_text())
+                          .get("commit", "?"))[:9] for n in present})
+    per_class = ", ".join(f"{d} {c.f1:.3f}" for d, c in sorted(pooled.per_class.items()))
+    return (f"Single-fault scenarios pooled ({len(present)} of {len(SINGLE_FAULT)}; every "
+            "repetition's cases scored as one run, from the runs' `predictions.csv`, at "
+            f"{len(commits)} commit(s): {', '.join(commits)}): macro-F1 "
+            f"{_fmt(pooled.macro_f1)}, FPR {_fmt(pooled.fpr)}; F1 per domain: {per_class}. "
+            "The per-scenario macro-F1 in the table averages over every domain that occurs "
+            "as a truth or a prediction, so in a one-fault run a single stray prediction of "
+            "another domain is a class with F1 0 and halves it; pooled, the stray costs "
+            "that domain some precision instead.")
+
+
+def _overhead_text(overhead: dict[str, float] | None) -> str:
+    if overhead is None:
+        return "not measured (no `none` and `none-no-agent` runs here)."
+    if "p99_on_ms" not in overhead:
+        return (f"{overhead['pct']:+.2f} % (target at most +2 %; from `none/summary.json`, "
+                "the per-request files are not kept here).")
+    return (f"{overhead['p99_on_ms']:.1f} ms vs {overhead['p99_off_ms']:.1f} ms, "
+            f"{overhead['pct']:+.2f} % (target at most +2 %).")
 
 
 def _row(name: str, run_dir: Path) -> str:
@@ -108,12 +148,14 @@ def main() -> int:
            "that attribution's time minus the first moment a request sent during the fault "
            "visibly broke the SLO (its first token 700 ms or more after sending, or its "
            "failure), per episode: span export plus what the agent adds.", "",
+           _pooled_single_fault(out), "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
            "(`none --no-agent`, a plain span sink in its place), same seed and load: "
-           + (f"{overhead['p99_on_ms']:.1f} ms vs {overhead['p99_off_ms']:.1f} ms, "
-              f"{overhead['pct']:+.2f} % (target at most +2 %)." if overhead
-              else "not measured (no `none` and `none-no-agent` runs here).")]
+           + _overhead_text(overhead)]
+    runs = out / "RUNS.md"  # hand-kept: which run, commit and host each row came from
+    if runs.is_file():
+        doc += ["", "## The runs behind the rows (RUNS.md)", "", runs.read_text().rstrip()]
     (out / "README.md").write_text("\n".join(doc) + "\n")
     return 0
 

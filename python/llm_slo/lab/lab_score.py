@@ -20,6 +20,7 @@ kernel threads) is not judged.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -118,6 +119,15 @@ def write_predictions(path: Path, rows: Iterable[tuple[int, Prediction]]) -> Non
                 rep, f"{p.ts:.3f}", p.actual, p.predicted,
                 "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
                 p.incident_id, p.kind)) + "\n")
+
+
+def read_predictions(path: Path) -> list[Case]:
+    """The scored cases of a ``predictions.csv`` (every repetition), for scoring runs
+    together: truth, prediction and time; ranked hypotheses are not in the file."""
+    with path.open(newline="") as f:
+        return [Case(actual=row["actual"].split("+")[0], predicted=row["predicted"],
+                     truths=tuple(row["actual"].split("+")), ts=float(row["ts"]))
+                for row in csv.DictReader(f)]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
