@@ -120,3 +120,39 @@ def test_slo_break_is_the_first_late_token_or_failure_of_the_episode() -> None:
     assert got[0] == pytest.approx(1.15)
     assert got[1] == pytest.approx(0.6)
     assert got[2] is None
+
+
+def test_a_judged_slis_truth_is_the_faults_its_bad_requests_ran_through() -> None:
+    t0 = 1_800_000_000.0
+    phases = [{"name": "baseline", "start": t0, "end": t0 + 10},
+              {"name": "fault", "start": t0 + 10, "end": t0 + 20},
+              {"name": "recovery", "start": t0 + 20, "end": t0 + 30},
+              {"name": "fault", "start": t0 + 30, "end": t0 + 40},
+              {"name": "recovery", "start": t0 + 40, "end": t0 + 50}]
+    faults = [{"name": "cpu_contention", "domain": "cpu_contention", "start": t0 + 10,
+               "end": t0 + 20},
+              {"name": "provider_throttle", "domain": "provider_throttle", "start": t0 + 30,
+               "end": t0 + 40}]
+    requests = [_req(t0 + 19.0, 900.0, 3000.0),  # late in the neighbour's last second
+                _req(t0 + 31.0, None, 50.0, error="http_429")]
+
+    def att(s: float, sli: str, domain: str, abstain: bool = False) -> dict:
+        import datetime
+        ts = datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
+        return {**_att(ts, domain, abstain), "slo_impact": {"sli": sli}}
+
+    atts = [att(21.0, "ttft_ms", "cpu_contention"),  # its late request ends at 22 s
+            att(24.5, "ttft_ms", "unknown", abstain=True),  # past burn, but 2.5 s after it
+            att(32.0, "ttft_ms", "unknown", abstain=True),  # past burn in the 429s
+            att(32.0, "error_rate", "provider_throttle"),
+            att(33.0, "retrieval_latency_ms", "unknown", abstain=True)]  # not judged
+    cases, _ = build_cases(atts, faults, phases, grace_s=3.0, requests=requests)
+    assert [(c.actual, c.predicted) for c in cases if c.case_id] == [
+        ("cpu_contention", "cpu_contention"), ("cpu_contention", "unknown"),
+        ("none", "unknown"), ("provider_throttle", "provider_throttle"),
+        ("provider_throttle", "unknown")]
+    # Without the client's results every attribution is judged by the faults active then.
+    cases, _ = build_cases(atts, faults, phases, grace_s=3.0)
+    assert [c.actual for c in cases if c.case_id] == [
+        "cpu_contention", "none", "provider_throttle", "provider_throttle",
+        "provider_throttle"]

@@ -1,12 +1,20 @@
-"""predictions.csv read back into cases, and why scenarios are pooled before macro-F1."""
+"""predictions.csv read back into cases, why scenarios are pooled before macro-F1, and
+the burn-rate error against the client."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from llm_slo.lab.lab_score import Prediction, read_predictions, write_predictions
+from llm_slo.lab.lab_score import (
+    Prediction,
+    burn_rate_errors,
+    read_predictions,
+    write_predictions,
+)
+from llm_slo.lab.loadgen import RequestResult
 from llm_slo.scoring import score
 
 
@@ -36,3 +44,24 @@ def test_one_stray_halves_a_one_fault_run_but_not_the_pooled_score(tmp_path: Pat
     # pooled: tls_handshake has precision 10/11, recall 1
     pooled = score(egress + tls)
     assert pooled.macro_f1 == pytest.approx((2 * 0.9 / 1.9 + 2 * (10 / 11) / (21 / 11)) / 2)
+
+
+def test_burn_rate_error_is_against_the_clients_own_bad_share() -> None:
+    t0 = 1_800_000_000.0
+    requests = [RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
+                              offset_s=0.0, start_unix_nano=round((t0 + i * 0.5) * 1e9),
+                              ttft_ms=900.0 if i < 2 else 130.0, total_ms=400.0, tokens=16,
+                              status=200 if i != 5 else 429,
+                              error="" if i != 5 else "http_429")
+                for i in range(100)]
+    at = datetime.fromtimestamp(t0 + 60, UTC).isoformat()
+
+    def alert(sli: str, burn: float) -> dict:
+        return {"timestamp": at, "slo_impact": {"sli": sli, "burn_rate": burn,
+                                                "window_minutes": 5}}
+
+    # 100 requests, one every 0.5 s, all finished by the alerts at 60 s
+    errors = burn_rate_errors([alert("ttft_ms", 2.5), alert("error_rate", 1.0),
+                               alert("retrieval_latency_ms", 9.0)], requests)
+    # TTFT: 2 of 100 late = 2x the 1 % budget; errors: 1 of 100 = 1x; retrieval: not judged
+    assert errors == pytest.approx([abs(2.5 - 2.0) / 2.0, 0.0])

@@ -2,9 +2,15 @@
 
 Cases (scored with the shared :mod:`llm_slo.scoring`):
 
-* every attribution the agent emitted is a case at its timestamp; its truth is every
-  fault active at that instant or ended at most ``grace_s`` before (the evidence window
-  and correlation delay still look at the fault), else ``none``;
+* every attribution the agent emitted is a case at its timestamp. When its SLI is one
+  the client's own results judge (``ttft_ms``: first token 700 ms or more after sending;
+  ``error_rate``: a failed request), its truth is every fault that overlapped a request
+  bad on that SLI, sent by then and still running at most ``grace_s`` before; ``none``
+  if there is no such request (a burn-rate alert carried by bad requests of an earlier
+  fault is about that fault, and one with no bad request near it is about nothing).
+  For other SLIs, and runs without the client's results, its truth
+  is every fault active at that instant or ended at most ``grace_s`` before (the
+  evidence window and correlation delay still look at the fault), else ``none``;
 * a fault episode with no attribution naming anything in ``[start, end + grace_s]`` is a
   missed case (predicted ``none``);
 * every whole second of calm (no fault within ``grace_s``) is a case with truth
@@ -138,8 +144,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _bad_on(sli: str, r: RequestResult) -> bool:
+    """Whether the client's result of ``r`` is bad on ``sli``."""
+    if sli == "ttft_ms":
+        return r.ttft_ms is not None and r.ttft_ms >= TTFT_BREACH_MS
+    return sli == "error_rate" and not r.ok
+
+
+CLIENT_JUDGED_SLIS = ("ttft_ms", "error_rate")
+
+
 def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]],
-                phases: list[dict[str, Any]], grace_s: float = GRACE_S
+                phases: list[dict[str, Any]], grace_s: float = GRACE_S,
+                requests: list[RequestResult] | None = None
                 ) -> tuple[list[Case], list[Prediction]]:
     """Cases and prediction rows of one repetition; see the module docstring."""
     cases: list[Case] = []
@@ -149,9 +166,22 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
         return tuple(dict.fromkeys(f["domain"] for f in faults
                                    if f["start"] <= t <= f["end"] + grace_s))
 
+    bad = {sli: [(r.start_unix_nano / 1e9, r.start_unix_nano / 1e9 + r.total_ms / 1e3)
+                 for r in requests or () if _bad_on(sli, r)] for sli in CLIENT_JUDGED_SLIS}
+
+    def truths_of(t: float, sli: str) -> tuple[str, ...]:
+        if requests is None or sli not in bad:
+            return truths_at(t)
+        # Not "seen bad by t" on the client: the service knows a late first token before
+        # a starved client does.
+        touched = [(sent, end) for sent, end in bad[sli] if sent <= t and end >= t - grace_s]
+        return tuple(dict.fromkeys(f["domain"] for f in faults
+                                   if any(f["start"] <= end and sent <= f["end"]
+                                          for sent, end in touched)))
+
     timed = sorted(((_ts(a["timestamp"]), a) for a in attributions), key=lambda x: x[0])
     for t, a in timed:
-        truths = truths_at(t)
+        truths = truths_of(t, a.get("slo_impact", {}).get("sli", ""))
         predicted = UNKNOWN if a.get("abstain") else a["predicted_fault_domain"]
         ranked = tuple(h["domain"] for h in a.get("fault_hypotheses") or ())
         actual = truths[0] if truths else NONE
@@ -197,17 +227,14 @@ def burn_rate_errors(attributions: list[dict[str, Any]],
     out = []
     for a in attributions:
         sli = a.get("slo_impact", {})
-        if sli.get("sli") not in ("ttft_ms", "error_rate") or not sli.get("burn_rate"):
+        if sli.get("sli") not in CLIENT_JUDGED_SLIS or not sli.get("burn_rate"):
             continue
         t = _ts(a["timestamp"])
         since = t - 60 * sli["window_minutes"]
         window = [r for end, r in done if since <= r.start_unix_nano / 1e9 and end <= t]
-        if sli["sli"] == "ttft_ms":
-            judged = [r.ttft_ms for r in window if r.ttft_ms is not None]
-            bad = sum(v >= TTFT_BREACH_MS for v in judged)
-        else:
-            judged = window
-            bad = sum(not r.ok for r in window)
+        judged = ([r for r in window if r.ttft_ms is not None] if sli["sli"] == "ttft_ms"
+                  else window)
+        bad = sum(_bad_on(sli["sli"], r) for r in judged)
         if not judged or not bad:
             continue
         truth = bad / len(judged) / ERROR_BUDGET
@@ -247,7 +274,10 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
     """Score one finished repetition from the files in ``rep_dir``."""
     attributions = read_records(rep_dir / "attributions.jsonl")
-    cases, rows = build_cases(attributions, faults, phases)
+    requests: list[RequestResult] | None = None
+    with contextlib.suppress(FileNotFoundError):
+        requests = read_jsonl(rep_dir / "requests.jsonl")
+    cases, rows = build_cases(attributions, faults, phases, requests=requests)
     episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
                 for f in faults]
     stats = {}
@@ -258,9 +288,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         for s in progs.values():
             run_ns += s["run_time_ns"]
             cnt += s["run_cnt"]
-    requests: list[RequestResult] = []
-    with contextlib.suppress(FileNotFoundError):
-        requests = read_jsonl(rep_dir / "requests.jsonl")
+    requests = requests or []
     ttft = [r.ttft_ms for r in requests if r.ok and r.ttft_ms is not None]
     correlation = _correlation(rep_dir / "probe-events.jsonl", pids, _pods(rep_dir))
     return RepResult(

@@ -16,6 +16,7 @@ pairs instead of /proc. Lab results stay those of live runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import msgspec
 from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
 from llm_slo.lab.lab_score import GRACE_S, build_cases, read_records, write_predictions
+from llm_slo.lab.loadgen import read_jsonl
 from llm_slo.replay import replay
 from llm_slo.scoring import FaultEpisode, score
 
@@ -106,8 +108,12 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                cgroup_of_pid=_cgroup_of_pid(rep / "probe-events.jsonl"),
                active_signals=[s for s in agent.signal_set if s not in failed])
         faults = json.loads((rep / "faults.json").read_text())
+        requests = None
+        with contextlib.suppress(FileNotFoundError):
+            requests = read_jsonl(rep / "requests.jsonl")
         rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
-                                          json.loads((rep / "phases.json").read_text()))
+                                          json.loads((rep / "phases.json").read_text()),
+                                          requests=requests)
         cases += rep_cases
         rows += [(int(rep.name.removeprefix("rep-")), r) for r in rep_rows]
         episodes += [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
