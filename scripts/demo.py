@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from llm_slo.lab import cleanup_all
-from llm_slo.lab._util import unique_name
 from llm_slo.lab.cgroups import V1Cgroup, V2Cgroup, spawn_in
 from llm_slo.lab.dns_server import DnsServer
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.workloads import TlsServer, cpu_hogs, echo_server_argv, wait_ready

@@ -7,8 +7,9 @@ Every error the toolkit raises on purpose derives from :class:`LlmSloError`, so 
     ├── ConfigError           bad configuration or command-line input
     ├── PrivilegeError        bpf() refused: not root, missing CAP_BPF/CAP_SYS_ADMIN, EPERM
     ├── BtfError              no kernel BTF and no usable BTF file
-    └── ProbeError            one probe could not be opened, loaded or attached
-        └── AttachPointMissing  the kernel or library lacks the hook the probe needs
+    ├── ProbeError            one probe could not be opened, loaded or attached
+    │   └── AttachPointMissing  the kernel or library lacks the hook the probe needs
+    └── LabError              the incident lab could not set up or tear down an object
 
 Expected degradation (an optional hook missing, records dropped by a full ring) is
 counted and reported, not raised.
@@ -48,3 +49,7 @@ class ProbeError(LlmSloError):
 
 class AttachPointMissing(ProbeError):
     """The tracepoint, symbol or library a probe attaches to does not exist here."""
+
+
+class LabError(LlmSloError):
+    """A lab primitive could not set up or tear down its kernel object."""

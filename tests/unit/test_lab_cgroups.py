@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from llm_slo.errors import LabError
 from llm_slo.lab import cgroups
-from llm_slo.lab._util import LabError, unique_name
 from llm_slo.lab.cgroups import V1Cgroup, V2Cgroup, cgroup1_mount, cgroup2_mount, spawn_in
+from llm_slo.lab.naming import unique_name
 
 pytestmark = pytest.mark.kernel
 PREFIX = "llm-slo-t-cg"

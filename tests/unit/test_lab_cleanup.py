@@ -12,7 +12,7 @@ import time
 import pytest
 
 from llm_slo.lab import cleanup_all
-from llm_slo.lab._util import check_prefix, owner_alive, pid_alive, unique_name
+from llm_slo.lab.naming import check_prefix, owner_alive, pid_alive, unique_name
 
 # Unique per session: a concurrent session's cleanup_all must not race this one's.
 PREFIX = unique_name("llm-slo-t-crash")
@@ -20,7 +20,7 @@ PREFIX = unique_name("llm-slo-t-crash")
 # A run that creates one object of each kind and dies without any cleanup.
 _CRASHING_RUN = f"""
 import json, os, subprocess
-from llm_slo.lab._util import unique_name
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.cgroups import V1Cgroup, V2Cgroup, spawn_in
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.nft import NftDrop

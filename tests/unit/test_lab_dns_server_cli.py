@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from test_lab_dns import make_query  # sibling test module: the same query builder
 
-from llm_slo.lab._util import stop_process
 from llm_slo.lab.dns_server import DnsServer, dns_server_argv
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.workloads import wait_ready
 
 ANSWERS = {"model.svc.cluster.local": "10.0.0.7"}

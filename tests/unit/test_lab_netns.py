@@ -12,7 +12,7 @@ import time
 import pytest
 
 from llm_slo.lab import netns
-from llm_slo.lab._util import unique_name
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.workloads import echo_server_argv, wait_ready
 

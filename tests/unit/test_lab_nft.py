@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from llm_slo.lab import nft
-from llm_slo.lab._util import run_cmd, unique_name
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.nft import NftDrop, NftError
+from llm_slo.lab.processes import run_cmd
 from llm_slo.lab.workloads import echo_server_argv, wait_ready
 
 PREFIX = "llm-slo-t-nft"

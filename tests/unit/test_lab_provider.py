@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from llm_slo.lab._util import owner_alive, stop_process
+from llm_slo.lab.naming import owner_alive
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.provider import (
     MAX_TOKENS_CAP,
     ProviderEmulator,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_lab_provider import chat_body, post, session_for, stream  # sibling test module
 
-from llm_slo.lab._util import stop_process
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.provider import ProviderEmulator, provider_argv
 from llm_slo.lab.workloads import wait_ready
 

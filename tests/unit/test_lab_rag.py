@@ -26,7 +26,6 @@ import pytest
 from aiohttp import web
 
 from llm_slo.engine import SloEngine
-from llm_slo.lab._util import stop_process
 from llm_slo.lab.loadgen import (
     PROFILES,
     LoadProfile,
@@ -36,6 +35,7 @@ from llm_slo.lab.loadgen import (
     run_load,
     write_jsonl,
 )
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.provider import ProviderEmulator
 from llm_slo.lab.rag_service import RagConfig, RagService
 from llm_slo.lab.vectordb import VectorDbEmulator

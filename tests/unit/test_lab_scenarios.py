@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from llm_slo.errors import LabError
 from llm_slo.incident import FAULT_DOMAINS
-from llm_slo.lab._util import LabError
 from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params, undo_all
 from llm_slo.lab.lab_score import build_cases, slo_break_delays
 from llm_slo.lab.loadgen import RequestResult

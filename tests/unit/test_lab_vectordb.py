@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from llm_slo.lab._util import stop_process
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.vectordb import VectorDbEmulator, search_results, vectordb_argv
 from llm_slo.lab.workloads import wait_ready
 

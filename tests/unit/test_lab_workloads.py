@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_slo.lab._util import LabError, unique_name
+from llm_slo.errors import LabError
 from llm_slo.lab.cgroups import V1Cgroup, V2Cgroup
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.workloads import (
     TcpEchoServer,
     TlsServer,

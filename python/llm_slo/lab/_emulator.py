@@ -24,7 +24,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from llm_slo.lab._util import LabError
+from llm_slo.errors import LabError
 
 log = structlog.get_logger("lab.emulator")
 

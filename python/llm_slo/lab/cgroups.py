@@ -27,7 +27,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from llm_slo import mounts
-from llm_slo.lab._util import LabError, is_stale, kill_quietly
+from llm_slo.errors import LabError
+from llm_slo.lab.naming import is_stale
+from llm_slo.lab.processes import kill_quietly
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer",
                    "devices")

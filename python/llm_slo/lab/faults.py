@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from llm_slo.lab._util import LabError
+from llm_slo.errors import LabError
 
 
 class LabControl(Protocol):

@@ -19,14 +19,9 @@ import subprocess
 from types import TracebackType
 from typing import Any
 
-from llm_slo.lab._util import (
-    LabError,
-    is_stale,
-    kill_quietly,
-    run_cmd,
-    stop_process,
-    unique_name,
-)
+from llm_slo.errors import LabError
+from llm_slo.lab.naming import is_stale, unique_name
+from llm_slo.lab.processes import kill_quietly, run_cmd, stop_process
 
 _SUBNET_PREFIX = "10.253."
 

@@ -21,7 +21,9 @@ import ipaddress
 import json
 from types import TracebackType
 
-from llm_slo.lab._util import LabError, is_stale, run_cmd, unique_name
+from llm_slo.errors import LabError
+from llm_slo.lab.naming import is_stale, unique_name
+from llm_slo.lab.processes import run_cmd
 
 _DIRECTIONS = {"output": ("output",), "input": ("input",), "both": ("output", "input"),
                "forward": ("forward",)}

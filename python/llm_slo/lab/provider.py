@@ -60,7 +60,8 @@ from llm_slo.lab._emulator import (
     number,
     read_json_object,
 )
-from llm_slo.lab._util import run_cmd, unique_name
+from llm_slo.lab.naming import unique_name
+from llm_slo.lab.processes import run_cmd
 
 log = structlog.get_logger("lab.provider")
 
@@ -319,7 +320,7 @@ class ProviderEmulator(HttpEmulator):
         cert_dir = self.cert_dir
         if cert_dir is None:
             # named like every lab object (<prefix>-<pid>-<6 hex>), so the leftover of a
-            # SIGKILLed run is traceable to its dead owner (_util.owner_alive)
+            # SIGKILLed run is traceable to its dead owner (naming.owner_alive)
             tmp = Path(tempfile.gettempdir()) / unique_name("llm-slo-provider")
             tmp.mkdir(mode=0o700)
             cert_dir = self._tmp_dir = str(tmp)

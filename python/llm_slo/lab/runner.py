@@ -27,8 +27,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from llm_slo.errors import LabError
 from llm_slo.lab import cleanup_all
-from llm_slo.lab._util import LabError, stop_process
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
 from llm_slo.lab.lab_score import (
     RepResult,
@@ -37,6 +37,7 @@ from llm_slo.lab.lab_score import (
     summarize,
     write_predictions,
 )
+from llm_slo.lab.processes import stop_process
 from llm_slo.lab.services import LabServices
 from llm_slo.lab.topology import NODE, Topology, check_environment, clean_netns_etc
 from llm_slo.machine import describe

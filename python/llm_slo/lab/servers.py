@@ -19,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from llm_slo.lab._util import LabError, run_cmd
+from llm_slo.errors import LabError
+from llm_slo.lab.processes import run_cmd
 
 
 class _ThreadedServer:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm_slo.lab._util import LabError, read_ready_line
+from llm_slo.errors import LabError
 from llm_slo.lab.dns_server import dns_server_argv
 from llm_slo.lab.nft import NftDrop
+from llm_slo.lab.processes import read_ready_line
 from llm_slo.lab.provider import ensure_cert, provider_argv
 from llm_slo.lab.topology import PROVIDER_HOST, VECTORDB_HOST, Topology
 from llm_slo.lab.vectordb import vectordb_argv

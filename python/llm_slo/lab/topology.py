@@ -37,9 +37,11 @@ from typing import Any, Self
 
 import msgspec
 
-from llm_slo.lab._util import LabError, run_cmd, stop_process, unique_name
+from llm_slo.errors import LabError
 from llm_slo.lab.cgroups import Cgroup, V1Cgroup, V2Cgroup, cgroup2_mount, spawn_in
+from llm_slo.lab.naming import unique_name
 from llm_slo.lab.netns import NetnsPair
+from llm_slo.lab.processes import run_cmd, stop_process
 
 ROLES = ("rag", "provider", "vectordb", "dns", "noisy", "loadgen")
 NODE = "lab-node-1"

@@ -18,8 +18,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llm_slo.lab._util import LabError, read_ready_line
+from llm_slo.errors import LabError
 from llm_slo.lab.cgroups import Cgroup, spawn_in
+from llm_slo.lab.processes import read_ready_line
 from llm_slo.lab.servers import TcpEchoServer, TlsServer, tls_client_handshake
 
 __all__ = ["TcpEchoServer", "TlsServer", "cpu_hogs", "echo_server_argv",
