@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from llm_slo.lab.faults import SCENARIOS
 from llm_slo.lab.lab_score import read_predictions
@@ -37,14 +38,14 @@ def _p99_ttft(run_dir: Path) -> float | None:
 
 
 def _latency_overhead(out: Path) -> dict[str, float] | None:
-    """TTFT p99 of ``none`` (agent on) vs ``none-no-agent``, when both runs exist."""
+    """TTFT p99 of ``none`` (agent on) vs ``none-no-agent`` from their per-request
+    files, written into none/summary.json; without those files (not kept in docs/), the
+    result a run that had them wrote there. None when neither is there."""
     on, off = _p99_ttft(out / "none"), _p99_ttft(out / "none-no-agent")
     if on is None or off is None:
-        # The per-request files may be gone (not kept in docs/): the pair's result stays
-        # in none/summary.json, where the run that had them wrote it.
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            return {"pct": json.loads((out / "none" / "summary.json").read_text())
-                    ["latency_overhead_pct"]}
+        with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
+            return {"pct": float(json.loads((out / "none" / "summary.json").read_text())
+                                 ["latency_overhead_pct"])}
         return None
     result = {"p99_on_ms": on, "p99_off_ms": off, "pct": 100 * (on - off) / off}
     summary_path = out / "none" / "summary.json"
@@ -56,18 +57,30 @@ def _latency_overhead(out: Path) -> dict[str, float] | None:
     return result
 
 
+def _json(path: Path) -> dict[str, Any]:
+    """A run's JSON file, or {} when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _pooled_single_fault(out: Path) -> str:
     """The table's note on every single-fault scenario's cases scored as one run."""
-    present = [n for n in SINGLE_FAULT if (out / n / "predictions.csv").is_file()]
+    # The rows' runs: finished ones (summary.json is written last).
+    present = [n for n in SINGLE_FAULT if (out / n / "summary.json").is_file()]
     if not present:
         return "Single-fault scenarios pooled: no single-fault runs here."
     pooled = score([c for n in present for c in read_predictions(out / n / "predictions.csv")])
-    commits = sorted({str(json.loads((out / n / "provenance.json").read_text())
-                          .get("commit", "?"))[:9] for n in present})
+    commits = sorted({str(_json(out / n / "provenance.json").get("commit", "?"))[:9]
+                      for n in present})
+    rules = sorted({_json(out / n / "summary.json").get("truth_rule", "active_faults")
+                    for n in present})
     per_class = ", ".join(f"{d} {c.f1:.3f}" for d, c in sorted(pooled.per_class.items()))
     return (f"Single-fault scenarios pooled ({len(present)} of {len(SINGLE_FAULT)}; every "
             "repetition's cases scored as one run, from the runs' `predictions.csv`, at "
-            f"{len(commits)} commit(s): {', '.join(commits)}): macro-F1 "
+            f"{len(commits)} commit(s): {', '.join(commits)}; truths set by "
+            f"{' and '.join(rules)}, docs/lab.md \"Scoring\"): macro-F1 "
             f"{_fmt(pooled.macro_f1)}, FPR {_fmt(pooled.fpr)}; F1 per domain: {per_class}. "
             "The per-scenario macro-F1 in the table averages over every domain that occurs "
             "as a truth or a prediction, so in a one-fault run a single stray prediction of "
@@ -87,7 +100,7 @@ def _overhead_text(overhead: dict[str, float] | None) -> str:
 
 def _row(name: str, run_dir: Path) -> str:
     s = json.loads((run_dir / "summary.json").read_text())
-    prov = json.loads((run_dir / "provenance.json").read_text())
+    prov = _json(run_dir / "provenance.json")
     return "| " + " | ".join([
         name, _fmt(s.get("macro_f1")), _fmt(s.get("fpr")),
         _fmt(s["detection_delay_s"].get("median"), 2),
@@ -96,6 +109,7 @@ def _row(name: str, run_dir: Path) -> str:
         _fmt((s.get("correlation") or {}).get("precision")),
         _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
         str(prov.get("commit", "?"))[:9], str(prov.get("started", "?"))[:16],
+        s.get("truth_rule", "active_faults"),
     ]) + " |"
 
 
@@ -119,7 +133,7 @@ def main() -> int:
                                 "--scenario", name, "--reps", str(args.reps),
                                 "--phases", args.phases, "--out", str(run_dir)])
         if code != 0:
-            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | |")
+            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | | |")
     if "none" in names:
         off = out / "none-no-agent"
         print("== none --no-agent", file=sys.stderr, flush=True)
@@ -130,24 +144,28 @@ def main() -> int:
     rows = [_row(name, out / name) for name in SCENARIOS
             if (out / name / "summary.json").is_file()] + failed
     overhead = _latency_overhead(out)
-    prov = {}
-    first = next(iter(out.glob("*/provenance.json")), None)
-    if first:
-        prov = json.loads(first.read_text())
+    machines = sorted({f"{p.get('hostname', '?')}, {p.get('cpus', '?')} CPUs "
+                       f"({p.get('cpu_model', '?')}), kernel {p.get('kernel', '?')}"
+                       for p in map(_json, sorted(out.glob("*/provenance.json"))) if p})
     doc = [f"# Incident lab benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
            "", f"Last command: `python {shlex.join(sys.argv)}` (`make bench-lab` runs every "
            "scenario with `--reps 10`). The table covers every scenario directory here; "
            "each row says the commit and start time (UTC) of its run, so a scenario rerun "
            "after a change is visible as such.", "",
-           f"Machine: {prov.get('hostname', '?')}, {prov.get('cpus', '?')} CPUs "
-           f"({prov.get('cpu_model', '?')}), kernel {prov.get('kernel', '?')}", "",
+           ("Machine: " if len(machines) < 2 else "Machines (each run's provenance.json "
+            "says which): ") + ("; ".join(machines) or "?"), "",
            "| scenario | macro-F1 | FPR | delay median s | after SLO broke s | "
-           "missed episodes | corr. precision | agent CPU % | RSS MB | commit | run started |",
-           "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "missed episodes | corr. precision | agent CPU % | RSS MB | commit | run started "
+           "| truths by |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
            "that attribution's time minus the first moment a request sent during the fault "
            "visibly broke the SLO (its first token 700 ms or more after sending, or its "
-           "failure), per episode: span export plus what the agent adds.", "",
+           "failure), per episode: span export plus what the agent adds. Truths by: how "
+           "an attribution's truth was set (docs/lab.md, \"Scoring\"): `requests` (TTFT and "
+           "error attributions by the faults their bad requests ran through) or "
+           "`active_faults` (every attribution by the faults on at its time; all runs "
+           "scored before 2026-12-03).", "",
            _pooled_single_fault(out), "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
@@ -155,7 +173,7 @@ def main() -> int:
            + _overhead_text(overhead)]
     runs = out / "RUNS.md"  # hand-kept: which run, commit and host each row came from
     if runs.is_file():
-        doc += ["", "## The runs behind the rows (RUNS.md)", "", runs.read_text().rstrip()]
+        doc += ["", "## Runs (RUNS.md)", "", runs.read_text().rstrip()]
     (out / "README.md").write_text("\n".join(doc) + "\n")
     return 0
 

@@ -238,6 +238,11 @@ def _add_lab(sub: Any) -> None:
                          "is merged over the run's own (default: the run's own)")
     rescore.add_argument("--out", required=True, metavar="DIR",
                          help="where the replayed attributions and summary.json go")
+    rescore.add_argument("--recorded", action="store_true",
+                         help="replay nothing: score the live agent's own attributions "
+                         "again with this version's scoring (after a change of the "
+                         "scoring); overhead and correlation are carried over from the "
+                         "run's summary.json, and the report is written again in --out")
     lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
                        "process a lab run left behind (also of crashed runs)")
 
@@ -246,27 +251,37 @@ def _lab_rescore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_slo.config import load_config
-    from llm_slo.lab.rescore import rescore
+    from llm_slo.lab.rescore import rescore, rescore_recorded
 
-    engine = None
-    if args.config:
-        load_config(args.config)  # validated whole, errors named
-        raw = Path(args.config).read_bytes()
-        doc = (msgspec.yaml.decode(raw) if args.config.endswith((".yaml", ".yml"))
-               else msgspec.json.decode(raw))
-        engine = doc.get("engine") or {}
-    s = rescore(Path(args.run), Path(args.out), engine)
+    if args.recorded:
+        if args.config:
+            raise ConfigError("--recorded scores the live attributions again; --config (an "
+                              "engine to replay with) does not apply to it")
+        s = rescore_recorded(Path(args.run), Path(args.out))
+        how, written = "live, scored again", "summary.json, predictions.csv, report.md"
+        print("the live attributions, scored again with this version's scoring (no replay)")
+    else:
+        engine = None
+        if args.config:
+            load_config(args.config)  # validated whole, errors named
+            raw = Path(args.config).read_bytes()
+            doc = (msgspec.yaml.decode(raw) if args.config.endswith((".yaml", ".yml"))
+                   else msgspec.json.decode(raw))
+            engine = doc.get("engine") or {}
+        s = rescore(Path(args.run), Path(args.out), engine)
+        how, written = "replayed", "summary.json, predictions.csv, rep-NN/attributions.jsonl"
+        print(s["note"])
 
     def num(x: float | None, nd: int = 3) -> str:
         return "n/a" if x is None else f"{x:.{nd}f}"
 
-    print(f"{s['note']}\nmacro-F1 {num(s['macro_f1'])}  FPR {num(s['fpr'])}  "
-          f"delay median {num(s['detection_delay_s']['median'], 2)} s (replayed)  "
+    print(f"macro-F1 {num(s['macro_f1'])}  FPR {num(s['fpr'])}  "
+          f"delay median {num(s['detection_delay_s']['median'], 2)} s ({how})  "
           f"reps {s['reps']}")
     for domain, c in s["per_class"].items():
         print(f"  {domain:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
               f"F1 {c['f1']:.3f}  support {c['support']}")
-    print(f"written: {args.out}/summary.json, predictions.csv, rep-NN/attributions.jsonl")
+    print(f"written: {args.out}/{written}")
     return 0
 
 

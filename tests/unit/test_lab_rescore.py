@@ -5,6 +5,7 @@ config changes the answer, the recording does not."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -99,3 +100,58 @@ def test_rescore_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["lab", "rescore", "--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "missing spans.jsonl, probe-events.jsonl, faults.json, phases.json" in err, err
+
+
+def test_recorded_scores_the_live_attributions_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    rep = run / "rep-01"
+    _record(rep)
+    start = T0 / NS + FAULT_S[0]
+
+    def att(s: float, domain: str, sli: str) -> str:
+        ts = datetime.fromtimestamp(start + s, UTC).isoformat()
+        return json.dumps({"incident_id": f"i{s}{sli}", "timestamp": ts, "cluster": "lab",
+                           "service": "rag", "predicted_fault_domain": domain,
+                           "confidence": 0.9, "evidence": [],
+                           "abstain": domain == "unknown",
+                           "slo_impact": {"sli": sli, "burn_rate": 20.0,
+                                          "window_minutes": 5}})
+
+    # Live: DNS named twice during the fault; one abstention 4 s after it, while a
+    # request that ran through it was still streaming (a case of the fault now).
+    (rep / "attributions.jsonl").write_text("\n".join([
+        att(1.0, "network_dns", "ttft_ms"), att(5.0, "network_dns", "ttft_ms"),
+        att(14.0, "unknown", "ttft_ms")]) + "\n")
+    (rep / "requests.jsonl").write_text("\n".join(json.dumps({
+        "seq": i, "request_id": f"r{i}", "size": "long", "max_tokens": 128, "offset_s": 0.0,
+        "start_unix_nano": int((start + s) * NS), "ttft_ms": 1200.0, "total_ms": 4000.0,
+        "status": 200, "tokens": 128}) for i, s in enumerate((0.5, 4.5, 9.9))) + "\n")
+    live = {"scenario": "dns_latency", "params": {"dns.delay_ms": 100}, "reps": 1,
+            "macro_f1": 1.0, "overhead": {"cpu_pct": 0.8, "rss_mb": 70.0,
+                                          "bpf_ns_per_run": 300.0},
+            "correlation": {"precision": 1.0, "recall": 0.99},
+            "ci95": {"agent_cpu_pct": {"mean": 0.8, "lo": None, "hi": None}}}
+    (run / "summary.json").write_text(json.dumps(live))
+    (run / "provenance.json").write_text(json.dumps({"commit": "abc", "command": "x"}))
+    out = tmp_path / "again"
+    assert main(["lab", "rescore", "--run", str(run), "--recorded", "--out", str(out)]) == 0
+    assert "scored again" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    dns = summary["per_class"]["network_dns"]
+    assert (dns["precision"], dns["recall"], dns["support"]) == (1.0, 2 / 3, 3)
+    assert summary["overhead"] == live["overhead"]
+    assert summary["correlation"] == live["correlation"]
+    assert summary["ci95"]["agent_cpu_pct"] == live["ci95"]["agent_cpu_pct"]
+    assert summary["scenario"] == "dns_latency" and summary["reps"] == 1
+    assert summary["truth_rule"] == "requests"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["commit"] == "abc" and prov["rescored"]["from"] == str(run)
+    assert "Scored again" in (out / "report.md").read_text()
+    assert (out / "timeline-rep-01.svg").is_file()
+    assert not (run / "report.md").exists()  # the run itself is left as it was
+    # A replay setting makes no sense without a replay.
+    (tmp_path / "c.json").write_text("{}")
+    assert main(["lab", "rescore", "--run", str(run), "--recorded", "--config",
+                 str(tmp_path / "c.json"), "--out", str(tmp_path / "o2")]) == 2
+    assert "does not apply" in capsys.readouterr().err

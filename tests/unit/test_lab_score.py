@@ -10,6 +10,7 @@ import pytest
 
 from llm_slo.lab.lab_score import (
     Prediction,
+    build_cases,
     burn_rate_errors,
     read_predictions,
     write_predictions,
@@ -50,7 +51,8 @@ def test_burn_rate_error_is_against_the_clients_own_bad_share() -> None:
     t0 = 1_800_000_000.0
     requests = [RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
                               offset_s=0.0, start_unix_nano=round((t0 + i * 0.5) * 1e9),
-                              ttft_ms=900.0 if i < 2 else 130.0, total_ms=400.0, tokens=16,
+                              ttft_ms=900.0 if i < 2 else None if i == 5 else 130.0,
+                              total_ms=400.0, tokens=16,
                               status=200 if i != 5 else 429,
                               error="" if i != 5 else "http_429")
                 for i in range(100)]
@@ -63,5 +65,27 @@ def test_burn_rate_error_is_against_the_clients_own_bad_share() -> None:
     # 100 requests, one every 0.5 s, all finished by the alerts at 60 s
     errors = burn_rate_errors([alert("ttft_ms", 2.5), alert("error_rate", 1.0),
                                alert("retrieval_latency_ms", 9.0)], requests)
-    # TTFT: 2 of 100 late = 2x the 1 % budget; errors: 1 of 100 = 1x; retrieval: not judged
-    assert errors == pytest.approx([abs(2.5 - 2.0) / 2.0, 0.0])
+    # TTFT: 2 late of the 99 with a first token (the 429 has none) = 2.02x the 1 % budget;
+    # errors: 1 of 100 = 1x; retrieval: not judged
+    assert errors == pytest.approx([abs(2.5 - 2 / 0.99) / (2 / 0.99), 0.0])
+
+
+def test_scoring_the_file_gives_the_runs_own_score(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    faults = [{"name": "dns_latency", "domain": "network_dns", "start": t0 + 5,
+               "end": t0 + 10}]
+    phases = [{"name": "all", "start": t0, "end": t0 + 20}]
+
+    def att(s: float, domain: str) -> dict:
+        return {"incident_id": f"i{s}", "predicted_fault_domain": domain,
+                "abstain": domain == "unknown", "slo_impact": {"sli": "request_latency_ms"},
+                "timestamp": datetime.fromtimestamp(t0 + s, UTC).isoformat()}
+
+    cases, rows = build_cases([att(2.5, "cpu_contention"), att(6.0, "network_dns"),
+                               att(7.0, "unknown"), att(8.0, "tls_handshake")],
+                              faults, phases)
+    write_predictions(tmp_path / "p.csv", ((1, r) for r in rows))
+    back = score(read_predictions(tmp_path / "p.csv"))
+    direct = score(cases)
+    assert (back.macro_f1, back.fpr, back.accuracy, back.confusion) == (
+        direct.macro_f1, direct.fpr, direct.accuracy, direct.confusion)

@@ -5,17 +5,20 @@ Cases (scored with the shared :mod:`llm_slo.scoring`):
 * every attribution the agent emitted is a case at its timestamp. When its SLI is one
   the client's own results judge (``ttft_ms``: first token 700 ms or more after sending;
   ``error_rate``: a failed request), its truth is every fault that overlapped a request
-  bad on that SLI, sent by then and still running at most ``grace_s`` before; ``none``
-  if there is no such request (a burn-rate alert carried by bad requests of an earlier
-  fault is about that fault, and one with no bad request near it is about nothing).
-  For other SLIs, and runs without the client's results, its truth
-  is every fault active at that instant or ended at most ``grace_s`` before (the
-  evidence window and correlation delay still look at the fault), else ``none``;
-* a fault episode with no attribution naming anything in ``[start, end + grace_s]`` is a
-  missed case (predicted ``none``);
-* every whole second of calm (no fault within ``grace_s``) is a case with truth
-  ``none``: predicted is the domain named in that second, ``unknown`` if the agent only
-  abstained, else ``none``. The false-positive rate is over these seconds.
+  bad on that SLI (from its sending until it was decided bad, and not after the
+  attribution), sent by then and still running at most ``grace_s`` before; ``none`` if
+  there is no such request. A burn-rate alert carried by bad requests of an earlier
+  fault is about that fault; one with no bad request near it is about nothing. The
+  fault still on comes first (the confusion matrix's row). For other SLIs, and runs
+  without the client's results, its truth is every fault active at that instant or
+  ended at most ``grace_s`` before (the evidence window and correlation delay still
+  look at the fault), else ``none``;
+* a fault episode without any attribution case whose truth holds its domain, from its
+  start on, is a missed case (predicted ``none``);
+* every whole second of calm (no fault within ``grace_s``, and no attribution in it
+  judged to be about a fault) is a case with truth ``none``: predicted is the domain
+  named in that second, ``unknown`` if the agent only abstained, else ``none``. The
+  false-positive rate is over these seconds and the attributions judged ``none``.
 
 Correlation precision/recall is about the joins the attribution rests on: ProbeEvents
 joined to a pod. Truth comes from the runner, not from the agent: the pids it started in
@@ -69,27 +72,52 @@ class Prediction(msgspec.Struct, frozen=True, kw_only=True):
     incident_id: str = ""
 
 
-def slo_break_delays(episodes: list[FaultEpisode], requests: list[RequestResult],
-                     ttft_breach_ms: float = TTFT_BREACH_MS) -> list[float | None]:
+def _bad_on(sli: str, r: RequestResult) -> bool:
+    """Whether the client's result of ``r`` is bad on ``sli`` (a request the load
+    generator dropped was never sent: nothing judged it)."""
+    if r.error == "dropped":
+        return False
+    if sli == "ttft_ms":
+        return r.ttft_ms is not None and r.ttft_ms >= TTFT_BREACH_MS
+    return sli == "error_rate" and not r.ok
+
+
+CLIENT_JUDGED_SLIS = ("ttft_ms", "error_rate")
+# summary.json's ``truth_rule``: "requests" when the client's results judged the
+# CLIENT_JUDGED_SLIS (build_cases), "active_faults" when they were missing. Runs without
+# the key were scored before the requests rule existed: every truth by active faults.
+TRUTH_RULES = ("requests", "active_faults")
+
+
+def _bad_requests(requests: list[RequestResult], sli: str
+                  ) -> list[tuple[float, float, float]]:
+    """(sent, bad by, ended) of each request bad on ``sli``, Unix s. A late first token
+    was decided by its arrival; a failure, by the request's end."""
+    out = []
+    for r in requests:
+        if _bad_on(sli, r):
+            sent = r.start_unix_nano / 1e9
+            end = sent + r.total_ms / 1e3
+            decided = sent + r.ttft_ms / 1e3 if sli == "ttft_ms" and r.ttft_ms else end
+            out.append((sent, decided, end))
+    return out
+
+
+def slo_break_delays(episodes: list[FaultEpisode], requests: list[RequestResult]
+                     ) -> list[float | None]:
     """Per episode: seconds from its start until the first request sent during it was
-    seen to break the SLO: at its first token if that came ``ttft_breach_ms`` or more
+    seen to break the SLO: at its first token if that came ``TTFT_BREACH_MS`` or more
     after sending, at its end if it failed. None if no request broke it.
 
     That is the earliest a detector reading the service's telemetry can know (a span
     ends at the token, or with the failure); the detection delay minus this is the time
     the agent took (see ``summarize``).
     """
+    decided = [(sent, by) for sli in CLIENT_JUDGED_SLIS
+               for sent, by, _ in _bad_requests(requests, sli)]
     out: list[float | None] = []
     for ep in episodes:
-        seen = []
-        for r in requests:
-            sent = r.start_unix_nano / 1e9
-            if not ep.start <= sent <= ep.end:
-                continue
-            if r.ttft_ms is not None and r.ttft_ms >= ttft_breach_ms:
-                seen.append(sent + r.ttft_ms / 1e3)
-            if not r.ok:
-                seen.append(sent + r.total_ms / 1e3)
+        seen = [by for sent, by in decided if ep.start <= sent <= ep.end]
         out.append(min(seen) - ep.start if seen else None)
     return out
 
@@ -110,6 +138,7 @@ class RepResult(msgspec.Struct, kw_only=True):
     errors: int
     slo_break_delays: list[float | None]  # per episode, aligned with ``episodes``
     burn_rate_errors: list[float] = msgspec.field(default_factory=list)
+    truth_rule: str = "requests"  # TRUTH_RULES: how the attributions' truths were set
 
 
 def _ts(rfc3339: str) -> float:
@@ -144,16 +173,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _bad_on(sli: str, r: RequestResult) -> bool:
-    """Whether the client's result of ``r`` is bad on ``sli``."""
-    if sli == "ttft_ms":
-        return r.ttft_ms is not None and r.ttft_ms >= TTFT_BREACH_MS
-    return sli == "error_rate" and not r.ok
-
-
-CLIENT_JUDGED_SLIS = ("ttft_ms", "error_rate")
-
-
 def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]],
                 phases: list[dict[str, Any]], grace_s: float = GRACE_S,
                 requests: list[RequestResult] | None = None
@@ -162,24 +181,29 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
     cases: list[Case] = []
     rows: list[Prediction] = []
 
-    def truths_at(t: float) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(f["domain"] for f in faults
-                                   if f["start"] <= t <= f["end"] + grace_s))
+    def active_at(t: float) -> list[dict[str, Any]]:
+        return [f for f in faults if f["start"] <= t <= f["end"] + grace_s]
 
-    bad = {sli: [(r.start_unix_nano / 1e9, r.start_unix_nano / 1e9 + r.total_ms / 1e3)
-                 for r in requests or () if _bad_on(sli, r)] for sli in CLIENT_JUDGED_SLIS}
+    bad = ({sli: _bad_requests(requests, sli) for sli in CLIENT_JUDGED_SLIS}
+           if requests else {})
 
     def truths_of(t: float, sli: str) -> tuple[str, ...]:
-        if requests is None or sli not in bad:
-            return truths_at(t)
-        # Not "seen bad by t" on the client: the service knows a late first token before
-        # a starved client does.
-        touched = [(sent, end) for sent, end in bad[sli] if sent <= t and end >= t - grace_s]
-        return tuple(dict.fromkeys(f["domain"] for f in faults
-                                   if any(f["start"] <= end and sent <= f["end"]
-                                          for sent, end in touched)))
+        if sli not in bad:
+            return tuple(dict.fromkeys(f["domain"] for f in active_at(t)))
+        # Sent by t and not over before t - grace_s: "still running", not "seen bad by
+        # the client by t", since the service knows a late first token before a starved
+        # client does. What made it bad ran from its sending until it was decided.
+        touched = [(sent, min(decided, t)) for sent, decided, end in bad[sli]
+                   if sent <= t and end >= t - grace_s]
+        hit = [f for f in faults
+               if any(f["start"] <= until and sent <= f["end"] for sent, until in touched)]
+        # The fault on now first, then the one just over: the confusion matrix's row.
+        hit.sort(key=lambda f: (not f["start"] <= t <= f["end"],
+                                not f["start"] <= t <= f["end"] + grace_s, -f["start"]))
+        return tuple(dict.fromkeys(f["domain"] for f in hit))
 
     timed = sorted(((_ts(a["timestamp"]), a) for a in attributions), key=lambda x: x[0])
+    about_a_fault: list[float] = []  # when attributions judged to be about a fault came
     for t, a in timed:
         truths = truths_of(t, a.get("slo_impact", {}).get("sli", ""))
         predicted = UNKNOWN if a.get("abstain") else a["predicted_fault_domain"]
@@ -187,15 +211,20 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
         actual = truths[0] if truths else NONE
         if not truths and phases and t < phases[0]["start"]:
             continue  # before the schedule: not part of the run
+        if truths:
+            about_a_fault.append(t)
         cases.append(Case(actual=actual, predicted=predicted, ranked=ranked or (predicted,),
                           truths=truths, ts=t, case_id=a.get("incident_id", "")))
         rows.append(Prediction(ts=t, actual="+".join(truths) or NONE, predicted=predicted,
                                kind="attribution", confidence=a.get("confidence"),
                                sli=a.get("slo_impact", {}).get("sli", ""),
                                incident_id=a.get("incident_id", "")))
+    attributed = list(cases)
     for f in faults:
-        named = [t for t, a in timed if f["start"] <= t <= f["end"] + grace_s]
-        if not named:
+        # Each lab scenario injects a domain at most once per repetition, so a case of
+        # this domain from the fault's start on is about this episode.
+        if not any(f["domain"] in c.all_truths and c.ts is not None and c.ts >= f["start"]
+                   for c in attributed):
             cases.append(Case(actual=f["domain"], predicted=NONE, ts=f["start"]))
             rows.append(Prediction(ts=f["start"], actual=f["domain"], predicted=NONE,
                                    kind="missed_episode"))
@@ -203,7 +232,10 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
         t = phases[0]["start"]
         end = phases[-1]["end"]
         while t + 1.0 <= end:
-            if not any(f["start"] - 1.0 < t <= f["end"] + grace_s for f in faults):
+            calm = not any(f["start"] - 1.0 < t <= f["end"] + grace_s for f in faults)
+            # A second whose attribution is judged to be about a fault (requests that
+            # ran through it were still finishing) is that attribution's case, not calm.
+            if calm and not any(t <= ts < t + 1.0 for ts in about_a_fault):
                 said = [a for ts, a in timed if t <= ts < t + 1.0]
                 named = [a["predicted_fault_domain"] for a in said if not a.get("abstain")]
                 predicted = named[0] if named else (UNKNOWN if said else NONE)
@@ -300,6 +332,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         ttft_p99_ms=percentile(sorted(ttft), 99), requests=len(requests),
         errors=sum(1 for r in requests if not r.ok),
         burn_rate_errors=burn_rate_errors(attributions, requests),
+        truth_rule=TRUTH_RULES[0] if requests else TRUTH_RULES[1],
         slo_break_delays=slo_break_delays(episodes, requests))
 
 
@@ -349,6 +382,7 @@ def summarize(results: list[RepResult], *, scenario: str,
     out = msgspec.to_builtins(pooled)
     out.update({
         "scenario": scenario, "params": dict(params), "reps": len(results),
+        "truth_rule": "+".join(sorted({r.truth_rule for r in results})),
         "detection_delay_s": {**out["detection_delay_s"],
                               "per_episode": [None if d is None else round(d, 3)
                                               for d in delays]},

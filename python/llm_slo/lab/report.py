@@ -487,6 +487,9 @@ def report_markdown(summary: dict[str, Any], *, command: str, provenance: dict[s
         ("Finished", _text(provenance.get("finished")) or NA),
         ("Seed", _text(provenance.get("seed")) or NA),
         ("Repetitions", _text(summary.get("reps")) or NA),
+        *([("Scored again", f"{_text(r.get('at')) or NA} at commit "
+            f"{_inline_code(_text(r.get('commit')) or '?')}: {_text(r.get('what')) or NA}")]
+          if isinstance(r := provenance.get("rescored"), dict) else []),
         ("Parameters", NA if params is None
          else _inline_code(json.dumps(params, sort_keys=True, default=str))),
     ]
@@ -542,17 +545,19 @@ def _rep_dirs(run_dir: Path) -> list[Path]:
     return sorted(reps, key=lambda p: int(p.name[4:]))
 
 
-def write_run_report(run_dir: Path, *, command: str) -> list[Path]:
+def write_run_report(run_dir: Path, *, command: str,
+                     rep_dirs: list[Path] | None = None) -> list[Path]:
     """Write ``timeline-rep-NN.svg`` per repetition, ``timeline.svg`` (the first
     repetition's, the headline chart) and ``report.md`` into ``run_dir``; return the
     paths written. ``summary.json`` is required; ``provenance.json`` and the files of a
-    repetition may be missing and then count as empty."""
+    repetition may be missing and then count as empty. The repetitions are
+    ``run_dir``'s ``rep-NN`` unless ``rep_dirs`` names them elsewhere."""
     summary = json.loads((run_dir / "summary.json").read_text())
     prov_path = run_dir / "provenance.json"
     provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     scenario = _text(summary.get("scenario")) or "incident lab"
     written: list[Path] = []
-    for rep in _rep_dirs(run_dir):
+    for rep in _rep_dirs(run_dir) if rep_dirs is None else rep_dirs:
         req_path = rep / "requests.jsonl"
         svg = timeline_svg(
             read_jsonl(req_path) if req_path.exists() else [],

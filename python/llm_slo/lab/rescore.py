@@ -7,7 +7,13 @@ engine section, and scores the new attributions against the same ground truth
 (``faults.json``, ``phases.json``) with the lab's scoring. It answers "what would this
 setting have said about these faults" in seconds instead of a rerun.
 
-It is an approximation of the live agent, and says so in its output: the engine ticks
+With ``recorded=True`` (``--recorded``) nothing is replayed: the live agent's own
+attributions are scored again with this version's scoring, which is what a change of
+the scoring (not of the agent) does to a finished run. The figures that do not depend
+on the scoring (overhead, correlation, burn-rate error, the client's) are carried over
+from the run's summary.json, and the run's report is written again beside it.
+
+A replay is an approximation of the live agent, and says so in its output: the engine ticks
 every ``interval_s`` of recorded time instead of also waking on a breach, records count
 at their timestamps rather than when they arrived (so detection delays lack the span
 export time), and a service's cgroups come from the recorded events' own pid/cgroup
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +32,22 @@ import msgspec
 
 from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
-from llm_slo.lab.lab_score import GRACE_S, build_cases, read_records, write_predictions
+from llm_slo.lab.lab_score import (
+    GRACE_S,
+    TRUTH_RULES,
+    RepResult,
+    build_cases,
+    pooled_score,
+    read_records,
+    slo_break_delays,
+    summarize,
+    write_predictions,
+)
 from llm_slo.lab.loadgen import read_jsonl
+from llm_slo.lab.report import write_run_report
+from llm_slo.lab.runner import git_output
 from llm_slo.replay import replay
-from llm_slo.scoring import FaultEpisode, score
+from llm_slo.scoring import FaultEpisode, correlation_scores, score
 
 APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
                  "a breach), records at their timestamps (delays lack span export), "
@@ -62,6 +81,18 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _reps(run_dir: Path, out_dir: Path) -> list[Path]:
+    """The run's repetition directories, once it is clear ``out_dir`` overwrites none."""
+    reps = sorted(p for p in run_dir.glob("rep-*") if p.is_dir())
+    if not reps:
+        raise ConfigError(f"{run_dir}: no rep-NN directories (not a `sloctl lab run` output)")
+    out = out_dir.resolve()
+    if out == run_dir.resolve() or any(out.is_relative_to(r.resolve()) for r in reps):
+        raise ConfigError(f"--out {out_dir} is the run {run_dir} or one of its "
+                          "repetitions: their live results would be overwritten")
+    return reps
+
+
 def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
             ) -> dict[str, Any]:
     """Replay every repetition of ``run_dir`` into ``out_dir``/rep-NN and score it.
@@ -73,13 +104,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
     Returns (and writes to ``out_dir``/summary.json) the pooled score with the run and
     the engine settings used.
     """
-    reps = sorted(p for p in run_dir.glob("rep-*") if p.is_dir())
-    if not reps:
-        raise ConfigError(f"{run_dir}: no rep-NN directories (not a `sloctl lab run` output)")
-    out = out_dir.resolve()
-    if out == run_dir.resolve() or any(out.is_relative_to(r.resolve()) for r in reps):
-        raise ConfigError(f"--out {out_dir} is the run {run_dir} or one of its "
-                          "repetitions: their live results would be overwritten")
+    reps = _reps(run_dir, out_dir)
     cases, episodes, rows = [], [], []
     used: list[dict[str, Any]] = []
     for rep in reps:
@@ -125,4 +150,56 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_predictions(out_dir / "predictions.csv", rows)
+    return summary
+
+
+def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The live attributions of ``run_dir`` scored again into ``out_dir``: summary.json,
+    predictions.csv, confusion-matrix.csv, provenance.json (the run's, with a
+    ``rescored`` entry), report.md and timelines."""
+    reps = _reps(run_dir, out_dir)
+    try:
+        live = json.loads((run_dir / "summary.json").read_text())
+        provenance = json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run_dir}: no readable summary.json and provenance.json "
+                          f"(not a finished `sloctl lab run` output): {e}") from e
+    results = []
+    for rep in reps:
+        try:
+            faults = json.loads((rep / "faults.json").read_text())
+            phases = json.loads((rep / "phases.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{rep}: {e}") from e
+        requests = None
+        with contextlib.suppress(FileNotFoundError):
+            requests = read_jsonl(rep / "requests.jsonl")
+        cases, rows = build_cases(read_records(rep / "attributions.jsonl"), faults, phases,
+                                  requests=requests)
+        episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
+                    for f in faults]
+        results.append(RepResult(
+            rep=int(rep.name.removeprefix("rep-")), rep_dir=rep, cases=cases,
+            episodes=episodes, predictions=rows,
+            score=score(cases, episodes, grace_s=GRACE_S),
+            correlation=correlation_scores((), ()), cpu_pct=0.0, rss_mb=0.0,
+            bpf_ns_per_run=None, ttft_p99_ms=None, requests=0, errors=0,
+            slo_break_delays=slo_break_delays(episodes, requests or []),
+            truth_rule=TRUTH_RULES[0] if requests else TRUTH_RULES[1]))
+    summary = summarize(results, scenario=live.get("scenario", "?"),
+                        params=live.get("params") or {})
+    for kept in ("overhead", "correlation", "burn_rate_error", "client"):
+        if kept in live:
+            summary[kept] = live[kept]
+    summary["ci95"]["agent_cpu_pct"] = live.get("ci95", {}).get("agent_cpu_pct")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    provenance["rescored"] = {"from": str(run_dir), "commit": git_output("rev-parse", "HEAD"),
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "what": "the live attributions scored again (no replay)"}
+    write_predictions(out_dir / "predictions.csv",
+                      ((r.rep, p) for r in results for p in r.predictions))
+    pooled_score(results).write_confusion_csv(out_dir / "confusion-matrix.csv")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    write_run_report(out_dir, command=provenance.get("command", ""), rep_dirs=reps)
     return summary

@@ -350,18 +350,20 @@ class LabRun:
             time.sleep(min(1.0, left))
 
 
-def _provenance(seed: int, started: float, finished: float, command: str) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(["git", *args], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, timeout=5).stdout.strip()
-        return ""
+def git_output(*args: str) -> str:
+    """What ``git ARGS`` prints about the toolkit's own checkout; "" outside one."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    return ""
 
+
+def _provenance(seed: int, started: float, finished: float, command: str) -> dict[str, Any]:
     host = describe(("msgspec", "numpy", "aiohttp", "opentelemetry-sdk"))
     del host["loadavg"]  # the lab's own load is what runs: not a property of the machine
     return {
-        "command": command, "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), **host,
+        "command": command, "commit": git_output("rev-parse", "HEAD"),
+        "dirty": bool(git_output("status", "--porcelain", "--untracked-files=no")), **host,
         "seed": seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
