@@ -130,7 +130,7 @@ def test_recorded_scores_the_live_attributions_again(
     live = {"scenario": "dns_latency", "params": {"dns.delay_ms": 100}, "reps": 1,
             "macro_f1": 1.0, "overhead": {"cpu_pct": 0.8, "rss_mb": 70.0,
                                           "bpf_ns_per_run": 300.0},
-            "correlation": {"precision": 1.0, "recall": 0.99},
+            "correlation": {"precision": 1.0, "recall": 0.99}, "latency_overhead_pct": 0.3,
             "ci95": {"agent_cpu_pct": {"mean": 0.8, "lo": None, "hi": None}}}
     (run / "summary.json").write_text(json.dumps(live))
     (run / "provenance.json").write_text(json.dumps({"commit": "abc", "command": "x"}))
@@ -142,6 +142,7 @@ def test_recorded_scores_the_live_attributions_again(
     assert (dns["precision"], dns["recall"], dns["support"]) == (1.0, 2 / 3, 3)
     assert summary["overhead"] == live["overhead"]
     assert summary["correlation"] == live["correlation"]
+    assert summary["latency_overhead_pct"] == 0.3
     assert summary["ci95"]["agent_cpu_pct"] == live["ci95"]["agent_cpu_pct"]
     assert summary["scenario"] == "dns_latency" and summary["reps"] == 1
     assert summary["truth_rule"] == "requests"

@@ -188,12 +188,15 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             truth_rule=TRUTH_RULES[0] if requests else TRUTH_RULES[1]))
     summary = summarize(results, scenario=live.get("scenario", "?"),
                         params=live.get("params") or {})
-    for kept in ("overhead", "correlation", "burn_rate_error", "client"):
+    for kept in ("overhead", "correlation", "burn_rate_error", "client",
+                 "latency_overhead_pct"):
         if kept in live:
             summary[kept] = live[kept]
     summary["ci95"]["agent_cpu_pct"] = live.get("ci95", {}).get("agent_cpu_pct")
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance["rescored"] = {"from": str(run_dir), "commit": git_output("rev-parse", "HEAD"),
+                              "dirty": bool(git_output("status", "--porcelain",
+                                                       "--untracked-files=no")),
                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "what": "the live attributions scored again (no replay)"}
     write_predictions(out_dir / "predictions.csv",
