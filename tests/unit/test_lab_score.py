@@ -89,3 +89,21 @@ def test_scoring_the_file_gives_the_runs_own_score(tmp_path: Path) -> None:
     direct = score(cases)
     assert (back.macro_f1, back.fpr, back.accuracy, back.confusion) == (
         direct.macro_f1, direct.fpr, direct.accuracy, direct.confusion)
+
+
+def test_a_dropped_request_is_neither_bad_nor_good_for_the_burn_rate() -> None:
+    t0 = 1_800_000_000.0
+
+    def req(i: int, error: str) -> RequestResult:
+        return RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
+                             offset_s=0.0, start_unix_nano=round((t0 + i) * 1e9),
+                             ttft_ms=None, total_ms=100.0, tokens=0,
+                             status=0 if error else 200, error=error)
+
+    requests = [req(0, "timeout"), *(req(i, "") for i in range(1, 50)),
+                *(req(i, "dropped") for i in range(50, 100))]
+    at = datetime.fromtimestamp(t0 + 120, UTC).isoformat()
+    alert = {"timestamp": at, "slo_impact": {"sli": "error_rate", "burn_rate": 2.0,
+                                             "window_minutes": 5}}
+    # 1 failure among the 50 sent = 2x the 1 % budget; the 50 dropped are not counted
+    assert burn_rate_errors([alert], requests) == pytest.approx([0.0])

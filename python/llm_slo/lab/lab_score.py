@@ -252,10 +252,11 @@ def burn_rate_errors(attributions: list[dict[str, Any]],
     results give for the same SLI and window (requests finished by the attribution).
 
     ``ttft_ms``: bad = first token at or after the breach threshold, among requests
-    that got one; ``error_rate``: bad = an error. Other SLIs are not judged.
+    that got one; ``error_rate``: bad = an error, among requests sent (the service
+    never saw one the load generator dropped). Other SLIs are not judged.
     """
-    done = sorted(((r.start_unix_nano / 1e9 + r.total_ms / 1000, r) for r in requests),
-                  key=lambda x: x[0])
+    done = sorted(((r.start_unix_nano / 1e9 + r.total_ms / 1000, r) for r in requests
+                   if r.error != "dropped"), key=lambda x: x[0])
     out = []
     for a in attributions:
         sli = a.get("slo_impact", {})
