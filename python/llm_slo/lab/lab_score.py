@@ -165,6 +165,19 @@ def read_predictions(path: Path) -> list[Case]:
                 for row in csv.DictReader(f)]
 
 
+def read_requests(rep_dir: Path) -> list[RequestResult] | None:
+    """The client's results of a repetition; None when it has none recorded."""
+    try:
+        return read_jsonl(rep_dir / "requests.jsonl")
+    except FileNotFoundError:
+        return None
+
+
+def truth_rule(requests: list[RequestResult] | None) -> str:
+    """The TRUTH_RULES entry that build_cases applies with these client results."""
+    return TRUTH_RULES[0] if requests else TRUTH_RULES[1]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file, one per line; none if the file is missing."""
     try:
@@ -307,9 +320,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
     """Score one finished repetition from the files in ``rep_dir``."""
     attributions = read_records(rep_dir / "attributions.jsonl")
-    requests: list[RequestResult] | None = None
-    with contextlib.suppress(FileNotFoundError):
-        requests = read_jsonl(rep_dir / "requests.jsonl")
+    requests = read_requests(rep_dir)
     cases, rows = build_cases(attributions, faults, phases, requests=requests)
     episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
                 for f in faults]
@@ -333,7 +344,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         ttft_p99_ms=percentile(sorted(ttft), 99), requests=len(requests),
         errors=sum(1 for r in requests if not r.ok),
         burn_rate_errors=burn_rate_errors(attributions, requests),
-        truth_rule=TRUTH_RULES[0] if requests else TRUTH_RULES[1],
+        truth_rule=truth_rule(requests),
         slo_break_delays=slo_break_delays(episodes, requests))
 
 

@@ -22,7 +22,6 @@ pairs instead of /proc. Lab results stay those of live runs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -34,18 +33,16 @@ from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
 from llm_slo.lab.lab_score import (
     GRACE_S,
-    TRUTH_RULES,
     RepResult,
     build_cases,
-    pooled_score,
     read_records,
+    read_requests,
     slo_break_delays,
     summarize,
+    truth_rule,
     write_predictions,
 )
-from llm_slo.lab.loadgen import read_jsonl
-from llm_slo.lab.report import write_run_report
-from llm_slo.lab.runner import git_output
+from llm_slo.lab.runner import git_output, write_artifacts
 from llm_slo.replay import replay
 from llm_slo.scoring import FaultEpisode, correlation_scores, score
 
@@ -133,9 +130,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                cgroup_of_pid=_cgroup_of_pid(rep / "probe-events.jsonl"),
                active_signals=[s for s in agent.signal_set if s not in failed])
         faults = json.loads((rep / "faults.json").read_text())
-        requests = None
-        with contextlib.suppress(FileNotFoundError):
-            requests = read_jsonl(rep / "requests.jsonl")
+        requests = read_requests(rep)
         rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
                                           json.loads((rep / "phases.json").read_text()),
                                           requests=requests)
@@ -154,9 +149,9 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
 
 
 def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """The live attributions of ``run_dir`` scored again into ``out_dir``: summary.json,
-    predictions.csv, confusion-matrix.csv, provenance.json (the run's, with a
-    ``rescored`` entry), report.md and timelines."""
+    """The live attributions of ``run_dir`` scored again into ``out_dir``, with the
+    artifacts a run writes (:func:`~llm_slo.lab.runner.write_artifacts`); its
+    provenance.json is the run's, with a ``rescored`` entry."""
     reps = _reps(run_dir, out_dir)
     try:
         live = json.loads((run_dir / "summary.json").read_text())
@@ -171,9 +166,7 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             phases = json.loads((rep / "phases.json").read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"{rep}: {e}") from e
-        requests = None
-        with contextlib.suppress(FileNotFoundError):
-            requests = read_jsonl(rep / "requests.jsonl")
+        requests = read_requests(rep)
         cases, rows = build_cases(read_records(rep / "attributions.jsonl"), faults, phases,
                                   requests=requests)
         episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
@@ -185,7 +178,7 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             correlation=correlation_scores((), ()), cpu_pct=0.0, rss_mb=0.0,
             bpf_ns_per_run=None, ttft_p99_ms=None, requests=0, errors=0,
             slo_break_delays=slo_break_delays(episodes, requests or []),
-            truth_rule=TRUTH_RULES[0] if requests else TRUTH_RULES[1]))
+            truth_rule=truth_rule(requests)))
     summary = summarize(results, scenario=live.get("scenario", "?"),
                         params=live.get("params") or {})
     for kept in ("overhead", "correlation", "burn_rate_error", "client",
@@ -199,10 +192,5 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
                                                        "--untracked-files=no")),
                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "what": "the live attributions scored again (no replay)"}
-    write_predictions(out_dir / "predictions.csv",
-                      ((r.rep, p) for r in results for p in r.predictions))
-    pooled_score(results).write_confusion_csv(out_dir / "confusion-matrix.csv")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=1))
-    write_run_report(out_dir, command=provenance.get("command", ""), rep_dirs=reps)
+    write_artifacts(out_dir, results, summary, provenance, provenance.get("command", ""))
     return summary

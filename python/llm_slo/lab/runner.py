@@ -385,6 +385,7 @@ def write_artifacts(out: Path, results: list[RepResult], summary: dict[str, Any]
     pooled_score(results).write_confusion_csv(out / "confusion-matrix.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
-    return [out / "summary.json", *write_run_report(out, command=command)]
+    return [out / "summary.json",
+            *write_run_report(out, command=command, rep_dirs=[r.rep_dir for r in results])]
 
 
