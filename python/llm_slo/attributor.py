@@ -124,9 +124,10 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     namespace: str | None = None
     trace_ids: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
-    # Bad and good events of ``sli`` in the last two evidence windows. A burn-rate alert that
-    # fires on earlier bad events while requests now succeed: the window shows the
-    # recovery, not the cause. (No events at all may be requests that hang: not that.)
+    # Bad and good events of ``sli`` in the engine's last ``past_burn_windows`` windows. A
+    # burn-rate alert that fires on earlier bad events while requests now succeed: the
+    # window shows the recovery, not the cause. (No events at all may be requests that
+    # hang: not that.)
     bad_in_window: Annotated[int, msgspec.Meta(ge=0)] = 1
     good_in_window: Annotated[int, msgspec.Meta(ge=0)] = 0
 
@@ -246,7 +247,7 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     reason = None
     if violation.bad_in_window == 0 and violation.good_in_window > 0:
         reason = (f"{PAST_BURN}: the burn rate ({violation.burn_rate:.1f}) comes from earlier "
-                  f"bad {violation.sli} events; the evidence window has "
+                  f"bad {violation.sli} events; the last windows have "
                   f"{violation.good_in_window} good and none bad")
     elif max_z is None:
         reason = "no_baseline: no feature of this workload has a warmed-up baseline"

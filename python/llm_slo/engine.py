@@ -68,6 +68,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Explaining a violation, evidence reaches back to when its bad requests began (and
     # its slow connects and handshakes), but no further than this.
     evidence_lookback_s: float = 30.0
+    # A burn-rate alert whose SLI had no bad event in this many windows (but good ones) is
+    # a past burn: the attributor abstains. Two is the engine's calm; one more lets the
+    # requests that ended just before it be explained (docs/attribution.md, "Abstain rule").
+    past_burn_windows: int = 3
     thresholds: SliThresholds = msgspec.field(default_factory=SliThresholds)
     objectives: list[SloObjective] = msgspec.field(default_factory=lambda: [
         SloObjective(name="ttft", sli_name="ttft_ms", target=0.99),
@@ -85,6 +89,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                      "correlation_delay_s", "evidence_lookback_s"):
             if getattr(self, name) < 0 or (name == "window_s" and self.window_s == 0):
                 raise ValueError(f"engine.{name} must be positive")
+        if self.past_burn_windows < 1:
+            raise ValueError("engine.past_burn_windows must be at least 1")
         if self.evidence_lookback_s > self.signal_retention_s:
             # Older signals are gone: sums over such an interval would read too low.
             raise ValueError("engine.evidence_lookback_s must not exceed "
@@ -257,10 +263,14 @@ class SloEngine:
             samples = work.samples.window(start_ns, now_ns)
             signals = self._signals(work, start_ns, now_ns)
             features = self._features(work, signals, samples, window_ns)
+            # The SLI's recent events: whether the bad requests an alert is about are
+            # recent enough to explain (else a past burn), and where their evidence starts.
+            lookback = work.samples.window(
+                now_ns - self.config.past_burn_windows * window_ns, now_ns) if due else []
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
-                    signals, samples, slis, [began[s] for s in slis if s in began],
+                    signals, lookback, slis, [began[s] for s in slis if s in began],
                     start_ns, now_ns)
                 if since < start_ns:
                     # Each feature at its stronger reading: the window keeps a fault that
@@ -269,9 +279,6 @@ class SloEngine:
                     features = _stronger(features, self._features(
                         work, self._signals(work, since, start_ns - 1) + signals,
                         work.samples.window(since, start_ns - 1) + samples, now_ns - since))
-            # The SLI's events are counted over two windows, the engine's notion of calm
-            # (see ``calm``): one quiet window in a lossy fault is not its end.
-            lookback = work.samples.window(now_ns - 2 * window_ns, now_ns) if due else []
             for sli, sample in due:
                 bad = good = 0
                 for _, s, status in lookback:
@@ -334,7 +341,8 @@ class SloEngine:
                         breaches_began: list[int], start_ns: int, now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
         the breaches of ``slis`` being explained (``breaches_began``: late ones may have
-        ended before the window), the window's bad requests of ``slis``, or the connects
+        ended before the window), the recent bad requests of ``slis`` (``samples``: the
+        last ``past_burn_windows``, which the alert is about), or the connects
         and handshakes it saw end (its ``signals``, streamed or aggregated), began before
         it; never before ``evidence_lookback_s`` ago, unless the window itself reaches
         further.

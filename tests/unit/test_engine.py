@@ -67,8 +67,8 @@ def _children(i: int, t: int) -> list[Span]:
 
 
 def _run(fault_from: int, seconds: int, fault_until: int = 1 << 30,
-         ) -> tuple[list, list, list[Span], list[ProbeEvent]]:
-    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+         config: EngineConfig = CONFIG) -> tuple[list, list, list[Span], list[ProbeEvent]]:
+    engine = SloEngine(config, cgroup_of_pid={PID: CGROUP})
     slo, atts, spans, signals = [], [], [], []
     for sec in range(seconds):
         faulty = fault_from <= sec < fault_until
@@ -151,6 +151,25 @@ def test_an_alert_still_firing_after_the_fault_abstains_as_past_burn() -> None:
                for a in after)
 
 
+@pytest.mark.parametrize("windows", [2, 3])
+def test_an_alert_is_explained_while_its_bad_requests_are_recent(windows: int) -> None:
+    """Requests that broke the SLO in the last ``past_burn_windows`` windows are what the
+    alert is about: explained from their lifetime (DNS slow while they ran) though the
+    current window is calm. Once they are older, it is a past burn."""
+    config = msgspec.structs.replace(CONFIG, cooldown_s=1.0, abstain_retry_s=1.0,
+                                     past_burn_windows=windows)
+    _, atts, _, _ = _run(fault_from=8, seconds=16, fault_until=11, config=config)
+    ttft = {a.timestamp[17:19]: a for a in atts if a.slo_impact.sli == "ttft_ms"}
+    # The last bad requests ended at 10.75 s; a tick at T looks back to T - windows.
+    for sec in range(12, 16):
+        att = ttft[f"{sec:02d}"]
+        if sec - windows <= 10:
+            assert att.predicted_fault_domain == "network_dns" and not att.abstain, sec
+            assert any(ev.signal.startswith("dns") for ev in att.evidence)
+        else:
+            assert (att.abstain_reason or "").startswith("past_burn"), sec
+
+
 def test_fault_windows_never_teach_the_baseline() -> None:
     """A long fault keeps breaching during the attribution cooldown; those windows must
     not be learnt as normal, or the next fault would look ordinary."""
@@ -208,6 +227,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     long.write_text("engine:\n  evidence_lookback_s: 600\n")
     with pytest.raises(ConfigError, match="evidence_lookback_s must not exceed"):
         load_config(str(long))
+    never = tmp_path / "never.yaml"
+    never.write_text("engine:\n  past_burn_windows: 0\n")
+    with pytest.raises(ConfigError, match="past_burn_windows must be at least 1"):
+        load_config(str(never))
     assert load_config(None) == AgentConfig()
 
 
