@@ -91,6 +91,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 raise ValueError(f"engine.{name} must be positive")
         if self.past_burn_windows < 1:
             raise ValueError("engine.past_burn_windows must be at least 1")
+        if self.past_burn_windows * self.window_s > self.signal_retention_s:
+            # Older SLI samples are gone: bad events there would go uncounted.
+            raise ValueError("engine.past_burn_windows * engine.window_s must not exceed "
+                             "engine.signal_retention_s")
         if self.evidence_lookback_s > self.signal_retention_s:
             # Older signals are gone: sums over such an interval would read too low.
             raise ValueError("engine.evidence_lookback_s must not exceed "

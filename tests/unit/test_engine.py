@@ -231,6 +231,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     never.write_text("engine:\n  past_burn_windows: 0\n")
     with pytest.raises(ConfigError, match="past_burn_windows must be at least 1"):
         load_config(str(never))
+    beyond = tmp_path / "beyond.yaml"
+    beyond.write_text("engine:\n  window_s: 60\n  past_burn_windows: 3\n")
+    with pytest.raises(ConfigError, match=r"must not exceed engine\.signal_retention_s"):
+        load_config(str(beyond))
     assert load_config(None) == AgentConfig()
 
 
