@@ -173,6 +173,11 @@ def read_requests(rep_dir: Path) -> list[RequestResult] | None:
         return None
 
 
+def fault_episodes(faults: list[dict[str, Any]]) -> list[FaultEpisode]:
+    """The injector's faults (a repetition's faults.json) as scoring episodes."""
+    return [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"]) for f in faults]
+
+
 def truth_rule(requests: list[RequestResult] | None) -> str:
     """The TRUTH_RULES entry that build_cases applies with these client results."""
     return TRUTH_RULES[0] if requests else TRUTH_RULES[1]
@@ -322,8 +327,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
     attributions = read_records(rep_dir / "attributions.jsonl")
     requests = read_requests(rep_dir)
     cases, rows = build_cases(attributions, faults, phases, requests=requests)
-    episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
-                for f in faults]
+    episodes = fault_episodes(faults)
     stats = {}
     with contextlib.suppress(OSError, ValueError):
         stats = json.loads((rep_dir / "agent-stats.json").read_text())

@@ -35,6 +35,7 @@ from llm_slo.lab.lab_score import (
     GRACE_S,
     RepResult,
     build_cases,
+    fault_episodes,
     read_records,
     read_requests,
     slo_break_delays,
@@ -44,7 +45,7 @@ from llm_slo.lab.lab_score import (
 )
 from llm_slo.lab.runner import git_output, write_artifacts
 from llm_slo.replay import replay
-from llm_slo.scoring import FaultEpisode, correlation_scores, score
+from llm_slo.scoring import correlation_scores, score
 
 APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
                  "a breach), records at their timestamps (delays lack span export), "
@@ -136,8 +137,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                                           requests=requests)
         cases += rep_cases
         rows += [(int(rep.name.removeprefix("rep-")), r) for r in rep_rows]
-        episodes += [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
-                     for f in faults]
+        episodes += fault_episodes(faults)
     summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
     summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
                     # One entry when every repetition ran with the same settings.
@@ -169,8 +169,7 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
         requests = read_requests(rep)
         cases, rows = build_cases(read_records(rep / "attributions.jsonl"), faults, phases,
                                   requests=requests)
-        episodes = [FaultEpisode(domain=f["domain"], start=f["start"], end=f["end"])
-                    for f in faults]
+        episodes = fault_episodes(faults)
         results.append(RepResult(
             rep=int(rep.name.removeprefix("rep-")), rep_dir=rep, cases=cases,
             episodes=episodes, predictions=rows,
