@@ -86,6 +86,7 @@ SUMMARY: dict[str, Any] = {
     "correlation": {"precision": 0.97, "recall": None},
     "overhead": {"cpu_pct": 1.4, "rss_mb": 52.3, "bpf_ns_per_run": None},
     "ci95": {"macro_f1": [0.85, 0.93]},
+    "abstentions": {"about_a_fault": {"low_confidence": 3}, "calm": {"no_deviation": 2}},
 }
 
 
@@ -244,6 +245,7 @@ def test_report_markdown_has_command_provenance_and_tables() -> None:
     assert "| BPF time per program run | n/a | — | — |" in lines
     assert "| network_dns | 1.000 | 0.800 | 0.889 | 10 |" in lines
     assert "| provider_throttle | n/a | 0.500 | n/a | 4 |" in lines
+    assert "| `low_confidence` | 3 | 0 |" in lines and "| `no_deviation` | 0 | 2 |" in lines
     assert "![timeline of timeline-rep-01.svg](timeline-rep-01.svg)" in lines
     assert "- [timeline-rep-02.svg](timeline-rep-02.svg)" in lines
 
@@ -254,6 +256,7 @@ def test_report_markdown_with_nothing_known() -> None:
     assert md.startswith("# Incident lab report: n/a\n")
     assert "- **Machine:** n/a" in md and "- **Commit:** n/a" in md
     assert "No charts." in md
+    assert "None (or not counted" in md
     assert "| met |" not in md and "not met" not in md  # no judgment without values
 
 

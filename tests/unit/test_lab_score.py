@@ -3,6 +3,7 @@ the burn-rate error against the client."""
 
 from __future__ import annotations
 
+import csv
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from llm_slo.lab.lab_score import (
     Prediction,
+    abstentions,
     build_cases,
     burn_rate_errors,
     read_predictions,
@@ -107,3 +109,31 @@ def test_a_dropped_request_is_neither_bad_nor_good_for_the_burn_rate() -> None:
                                              "window_minutes": 5}}
     # 1 failure among the 50 sent = 2x the 1 % budget; the 50 dropped are not counted
     assert burn_rate_errors([alert], requests) == pytest.approx([0.0])
+
+
+def test_abstentions_are_counted_by_reason_about_a_fault_or_in_calm(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    faults = [{"name": "tls_slow", "domain": "tls_handshake", "start": t0 + 5,
+               "end": t0 + 10}]
+    phases = [{"name": "all", "start": t0, "end": t0 + 30}]
+
+    def att(s: float, reason: str | None) -> dict:
+        return {"incident_id": f"i{s}", "predicted_fault_domain":
+                "unknown" if reason else "tls_handshake", "abstain": reason is not None,
+                "abstain_reason": reason, "slo_impact": {"sli": "request_latency_ms"},
+                "timestamp": datetime.fromtimestamp(t0 + s, UTC).isoformat()}
+
+    _, rows = build_cases([
+        att(6.0, "low_confidence: top hypothesis tls_handshake at 0.55 is below 0.60"),
+        att(7.0, None), att(8.0, "low_confidence: top hypothesis ..."),
+        att(9.0, "past_burn: the burn rate (3.0) comes from earlier ..."),
+        att(25.0, "no_deviation: largest deviation 1.2 is below 3.0")], faults, phases)
+    assert abstentions(rows) == {"about_a_fault": {"low_confidence": 2, "past_burn": 1},
+                                 "calm": {"no_deviation": 1}}
+    # and the reason is in the file beside its row, for reading a run's abstentions
+    write_predictions(tmp_path / "p.csv", ((1, r) for r in rows))
+    with (tmp_path / "p.csv").open(newline="") as f:
+        reasons = [r["abstain_reason"] for r in csv.DictReader(f)
+                   if r["case"] == "attribution"]
+    assert reasons == ["low_confidence", "", "low_confidence", "past_burn",
+                                       "no_deviation"]

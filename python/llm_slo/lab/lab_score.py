@@ -70,6 +70,7 @@ class Prediction(msgspec.Struct, frozen=True, kw_only=True):
     confidence: float | None = None
     sli: str = ""
     incident_id: str = ""
+    abstain_reason: str = ""  # why the agent abstained: the reason's code (past_burn, ...)
 
 
 def _bad_on(sli: str, r: RequestResult) -> bool:
@@ -148,12 +149,12 @@ def _ts(rfc3339: str) -> float:
 def write_predictions(path: Path, rows: Iterable[tuple[int, Prediction]]) -> None:
     """``predictions.csv``: one row per (repetition, case)."""
     with path.open("w") as f:
-        f.write("rep,ts,actual,predicted,confidence,sli,incident_id,case\n")
+        f.write("rep,ts,actual,predicted,confidence,sli,incident_id,case,abstain_reason\n")
         for rep, p in rows:
             f.write(",".join(str(x) for x in (
                 rep, f"{p.ts:.3f}", p.actual, p.predicted,
                 "" if p.confidence is None else f"{p.confidence:.3f}", p.sli,
-                p.incident_id, p.kind)) + "\n")
+                p.incident_id, p.kind, p.abstain_reason)) + "\n")
 
 
 def read_predictions(path: Path) -> list[Case]:
@@ -189,6 +190,25 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def abstain_code(attribution: dict[str, Any]) -> str:
+    """An abstaining attribution's reason code (``past_burn``, ``low_confidence``, ...:
+    the text before the reason's colon); "" when it named a domain."""
+    if not attribution.get("abstain"):
+        return ""
+    return (attribution.get("abstain_reason") or "unstated").split(":", 1)[0].strip()
+
+
+def abstentions(rows: Iterable[Prediction]) -> dict[str, dict[str, int]]:
+    """Abstaining attributions counted by reason: ``about_a_fault`` (judged to be about
+    an injected fault: each costs that fault's recall) and ``calm`` (harmless)."""
+    out: dict[str, dict[str, int]] = {"about_a_fault": {}, "calm": {}}
+    for p in rows:
+        if p.kind == "attribution" and p.abstain_reason:
+            side = out["calm" if p.actual == NONE else "about_a_fault"]
+            side[p.abstain_reason] = side.get(p.abstain_reason, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
 def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]],
@@ -236,7 +256,8 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
         rows.append(Prediction(ts=t, actual="+".join(truths) or NONE, predicted=predicted,
                                kind="attribution", confidence=a.get("confidence"),
                                sli=a.get("slo_impact", {}).get("sli", ""),
-                               incident_id=a.get("incident_id", "")))
+                               incident_id=a.get("incident_id", ""),
+                               abstain_reason=abstain_code(a)))
     attributed = list(cases)
     for f in faults:
         # Each lab scenario injects a domain at most once per repetition, so a case of
@@ -410,6 +431,7 @@ def summarize(results: list[RepResult], *, scenario: str,
         "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),
                      "rss_mb": max(r.rss_mb for r in results),
                      "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
+        "abstentions": abstentions(p for r in results for p in r.predictions),
         "burn_rate_error": _median_abs(
             [e for r in results for e in r.burn_rate_errors]),
         "client": {"requests": sum(r.requests for r in results),

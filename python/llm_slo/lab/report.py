@@ -512,6 +512,20 @@ def report_markdown(summary: dict[str, Any], *, command: str, provenance: dict[s
     else:
         out.append(NA)
 
+    out += ["", "## Abstentions", ""]
+    counts = summary.get("abstentions")
+    sides = [counts.get(k) if isinstance(counts, dict) else None
+             for k in ("about_a_fault", "calm")]
+    fault, calm = (side if isinstance(side, dict) else {} for side in sides)
+    if fault or calm:
+        out += ["Attributions where the agent said `unknown`, by its reason: about an "
+                "injected fault (each costs that fault's recall) or in calm.", ""]
+        out += _md_table(("reason", "about a fault", "calm"),
+                         [(_inline_code(str(k)), str(fault.get(k, 0)), str(calm.get(k, 0)))
+                          for k in sorted({*fault, *calm})])
+    else:
+        out.append("None (or not counted: runs scored before 2026-12-03 did not count them).")
+
     out += ["", "## Charts", ""]
     if chart_files:
         out += [f"![timeline of {chart_files[0]}]({quote(chart_files[0])})", ""]

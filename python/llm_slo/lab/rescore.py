@@ -34,6 +34,7 @@ from llm_slo.errors import ConfigError
 from llm_slo.lab.lab_score import (
     GRACE_S,
     RepResult,
+    abstentions,
     build_cases,
     fault_episodes,
     read_records,
@@ -140,6 +141,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
         episodes += fault_episodes(faults)
     summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
     summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
+                    "abstentions": abstentions(r for _, r in rows),
                     # One entry when every repetition ran with the same settings.
                     "engine": used[0] if all(u == used[0] for u in used) else used})
     out_dir.mkdir(parents=True, exist_ok=True)
