@@ -8,7 +8,6 @@ scenario, straight from each run's summary.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shlex
 import shutil
@@ -20,8 +19,6 @@ from typing import Any
 
 from llm_slo.lab.faults import SCENARIOS
 from llm_slo.lab.lab_score import read_predictions
-from llm_slo.lab.loadgen import percentile, read_jsonl
-from llm_slo.lab.report import write_run_report
 from llm_slo.scoring import score
 
 SINGLE_FAULT = [name for name, sc in SCENARIOS.items()
@@ -30,31 +27,6 @@ SINGLE_FAULT = [name for name, sc in SCENARIOS.items()
 
 def _fmt(v: object, digits: int = 3) -> str:
     return "n/a" if not isinstance(v, (int, float)) else f"{v:.{digits}f}"
-
-
-def _p99_ttft(run_dir: Path) -> float | None:
-    return percentile(sorted(r.ttft_ms for f in run_dir.glob("rep-*/requests.jsonl")
-                             for r in read_jsonl(f) if r.ok and r.ttft_ms is not None), 99)
-
-
-def _latency_overhead(out: Path) -> dict[str, float] | None:
-    """TTFT p99 of ``none`` (agent on) vs ``none-no-agent`` from their per-request
-    files, written into none/summary.json; without those files (not kept in docs/), the
-    result a run that had them wrote there. None when neither is there."""
-    on, off = _p99_ttft(out / "none"), _p99_ttft(out / "none-no-agent")
-    if on is None or off is None:
-        with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
-            return {"pct": float(json.loads((out / "none" / "summary.json").read_text())
-                                 ["latency_overhead_pct"])}
-        return None
-    result = {"p99_on_ms": on, "p99_off_ms": off, "pct": 100 * (on - off) / off}
-    summary_path = out / "none" / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    summary["latency_overhead_pct"] = result["pct"]
-    summary_path.write_text(json.dumps(summary, indent=1))
-    prov = json.loads((out / "none" / "provenance.json").read_text())
-    write_run_report(out / "none", command=prov.get("command", ""))
-    return result
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -88,14 +60,22 @@ def _pooled_single_fault(out: Path) -> str:
             "that domain some precision instead.")
 
 
-def _overhead_text(overhead: dict[str, float] | None) -> str:
-    if overhead is None:
-        return "not measured (no `none` and `none-no-agent` runs here)."
-    if "p99_on_ms" not in overhead:
-        return (f"{overhead['pct']:+.2f} % (target at most +2 %; from `none/summary.json`, "
-                "the per-request files are not kept here).")
-    return (f"{overhead['p99_on_ms']:.1f} ms vs {overhead['p99_off_ms']:.1f} ms, "
-            f"{overhead['pct']:+.2f} % (target at most +2 %).")
+def _overhead_text(none: dict[str, Any]) -> str:
+    """The TTFT p99 comparison that ``none --paired-no-agent`` wrote into its summary
+    (runs before it had only ``latency_overhead_pct``, from separate runs)."""
+    paired = none.get("latency_overhead")
+    if isinstance(paired, dict) and paired.get("pct") is not None:
+        median = paired.get("per_pair_pct_median")
+        return (f"{paired['ttft_p99_ms_agent']:.1f} ms vs "
+                f"{paired['ttft_p99_ms_no_agent']:.1f} ms, {paired['pct']:+.2f} % over all "
+                "requests (target at most +2 %); the repetitions ran in pairs, agent on and "
+                "off on the same load, alternating which went first; median of the "
+                f"pairs' differences {_fmt(median, 2)} % "
+                f"(per pair: {', '.join(f'{x:+.1f}' for x in paired['per_pair_pct'])}).")
+    if isinstance(none.get("latency_overhead_pct"), (int, float)):
+        return (f"{none['latency_overhead_pct']:+.2f} % (target at most +2 %; from separate "
+                "agent-on and agent-off runs).")
+    return "not measured (no `none` run with `--paired-no-agent` here)."
 
 
 def _row(name: str, run_dir: Path) -> str:
@@ -129,21 +109,17 @@ def main() -> int:
         run_dir = out / name
         print(f"== {name}", file=sys.stderr, flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
+        # `none` also gives the agent's latency overhead: each repetition again without it
+        paired = [] if name != "none" else ["--paired-no-agent", str(out / "none-no-agent")]
+        if paired:
+            shutil.rmtree(out / "none-no-agent", ignore_errors=True)
         code = subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run",
                                 "--scenario", name, "--reps", str(args.reps),
-                                "--phases", args.phases, "--out", str(run_dir)])
+                                "--phases", args.phases, "--out", str(run_dir), *paired])
         if code != 0:
             failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | | |")
-    if "none" in names:
-        off = out / "none-no-agent"
-        print("== none --no-agent", file=sys.stderr, flush=True)
-        shutil.rmtree(off, ignore_errors=True)
-        subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario",
-                         "none", "--no-agent", "--reps", str(args.reps), "--phases",
-                         args.phases, "--out", str(off)])
     rows = [_row(name, out / name) for name in SCENARIOS
             if (out / name / "summary.json").is_file()] + failed
-    overhead = _latency_overhead(out)
     machines = sorted({f"{p.get('hostname', '?')}, {p.get('cpus', '?')} CPUs "
                        f"({p.get('cpu_model', '?')}), kernel {p.get('kernel', '?')}"
                        for p in map(_json, sorted(out.glob("*/provenance.json"))) if p})
@@ -169,8 +145,8 @@ def main() -> int:
            _pooled_single_fault(out), "",
            "Per-scenario details: `<scenario>/report.md`, `summary.json`, timelines.", "",
            "Workload TTFT p99 with the agent (scenario `none`) versus without it "
-           "(`none --no-agent`, a plain span sink in its place), same seed and load: "
-           + _overhead_text(overhead)]
+           "(`none-no-agent`, a plain span sink in its place), same seed and load: "
+           + _overhead_text(_json(out / "none" / "summary.json"))]
     runs = out / "RUNS.md"  # hand-kept: which run, commit and host each row came from
     if runs.is_file():
         doc += ["", "## Runs (RUNS.md)", "", runs.read_text().rstrip()]

@@ -221,6 +221,10 @@ def _add_lab(sub: Any) -> None:
     run.add_argument("--no-agent", action="store_true",
                      help="run the workload without the agent (a plain span sink takes its "
                      "place): the baseline for the agent's latency overhead")
+    run.add_argument("--paired-no-agent", metavar="DIR",
+                     help="also run every repetition without the agent, on the same load, "
+                     "into DIR, alternating which of the two goes first: a slow stretch of "
+                     "the machine then hits both sides of the latency-overhead comparison")
     rescore = lab_sub.add_parser(
         "rescore", help="replay a finished run's recordings through the engine (its own or "
         "another engine config) and score that; no kernel, seconds",
@@ -321,15 +325,24 @@ def _lab(args: argparse.Namespace) -> int:
                           f"{', '.join(SCENARIOS)} (see `sloctl lab list`)")
     if args.reps < 1:
         raise ConfigError("--reps must be at least 1")
+    if args.paired_no_agent and args.no_agent:
+        raise ConfigError("--paired-no-agent and --no-agent: choose one (the first already "
+                          "runs every repetition without the agent too)")
+    if args.paired_no_agent and Path(args.paired_no_agent).resolve() == Path(args.out).resolve():
+        raise ConfigError(f"--paired-no-agent {args.paired_no_agent} is --out: the two "
+                          "runs need separate directories")
     scenario = SCENARIOS[args.scenario]
     params = resolve_params(scenario, parse_sets(args.sets))
     command = " ".join(["sloctl", "lab", "run", "--scenario", args.scenario,
                         *(f"--set {x}" for x in args.sets), "--reps", str(args.reps),
                         "--phases", args.phases, "--seed", str(args.seed), "--out", args.out,
-                        *(["--no-agent"] if args.no_agent else [])])
+                        *(["--no-agent"] if args.no_agent else []),
+                        *(["--paired-no-agent", args.paired_no_agent]
+                          if args.paired_no_agent else [])])
     run = LabRun(scenario, params, reps=args.reps, phases=Phases.parse(args.phases),
                  seed=args.seed, out=Path(args.out), command=command,
-                 with_agent=not args.no_agent)
+                 with_agent=not args.no_agent,
+                 paired_no_agent=Path(args.paired_no_agent) if args.paired_no_agent else None)
     # Ctrl-C and `kill` both stop the run through the same clean-up path, also when the
     # shell started us with SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -50,3 +50,34 @@ def test_mixed_scenario_names_each_fault(tmp_path: Path) -> None:
     # seconds, and the first run measured 3 false seconds right after faults ended.
     assert summary["fpr"] is not None and summary["fpr"] <= 0.15, proc.stdout
     assert "macro-F1" in proc.stdout
+
+
+def test_paired_no_agent_alternates_on_the_same_load(tmp_path: Path) -> None:
+    """`--paired-no-agent`: each repetition once with the agent and once with a plain
+    span sink, on the same planned load, the first of the pair alternating; the TTFT
+    p99 comparison is written from both sides' client results."""
+    on, off = tmp_path / "none", tmp_path / "none-no-agent"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario", "none",
+         "--reps", "2", "--phases", "baseline=6s", "--out", str(on),
+         "--paired-no-agent", str(off)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not _leftovers(), _leftovers()
+
+    def started(rep_dir: Path) -> float:
+        return json.loads((rep_dir / "phases.json").read_text())[0]["start"]
+
+    assert started(on / "rep-01") < started(off / "rep-01")  # agent first, then
+    assert started(off / "rep-02") < started(on / "rep-02")  # no agent first
+    for rep in ("rep-01", "rep-02"):
+        assert (on / rep / "agent.json").is_file() and not (off / rep / "agent.json").exists()
+        sent = [[r["seq"] for r in map(json.loads, (d / rep / "requests.jsonl").open())]
+                for d in (on, off)]
+        assert sent[0] == sent[1] and len(sent[0]) > 50, rep  # the same planned requests
+    overhead = json.loads((on / "summary.json").read_text())["latency_overhead"]
+    assert overhead["no_agent_run"] == str(off)
+    assert overhead["ttft_p99_ms_agent"] > 0 and overhead["ttft_p99_ms_no_agent"] > 0
+    assert len(overhead["per_pair_pct"]) == 2
+    assert (off / "summary.json").is_file() and (off / "report.md").is_file()
+    assert "p99 latency increase with agent" in proc.stdout

@@ -119,3 +119,17 @@ def test_recording_spans_without_jsonl_output_is_a_clear_error(tmp_path) -> None
         r = run("agent", "--config", str(cfg), "--signals", "cpu_steal_pct", "--listen",
                 f"127.0.0.1:{port}", "--output-dir", str(tmp_path / "out"))
     assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--no-agent"], "--paired-no-agent and --no-agent: choose one"),
+    ([], "is --out: the two runs need separate directories")])
+def test_lab_run_paired_no_agent_conflicts_are_clear(tmp_path, extra: list[str],
+                                                     message: str) -> None:
+    """A paired run's directory must differ from --out, and pairing already runs
+    without the agent: both refused before anything is built."""
+    out = str(tmp_path / "none")
+    r = run("lab", "run", "--scenario", "none", "--out", out, "--paired-no-agent",
+            out if not extra else str(tmp_path / "off"), *extra)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "none").exists()

@@ -1,5 +1,6 @@
-"""predictions.csv read back into cases, why scenarios are pooled before macro-F1, and
-the burn-rate error against the client."""
+"""predictions.csv read back into cases, why scenarios are pooled before macro-F1, the
+burn-rate error against the client, abstentions by reason and the agent's latency
+overhead."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import pytest
 
 from llm_slo.lab.lab_score import (
     Prediction,
+    RepResult,
     abstentions,
     build_cases,
     burn_rate_errors,
+    latency_overhead,
     read_predictions,
     write_predictions,
 )
-from llm_slo.lab.loadgen import RequestResult
-from llm_slo.scoring import score
+from llm_slo.lab.loadgen import RequestResult, write_jsonl
+from llm_slo.scoring import correlation_scores, score
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -137,3 +140,35 @@ def test_abstentions_are_counted_by_reason_about_a_fault_or_in_calm(tmp_path: Pa
                    if r["case"] == "attribution"]
     assert reasons == ["low_confidence", "", "low_confidence", "past_burn",
                                        "no_deviation"]
+
+
+def _rep_with_ttfts(rep_dir: Path, rep: int, ttfts: list[float]) -> RepResult:
+    rep_dir.mkdir(parents=True)
+    requests = [RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
+                              offset_s=0.0, start_unix_nano=i, ttft_ms=t, total_ms=t,
+                              tokens=16, status=200) for i, t in enumerate(ttfts)]
+    # a failed stream after its first token: not part of the successful requests' p99
+    requests.append(RequestResult(seq=999, request_id="bad", size="short", max_tokens=16,
+                                  offset_s=0.0, start_unix_nano=999, ttft_ms=9000.0,
+                                  total_ms=9000.0, tokens=3, status=200,
+                                  error="stream_truncated"))
+    write_jsonl(requests, rep_dir / "requests.jsonl")
+    return RepResult(rep=rep, rep_dir=rep_dir, cases=[], episodes=[], predictions=[],
+                     score=score([]), correlation=correlation_scores((), ()), cpu_pct=0.0,
+                     rss_mb=0.0, bpf_ns_per_run=None, ttft_p99_ms=max(ttfts), requests=101,
+                     errors=1, slo_break_delays=[])
+
+
+def test_latency_overhead_over_all_requests_and_per_pair(tmp_path: Path) -> None:
+    # The second pair ran in a slow stretch of the machine, on both sides.
+    agent = [_rep_with_ttfts(tmp_path / "on/rep-01", 1, [110.0] * 100),
+             _rep_with_ttfts(tmp_path / "on/rep-02", 2, [200.0] * 100)]
+    no_agent = [_rep_with_ttfts(tmp_path / "off/rep-01", 1, [100.0] * 100),
+                _rep_with_ttfts(tmp_path / "off/rep-02", 2, [200.0] * 100)]
+    overhead = latency_overhead(agent, no_agent)
+    # over all 200 successful requests each side the p99 is the slow stretch's 200 ms:
+    # the pooled figure cannot see the 10 % of the first pair; the pairs can
+    assert (overhead["ttft_p99_ms_agent"], overhead["ttft_p99_ms_no_agent"]) == (200.0, 200.0)
+    assert overhead["pct"] == 0.0
+    assert overhead["per_pair_pct"] == [10.0, 0.0]
+    assert overhead["per_pair_pct_median"] == pytest.approx(5.0)

@@ -336,15 +336,17 @@ def _correlation(probe_events: Path, pids: Mapping[str, set[int]],
     return correlation_scores(predicted, truth)
 
 
-def _pods(rep_dir: Path) -> dict[str, str]:
-    data = json.loads((rep_dir.parent / "lab" / "pods.json").read_text())
+def _pods(pods_file: Path) -> dict[str, str]:
+    data = json.loads(pods_file.read_text())
     return {p["metadata"]["labels"]["app"]: p["metadata"]["name"] for p in data["items"]}
 
 
 def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
-              agent_cpu_s: float, wall_s: float, rss_mb: float) -> RepResult:
-    """Score one finished repetition from the files in ``rep_dir``."""
+              pods_file: Path, agent_cpu_s: float, wall_s: float, rss_mb: float
+              ) -> RepResult:
+    """Score one finished repetition from the files in ``rep_dir``; ``pids`` and
+    ``pods_file`` are the lab's pods, for judging the agent's correlation."""
     attributions = read_records(rep_dir / "attributions.jsonl")
     requests = read_requests(rep_dir)
     cases, rows = build_cases(attributions, faults, phases, requests=requests)
@@ -359,7 +361,7 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
             cnt += s["run_cnt"]
     requests = requests or []
     ttft = [r.ttft_ms for r in requests if r.ok and r.ttft_ms is not None]
-    correlation = _correlation(rep_dir / "probe-events.jsonl", pids, _pods(rep_dir))
+    correlation = _correlation(rep_dir / "probe-events.jsonl", pids, _pods(pods_file))
     return RepResult(
         rep=rep, rep_dir=rep_dir, cases=cases, episodes=episodes, predictions=rows,
         score=score(cases, episodes, correlation, grace_s=GRACE_S),
@@ -383,6 +385,27 @@ def pooled_score(results: list[RepResult]) -> ScoreSummary:
                             true_positives=tp, false_positives=fp, false_negatives=fn)
     return score([c for r in results for c in r.cases],
                  [e for r in results for e in r.episodes], corr, grace_s=GRACE_S)
+
+
+def _ttft_p99(rep_dirs: Iterable[Path]) -> float | None:
+    """p99 TTFT of the successful requests of these repetitions' client results."""
+    return percentile(sorted(r.ttft_ms for d in rep_dirs for r in read_requests(d) or ()
+                             if r.ok and r.ttft_ms is not None), 99)
+
+
+def latency_overhead(agent: list[RepResult], no_agent: list[RepResult]) -> dict[str, Any]:
+    """The workload's TTFT p99 with the agent against without it, from repetitions run
+    in pairs on the same load (``sloctl lab run --paired-no-agent``): over all requests
+    of each side (``pct``, the headline) and per pair (their median shows whether one
+    slow stretch of the machine carries the pooled figure)."""
+    on, off = _ttft_p99(r.rep_dir for r in agent), _ttft_p99(r.rep_dir for r in no_agent)
+    pairs = [100 * (a.ttft_p99_ms - b.ttft_p99_ms) / b.ttft_p99_ms
+             for a, b in zip(agent, no_agent, strict=True)
+             if a.ttft_p99_ms is not None and b.ttft_p99_ms]
+    return {"ttft_p99_ms_agent": on, "ttft_p99_ms_no_agent": off,
+            "pct": 100 * (on - off) / off if on is not None and off else None,
+            "per_pair_pct": [round(x, 2) for x in pairs],
+            "per_pair_pct_median": statistics.median(pairs) if pairs else None}
 
 
 def _median_abs(errors: list[float]) -> dict[str, float | int | None]:

@@ -32,6 +32,7 @@ from llm_slo.lab import cleanup_all
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
 from llm_slo.lab.lab_score import (
     RepResult,
+    latency_overhead,
     pooled_score,
     score_rep,
     summarize,
@@ -238,12 +239,15 @@ class LabRun:
 
     def __init__(self, scenario: Scenario, params: dict[str, float], *, reps: int,
                  phases: Phases, seed: int, out: Path, command: str,
-                 with_agent: bool = True, progress: Progress | None = None) -> None:
+                 with_agent: bool = True, paired_no_agent: Path | None = None,
+                 progress: Progress | None = None) -> None:
         self.scenario, self.params, self.reps = scenario, params, reps
         self.phases, self.seed, self.out, self.command = phases, seed, out, command
         self.with_agent = with_agent
+        self.paired_no_agent = paired_no_agent
         self.progress = progress or Progress()
         self.results: list[RepResult] = []
+        self.paired_results: list[RepResult] = []
 
     def run(self) -> dict[str, Any]:
         check_environment()
@@ -253,29 +257,54 @@ class LabRun:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.time()
         total = self.phases.total(len(self.scenario.steps))
-        max_s = self.reps * (total + 120) + 300  # every lab process ends by itself
-        self.progress.line(f"lab: scenario {self.scenario.name}, {self.reps} rep(s) of "
-                           f"{total:.0f} s, output in {self.out}")
+        runs = self.reps * (2 if self.paired_no_agent else 1)
+        max_s = runs * (total + 120) + 300  # every lab process ends by itself
+        self.progress.line(f"lab: scenario {self.scenario.name}, {runs} rep(s) of "
+                           f"{total:.0f} s, output in {self.out}"
+                           + (f" and {self.paired_no_agent} (no agent)"
+                              if self.paired_no_agent else ""))
         with Topology(self.out / "lab") as topo:
             services = LabServices(topo, seed=self.seed, max_s=max_s)
             services.start(self.out / "lab")
             for rep in range(1, self.reps + 1):
-                self.results.append(self._rep(rep, topo, services))
+                if self.paired_no_agent is None:
+                    self.results.append(self._rep(rep, topo, services, self.out,
+                                                  with_agent=self.with_agent))
+                    continue
+                # Each repetition twice on the same load, with and without the agent,
+                # the order alternating: a slow stretch of the machine then falls on
+                # both sides of the comparison instead of on one run.
+                for with_agent in (True, False) if rep % 2 else (False, True):
+                    out = self.out if with_agent else self.paired_no_agent
+                    (self.results if with_agent else self.paired_results).append(
+                        self._rep(rep, topo, services, out, with_agent=with_agent))
+        finished = time.time()
         summary = summarize(self.results, scenario=self.scenario.name, params=self.params)
-        provenance = _provenance(self.seed, started, time.time(), self.command)
-        write_artifacts(self.out, self.results, summary, provenance, self.command)
+        if self.paired_no_agent is not None:
+            overhead = latency_overhead(self.results, self.paired_results)
+            summary.update(latency_overhead={**overhead, "no_agent_run":
+                                             str(self.paired_no_agent)},
+                           latency_overhead_pct=overhead["pct"])
+            write_artifacts(self.paired_no_agent, self.paired_results,
+                            summarize(self.paired_results, scenario=self.scenario.name,
+                                      params=self.params),
+                            _provenance(self.seed, started, finished, self.command),
+                            self.command)
+        write_artifacts(self.out, self.results, summary,
+                        _provenance(self.seed, started, finished, self.command), self.command)
         return summary
 
-    def _rep(self, rep: int, topo: Topology, services: LabServices) -> RepResult:
-        rep_dir = self.out / f"rep-{rep:02d}"
+    def _rep(self, rep: int, topo: Topology, services: LabServices, out: Path, *,
+             with_agent: bool) -> RepResult:
+        rep_dir = out / f"rep-{rep:02d}"
         rep_dir.mkdir(parents=True, exist_ok=True)
         for stale in rep_dir.glob("*.jsonl"):
             stale.unlink()
-        tag = f"[rep {rep}/{self.reps}]"
+        tag = f"[rep {rep}/{self.reps}{'' if with_agent else ', no agent'}]"
         agent: AgentProcess | OtlpSink = (
             AgentProcess(rep_dir, agent_config(rep_dir, services.otlp_listen,
                                                topo.pods_file))
-            if self.with_agent else OtlpSink(services.otlp_listen))
+            if with_agent else OtlpSink(services.otlp_listen))
         undos: list[Callable[[], None]] = []
         faults: list[dict[str, Any]] = []
         phases: list[dict[str, Any]] = []
@@ -332,7 +361,8 @@ class LabRun:
         (rep_dir / "faults.json").write_text(json.dumps(faults, indent=1))
         (rep_dir / "phases.json").write_text(json.dumps(phases, indent=1))
         result = score_rep(rep, rep_dir, faults, phases, services.pids,
-                           agent_cpu_s=cpu_s, wall_s=wall_s, rss_mb=rss_mb)
+                           pods_file=topo.pods_file, agent_cpu_s=cpu_s, wall_s=wall_s,
+                           rss_mb=rss_mb)
         s = result.score
         self.progress.line(
             f"{tag} done: {s.cases} cases, macro-F1 "
