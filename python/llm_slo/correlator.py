@@ -777,25 +777,3 @@ class Correlator:
         st.low_confidence += sum(1 for i in low if i not in got)
         st.unmatched += len(spans) - len(got) - sum(1 for i in low if i not in got)
         return out
-
-        got = matches(best)
-        low = matches(diags) if diags is not None else {}
-        st.spans += len(spans)
-        st.fanout_dropped += int(joins.sum()) - len(best.span)
-        by_tier = st.by_tier
-        out = []
-        for i, span in enumerate(spans):
-            if (ms := got.get(i)) is not None:
-                st.enriched += 1
-                for m in ms:
-                    by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
-                    if m.signal.signal not in ATTRIBUTES:
-                        st.unsupported_type += 1
-                out.append(EnrichedSpan(span, ms))
-            elif (dg := low.get(i)) is not None:
-                st.low_confidence += 1
-                out.append(EnrichedSpan(span, [], dg))
-            else:
-                st.unmatched += 1
-                out.append(EnrichedSpan(span, []))
-        return out
