@@ -28,6 +28,9 @@ class FeatureSpec(msgspec.Struct, frozen=True):
     sub_cause: str
     abs_floor: float  # smallest scale, in the feature's unit: a flat baseline is not 0 wide
     rel_floor: float = 0.0  # smallest scale as a share of the centre (latencies jitter)
+    # A share of requests (k of n): the smallest rate assumed for its sampling noise when n
+    # is known (0: not such a share, abs_floor is its width).
+    base_rate: float = 0.0
 
 
 _MS, _CNT, _SHARE = "ms", "count", "ratio"
@@ -58,8 +61,10 @@ FEATURES: dict[str, FeatureSpec] = {
     "mem_reclaim_ms": FeatureSpec(_MS, "ebpf", "reclaim", "reclaim_stall", 1.0, 0.2),
     "mem_reclaim_max_ms": FeatureSpec(_MS, "ebpf", "reclaim", "reclaim_stall", 1.0, 0.2),
     "cpu_steal_pct": FeatureSpec("percent", "ebpf", "steal", "cpu_steal", 1.0, 0.2),
-    "provider_429_share": FeatureSpec(_SHARE, "otel", "provider_429", "rate_limited_429", 0.02),
-    "provider_5xx_share": FeatureSpec(_SHARE, "otel", "provider_5xx", "provider_5xx", 0.02),
+    "provider_429_share": FeatureSpec(_SHARE, "otel", "provider_429", "rate_limited_429", 0.02,
+                                      base_rate=0.001),
+    "provider_5xx_share": FeatureSpec(_SHARE, "otel", "provider_5xx", "provider_5xx", 0.02,
+                                      base_rate=0.001),
     "retrieval_own_mean_ms": FeatureSpec(_MS, "otel", "retrieval", "retrieval_slow", 5.0, 0.2),
     "retrieval_own_p99_ms": FeatureSpec(_MS, "otel", "retrieval", "retrieval_slow", 5.0, 0.2),
 }
@@ -92,6 +97,8 @@ class WindowFeatures(msgspec.Struct, kw_only=True):
 
     values: dict[str, float]
     meta: dict[str, FeatureMeta] = msgspec.field(default_factory=dict)
+    # For shares of requests: how many requests the share is of (its sampling noise).
+    trials: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class AppEvidence(msgspec.Struct, kw_only=True, frozen=True):
@@ -245,9 +252,11 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
     steal = shares.get("steal/node") or shares.get("steal/cpu")
     if steal:
         v["cpu_steal_pct"] = sum(steal) / len(steal)
+    trials: dict[str, int] = {}
     if app is not None and app.provider_requests > 0:
         v["provider_429_share"] = app.provider_429 / app.provider_requests
         v["provider_5xx_share"] = app.provider_5xx / app.provider_requests
+        trials["provider_429_share"] = trials["provider_5xx_share"] = app.provider_requests
     if app is not None and app.retrieval_count > 0:
         # A client span that resolves its backend's name contains the lookup, so a slow
         # resolver made every retrieval slow and looked like a slow vector DB (in the lab
@@ -262,7 +271,7 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
     if sum_scale != 1.0:
         for name in _SUMS.intersection(v):
             v[name] *= sum_scale
-    return WindowFeatures(values=v, meta=_meta(v, events))
+    return WindowFeatures(values=v, meta=_meta(v, events), trials=trials)
 
 
 _SIGNAL_OF_GROUP = {"dns": "dns_latency_ms", "tcp_retx": "tcp_retransmits_total",
@@ -372,9 +381,23 @@ class Baseline:
         spec = spec_of(feature)
         return max(st.mad * _MAD_TO_SIGMA, spec.abs_floor, spec.rel_floor * abs(st.center))
 
-    def score(self, key: str, feature: str, value: float) -> float | None:
-        """``(value - centre) / scale``; None while warming up or for unseen features."""
+    def score(self, key: str, feature: str, value: float, trials: int | None = None
+              ) -> float | None:
+        """``(value - centre) / scale``; None while warming up or for unseen features.
+
+        A share of ``trials`` requests (a feature with a ``base_rate``) is scaled by its
+        sampling noise instead of ``abs_floor``: the binomial ``sqrt(p(1-p)/trials)`` at
+        the learnt rate, never below ``base_rate``. One error in 20 requests is then a
+        clear rise over a provider that did not fail, and one in 500 is not; a fixed
+        floor judged both by the share alone."""
         st = self.stats(key, feature)
         if st is None or st.n < self.config.warmup or not math.isfinite(value):
             return None
-        return (value - st.center) / self.scale_of(feature, st)
+        spec = spec_of(feature)
+        if trials and spec.base_rate > 0:
+            p = min(max(st.center, spec.base_rate), 0.5)
+            scale = max(st.mad * _MAD_TO_SIGMA, spec.rel_floor * abs(st.center),
+                        math.sqrt(p * (1.0 - p) / trials))
+        else:
+            scale = self.scale_of(feature, st)
+        return (value - st.center) / scale

@@ -440,16 +440,18 @@ class _Timeline(Generic[T]):
 
 def _stronger(a: WindowFeatures, b: WindowFeatures) -> WindowFeatures:
     """Per feature the larger value of two readings (every catalogued feature is worse
-    when higher), with the join quality of the reading it came from."""
-    values, meta = dict(a.values), dict(a.meta)
+    when higher), with the join quality and request count of the reading it came from."""
+    values, meta, trials = dict(a.values), dict(a.meta), dict(a.trials)
     for name, v in b.values.items():
         if v > values.get(name, float("-inf")):
             values[name] = v
+            meta.pop(name, None)
+            trials.pop(name, None)
             if name in b.meta:
                 meta[name] = b.meta[name]
-            else:
-                meta.pop(name, None)
-    return WindowFeatures(values=values, meta=meta)
+            if name in b.trials:
+                trials[name] = b.trials[name]
+    return WindowFeatures(values=values, meta=meta, trials=trials)
 
 
 def _latency_ms(ev: ProbeEvent) -> float:

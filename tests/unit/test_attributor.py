@@ -439,6 +439,7 @@ def test_features_from_app_evidence_and_meta() -> None:
     assert f.meta["runq_mean_ms"].correlation_tier == "trace_id_exact"
     assert f.meta["runq_mean_ms"].confidence == 1.0
     assert "provider_429_share" not in f.meta
+    assert f.trials == {"provider_429_share": 50, "provider_5xx_share": 50}
     assert "provider_429_share" not in features_from([], AppEvidence()).values
 
 
@@ -470,6 +471,36 @@ def test_baseline_floor_keeps_zero_baselines_finite() -> None:
     for i in range(5):
         b.update("k", "tcp_retransmits", 0.0, float(i))
     assert b.score("k", "tcp_retransmits", 5.0) == pytest.approx(5.0)  # floor: 1 count
+
+
+def test_a_share_of_requests_is_scaled_by_its_sampling_noise() -> None:
+    """With the number of requests known, a provider error share is judged against the
+    binomial noise at the learnt rate (never below base_rate): one error in 20 requests
+    over a provider that never failed is a clear rise, one in 500 is not. Without the
+    count, or for a share of time (CFS), the fixed floor stays."""
+    b = Baseline(BaselineConfig(warmup=2))
+    for i in range(5):
+        b.update("k", "provider_5xx_share", 0.0, float(i))
+        b.update("k", "cfs_throttled_share", 0.0, float(i))
+    noise = math.sqrt(0.001 * 0.999)
+    assert b.score("k", "provider_5xx_share", 1 / 20, 20) == pytest.approx(
+        (1 / 20) / (noise / math.sqrt(20)))  # ~7.1
+    assert b.score("k", "provider_5xx_share", 1 / 500, 500) == pytest.approx(
+        (1 / 500) / (noise / math.sqrt(500)))  # ~1.4
+    assert b.score("k", "provider_5xx_share", 1 / 20) == pytest.approx(2.5)  # 0.05 / 0.02
+    assert b.score("k", "cfs_throttled_share", 0.05, 20) == pytest.approx(2.5)
+
+
+def test_one_provider_error_among_few_requests_is_named() -> None:
+    """The first 5xx of a provider fault, 1 of the window's 19 provider calls, breaks the
+    error SLO: the count makes it evidence (the fixed 0.02 floor put it at z 2.6, under
+    min_deviation, and the agent abstained until a second error came)."""
+    one_in_19 = {**CALM, "provider_5xx_share": 1 / 19}
+    counted = attribute_violation(VIOLATION, WindowFeatures(
+        values=one_in_19, trials={"provider_5xx_share": 19}), BASE)
+    assert counted.predicted_fault_domain == "provider_error" and not counted.abstain
+    uncounted = attribute_violation(VIOLATION, WindowFeatures(values=one_in_19), BASE)
+    assert uncounted.abstain and uncounted.abstain_reason.startswith("no_deviation")
 
 
 def test_baseline_robust_to_an_outlier() -> None:

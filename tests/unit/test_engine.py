@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_slo.baseline import BaselineConfig
+from llm_slo.baseline import BaselineConfig, FeatureMeta, WindowFeatures
 from llm_slo.config import AgentConfig, load_config
-from llm_slo.engine import EngineConfig, SloEngine, _Timeline
+from llm_slo.engine import EngineConfig, SloEngine, _stronger, _Timeline
 from llm_slo.errors import ConfigError
 from llm_slo.events import ConnectEvent, ConnTuple, LatencyAggregate, RetransmitAggregate
 from llm_slo.identity import Identity
@@ -415,3 +415,19 @@ def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window(streamed: bo
     assert att.fault_hypotheses[0].domain == "network_egress", att
     retx = next(ev for ev in att.evidence if ev.signal == "tcp_retransmits")
     assert retx.value == pytest.approx(12 / 1.95)  # [8.05, 10] s, per 1 s window
+
+
+def test_the_stronger_reading_keeps_its_own_join_quality_and_request_count() -> None:
+    """Per feature the larger value of the window and the lifetime reading, with the
+    meta and the number of requests of the reading it came from."""
+    window = WindowFeatures(values={"provider_5xx_share": 0.05, "runq_mean_ms": 1.0},
+                            meta={"runq_mean_ms": FeatureMeta(confidence=0.9)},
+                            trials={"provider_5xx_share": 20})
+    lifetime = WindowFeatures(values={"provider_5xx_share": 0.10, "runq_mean_ms": 0.5},
+                              trials={"provider_5xx_share": 60})
+    both = _stronger(window, lifetime)
+    assert both.values == {"provider_5xx_share": 0.10, "runq_mean_ms": 1.0}
+    assert both.trials == {"provider_5xx_share": 60}
+    assert both.meta == {"runq_mean_ms": FeatureMeta(confidence=0.9)}
+    back = _stronger(lifetime, window)
+    assert back.trials == {"provider_5xx_share": 60} and back.meta == window.meta
