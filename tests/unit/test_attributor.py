@@ -145,6 +145,21 @@ def test_no_deviation_abstains() -> None:
     assert att.sub_cause is None and att.evidence == []
 
 
+def test_a_few_ms_more_dns_tail_does_not_compete_with_slow_handshakes() -> None:
+    """Slow TLS handshakes with the resolver's p99 a couple of log2 buckets up (4 to
+    16 ms, as a loaded resolver does): TLS is named. At a 2 ms floor the 12 ms rose to
+    six sigma and split the posterior with network_dns below min_confidence."""
+    b = Baseline(BaselineConfig(warmup=5))
+    calm = {**CALM, "dns_resolver_p99_ms": 4.0, "dns_wire_p99_ms": 2.0}
+    for i in range(30):
+        for name, v in calm.items():
+            b.update(KEY, name, v, 10.0 * i)
+    att = attribute_violation(VIOLATION, WindowFeatures(values={
+        **calm, "tls_handshake_max_ms": 1000, "tls_handshake_mean_ms": 850,
+        "dns_resolver_p99_ms": 16.8, "dns_wire_p99_ms": 8.4}), b)
+    assert att.predicted_fault_domain == "tls_handshake" and not att.abstain
+
+
 def test_small_deviation_abstains() -> None:
     """A wobble of about one baseline scale is not a fault."""
     att = attribute({"dns_wire_p99_ms": 19})
@@ -461,7 +476,7 @@ def test_baseline_warmup_and_score() -> None:
     b.update("k", "dns_wire_p99_ms", 11.0, 2.0)
     st_ = b.stats("k", "dns_wire_p99_ms")
     assert st_.n == 3 and st_.center == pytest.approx(11.0)
-    scale = max(st_.mad * math.sqrt(math.pi / 2), 2.0, 0.2 * 11.0)
+    scale = max(st_.mad * math.sqrt(math.pi / 2), 5.0, 0.2 * 11.0)  # 5 ms: the DNS floor
     assert b.score("k", "dns_wire_p99_ms", 50.0) == pytest.approx(39.0 / scale)
     assert b.score("k", "unseen", 1.0) is None and b.score("other", "x", 1.0) is None
 
