@@ -236,6 +236,28 @@ def test_conn_tier_across_representations():
     assert es.matches == []
 
 
+def test_flow_keys_stay_right_when_their_cache_starts_over(monkeypatch):
+    """Canonical flow keys are cached per field tuple and the cache is cleared when
+    full: flows seen before and after a clear, and one no span can name, join (or not)
+    as without a cache."""
+    monkeypatch.setattr("llm_slo.correlator._CONN_CACHE", 2)
+    flows = [ConnTuple("10.0.0.5", "10.0.0.9", 41000 + i, 443, "tcp") for i in range(5)]
+    bad = ConnTuple("10.0.0.5", "not-an-ip", 1, 443, "tcp")
+    idx = SignalIndex()
+    idx.add([sig(1, conn=f) for f in flows[:3]] + [sig(1, conn=bad)])  # 4 cached
+    idx.add([sig(2, conn=f) for f in flows[2:]])  # misses: cleared, then 3 and 4 cached
+    assert len(idx._conn_canon) == 2
+    idx.add([sig(3, conn=f) for f in flows[:2]] + [sig(3, conn=bad)])
+    cor = Correlator(index=idx)
+    joined = []
+    for f in flows:
+        es = cor.correlate(span(attrs=dict(CONN_ATTRS, **{"network.local.port": f.src_port}),
+                                pid=0))
+        assert set(tiers(es)) == {POD_CONN}
+        joined.append(len(es.matches))
+    assert joined == [2, 2, 2, 1, 1]
+
+
 def test_span_keys():
     k = span_keys(span(attrs=CONN_ATTRS))
     assert k == {"trace": TRACE, "pid": ("api-0", 42),
