@@ -380,28 +380,28 @@ class Baseline:
         return feats.get(feature) if feats else None
 
     @staticmethod
-    def scale_of(feature: str, st: FeatureStats) -> float:
-        """Sigma-like scale, never below the feature's absolute and relative floors."""
+    def scale_of(feature: str, st: FeatureStats, trials: int | None = None) -> float:
+        """Sigma-like scale, never below the feature's relative floor, nor its absolute
+        floor; a share of ``trials`` requests (a feature with a ``base_rate``) has its
+        sampling noise, the binomial ``sqrt(p(1-p)/trials)`` at the learnt rate (never
+        below ``base_rate``), in place of the absolute floor."""
         spec = spec_of(feature)
-        return max(st.mad * _MAD_TO_SIGMA, spec.abs_floor, spec.rel_floor * abs(st.center))
+        if trials and spec.base_rate > 0:
+            p = min(max(st.center, spec.base_rate), 0.5)
+            floor = math.sqrt(p * (1.0 - p) / trials)
+        else:
+            floor = spec.abs_floor
+        return max(st.mad * _MAD_TO_SIGMA, floor, spec.rel_floor * abs(st.center))
 
     def score(self, key: str, feature: str, value: float, trials: int | None = None
               ) -> float | None:
         """``(value - centre) / scale``; None while warming up or for unseen features.
 
-        A share of ``trials`` requests (a feature with a ``base_rate``) is scaled by its
-        sampling noise instead of ``abs_floor``: the binomial ``sqrt(p(1-p)/trials)`` at
-        the learnt rate, never below ``base_rate``. One error in 20 requests is then a
-        clear rise over a provider that did not fail, and one in 500 is not; a fixed
-        floor judged both by the share alone."""
+        With ``trials``, a share of requests is scaled by its sampling noise
+        (:meth:`scale_of`): one error in 20 requests is then a clear rise over a provider
+        that did not fail, and one in 500 is not; a fixed floor judged both by the share
+        alone."""
         st = self.stats(key, feature)
         if st is None or st.n < self.config.warmup or not math.isfinite(value):
             return None
-        spec = spec_of(feature)
-        if trials and spec.base_rate > 0:
-            p = min(max(st.center, spec.base_rate), 0.5)
-            scale = max(st.mad * _MAD_TO_SIGMA, spec.rel_floor * abs(st.center),
-                        math.sqrt(p * (1.0 - p) / trials))
-        else:
-            scale = self.scale_of(feature, st)
-        return (value - st.center) / scale
+        return (value - st.center) / self.scale_of(feature, st, trials)
