@@ -278,7 +278,7 @@ class LabRun:
                     out = self.out if with_agent else self.paired_no_agent
                     (self.results if with_agent else self.paired_results).append(
                         self._rep(rep, topo, services, out, with_agent=with_agent))
-        finished = time.time()
+        provenance = _provenance(self.seed, started, time.time(), self.command)
         summary = summarize(self.results, scenario=self.scenario.name, params=self.params)
         if self.paired_no_agent is not None:
             overhead = latency_overhead(self.results, self.paired_results)
@@ -288,10 +288,8 @@ class LabRun:
             write_artifacts(self.paired_no_agent, self.paired_results,
                             summarize(self.paired_results, scenario=self.scenario.name,
                                       params=self.params),
-                            _provenance(self.seed, started, finished, self.command),
-                            self.command)
-        write_artifacts(self.out, self.results, summary,
-                        _provenance(self.seed, started, finished, self.command), self.command)
+                            provenance, self.command)
+        write_artifacts(self.out, self.results, summary, provenance, self.command)
         return summary
 
     def _rep(self, rep: int, topo: Topology, services: LabServices, out: Path, *,
