@@ -230,7 +230,8 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     groups: dict[str, float] = {}
     for name in sorted(features.values):  # sorted: the result must not depend on order
         group = spec_of(name).group
-        z = baseline.score(key, name, features.values[name], features.trials.get(name))
+        z = baseline.score(key, name, features.values[name], features.trials.get(name),
+                           features.windows.get(name))
         if group not in cfg.likelihoods or z is None:
             continue  # uncatalogued or still warming up: no evidence either way
         zs[name] = z

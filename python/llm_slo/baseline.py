@@ -103,6 +103,9 @@ class WindowFeatures(msgspec.Struct, kw_only=True):
     meta: dict[str, FeatureMeta] = msgspec.field(default_factory=dict)
     # For shares of requests: how many requests the share is of (its sampling noise).
     trials: dict[str, int] = msgspec.field(default_factory=dict)
+    # For sums read over more than one window: over how many windows their per-window
+    # mean is taken (the noise of a mean of n windows is the baseline's over sqrt(n)).
+    windows: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class AppEvidence(msgspec.Struct, kw_only=True, frozen=True):
@@ -162,8 +165,9 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
     and a baseline that only learnt from windows with retransmits would be biased high.
     ``own_cgroup_ids`` (default: the events' cgroups) are the workload's own cgroups.
     Sums (the count features: events, stall and wait time) are multiplied by
-    ``sum_scale``: evidence gathered over several windows is compared, per window, with
-    a baseline learnt from single windows.
+    ``sum_scale``: evidence gathered over ``1 / sum_scale`` windows is their per-window
+    mean, compared with a baseline learnt from single windows, and its narrower noise is
+    recorded in ``windows``.
     """
     events = list(signals)
     own = set(own_cgroup_ids) if own_cgroup_ids is not None else {e.cgroup_id for e in events}
@@ -272,10 +276,13 @@ def features_from(signals: Iterable[ProbeEvent], app: AppEvidence | None = None,
                                        stream.get("dns_latency_ms/resolver")) if a), default=0.0)
         v["retrieval_own_mean_ms"] = max(0.0, app.retrieval_mean_ms - slowest)
         v["retrieval_own_p99_ms"] = max(0.0, app.retrieval_p99_ms - slowest)
+    windows: dict[str, float] = {}
     if sum_scale != 1.0:
         for name in _SUMS.intersection(v):
             v[name] *= sum_scale
-    return WindowFeatures(values=v, meta=_meta(v, events), trials=trials)
+            if sum_scale < 1.0:
+                windows[name] = 1.0 / sum_scale
+    return WindowFeatures(values=v, meta=_meta(v, events), trials=trials, windows=windows)
 
 
 _SIGNAL_OF_GROUP = {"dns": "dns_latency_ms", "tcp_retx": "tcp_retransmits_total",
@@ -393,15 +400,20 @@ class Baseline:
             floor = spec.abs_floor
         return max(st.mad * _MAD_TO_SIGMA, floor, spec.rel_floor * abs(st.center))
 
-    def score(self, key: str, feature: str, value: float, trials: int | None = None
-              ) -> float | None:
+    def score(self, key: str, feature: str, value: float, trials: int | None = None,
+              windows: float | None = None) -> float | None:
         """``(value - centre) / scale``; None while warming up or for unseen features.
 
         With ``trials``, a share of requests is scaled by its sampling noise
         (:meth:`scale_of`): one error in 20 requests is then a clear rise over a provider
         that did not fail, and one in 500 is not; a fixed floor judged both by the share
-        alone."""
+        alone. With ``windows`` (> 1), ``value`` is a per-window mean over that many
+        windows, whose noise is the scale over ``sqrt(windows)``: 15 retransmits in a
+        5 s lifetime are 3 per 1 s window, and far more telling than 3 in one window."""
         st = self.stats(key, feature)
         if st is None or st.n < self.config.warmup or not math.isfinite(value):
             return None
-        return (value - st.center) / self.scale_of(feature, st, trials)
+        scale = self.scale_of(feature, st, trials)
+        if windows and windows > 1.0:
+            scale /= math.sqrt(windows)
+        return (value - st.center) / scale

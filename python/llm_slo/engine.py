@@ -11,6 +11,7 @@ windows teach that baseline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import operator
@@ -50,6 +51,9 @@ BURN_BUCKET_S = 10  # burn-rate counts are bucketed; windows must be whole bucke
 # different senders are exported in their own batches, probes are read in turn.
 ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
+V = TypeVar("V")
+# A feature's deviation from the workload's baseline: (feature, value, trials, windows).
+Deviation = Callable[[str, float, int | None, float | None], float | None]
 _SIGNAL_TS = operator.attrgetter("ts_unix_nano")
 _SAMPLE_TS = operator.itemgetter(0)
 # A streamed record's value, an aggregate's slowest bucket, says how long ago (ms) its
@@ -282,7 +286,8 @@ class SloEngine:
                     # calm and dilutes it), the lifetime keeps one that has just ended.
                     features = _stronger(features, self._features(
                         work, self._signals(work, since, start_ns - 1) + signals,
-                        work.samples.window(since, start_ns - 1) + samples, now_ns - since))
+                        work.samples.window(since, start_ns - 1) + samples, now_ns - since),
+                        functools.partial(self.baseline.score, self._key(service, work)))
             for sli, sample in due:
                 bad = good = 0
                 for _, s, status in lookback:
@@ -438,20 +443,32 @@ class _Timeline(Generic[T]):
             items.popleft()
 
 
-def _stronger(a: WindowFeatures, b: WindowFeatures) -> WindowFeatures:
-    """Per feature the larger value of two readings (every catalogued feature is worse
-    when higher), with the join quality and request count of the reading it came from."""
-    values, meta, trials = dict(a.values), dict(a.meta), dict(a.trials)
+def _stronger(a: WindowFeatures, b: WindowFeatures, deviation: Deviation) -> WindowFeatures:
+    """Per feature the reading that deviates more from the workload's baseline (every
+    catalogued feature is worse when higher, but a mean over several windows or a share
+    of more requests is less noisy, so the larger value is not always the stronger); by
+    value while the feature's baseline warms up. Its join quality, request count and
+    window count come with it."""
+    out = WindowFeatures(values=dict(a.values), meta=dict(a.meta), trials=dict(a.trials),
+                         windows=dict(a.windows))
     for name, v in b.values.items():
-        if v > values.get(name, float("-inf")):
-            values[name] = v
-            meta.pop(name, None)
-            trials.pop(name, None)
-            if name in b.meta:
-                meta[name] = b.meta[name]
-            if name in b.trials:
-                trials[name] = b.trials[name]
-    return WindowFeatures(values=values, meta=meta, trials=trials)
+        if name in out.values:
+            za = deviation(name, out.values[name], a.trials.get(name), a.windows.get(name))
+            zb = deviation(name, v, b.trials.get(name), b.windows.get(name))
+            if not (zb > za if za is not None and zb is not None else v > out.values[name]):
+                continue
+        out.values[name] = v
+        _carry(out.meta, b.meta, name)
+        _carry(out.trials, b.trials, name)
+        _carry(out.windows, b.windows, name)
+    return out
+
+
+def _carry(mine: dict[str, V], theirs: dict[str, V], name: str) -> None:
+    """``name``'s entry as in ``theirs``, absent if absent there."""
+    mine.pop(name, None)
+    if name in theirs:
+        mine[name] = theirs[name]
 
 
 def _latency_ms(ev: ProbeEvent) -> float:

@@ -390,6 +390,10 @@ def test_features_from_scales_sums_only() -> None:
     for name, value in whole.items():
         assert third[name] == pytest.approx(value / 3 if name in summed else value), name
     assert whole["tcp_retransmits"] == 6 and whole["mem_reclaim_ms"] == 10
+    # The scaled sums are means over three windows, and say so (their noise is smaller).
+    assert features_from(evs, active_signals=SIGNALS, sum_scale=1 / 3).windows == {
+        name: pytest.approx(3.0) for name in summed}
+    assert features_from(evs, active_signals=SIGNALS).windows == {}
 
 
 def test_features_from_reclaim_cfs_and_steal() -> None:
@@ -504,6 +508,20 @@ def test_a_share_of_requests_is_scaled_by_its_sampling_noise() -> None:
         (1 / 500) / (noise / math.sqrt(500)))  # ~1.4
     assert b.score("k", "provider_5xx_share", 1 / 20) == pytest.approx(2.5)  # 0.05 / 0.02
     assert b.score("k", "cfs_throttled_share", 0.05, 20) == pytest.approx(2.5)
+
+
+def test_a_mean_over_several_windows_is_scaled_by_its_smaller_noise() -> None:
+    """A per-window mean over n windows varies sqrt(n) less than one window: 3
+    retransmits per window over 5 windows (15 in all) is z 6.7 over a baseline of none
+    (floor 1 count), where 3 in one window is z 3; one window or fewer changes nothing."""
+    b = Baseline(BaselineConfig(warmup=2))
+    for i in range(5):
+        b.update("k", "tcp_retransmits", 0.0, float(i))
+    assert b.score("k", "tcp_retransmits", 3.0) == pytest.approx(3.0)
+    assert b.score("k", "tcp_retransmits", 3.0, windows=5.0) == pytest.approx(
+        3.0 * math.sqrt(5))
+    assert b.score("k", "tcp_retransmits", 3.0, windows=1.0) == pytest.approx(3.0)
+    assert b.score("k", "tcp_retransmits", 3.0, windows=0.5) == pytest.approx(3.0)
 
 
 def test_one_provider_error_among_few_requests_is_named() -> None:

@@ -417,17 +417,70 @@ def test_loss_in_a_slow_connects_lifetime_is_evidence_of_its_window(streamed: bo
     assert retx.value == pytest.approx(12 / 1.95)  # [8.05, 10] s, per 1 s window
 
 
+def _by_value(name: str, value: float, trials: int | None, windows: float | None) -> None:
+    return None  # a baseline still warming up: no deviation to compare
+
+
 def test_the_stronger_reading_keeps_its_own_join_quality_and_request_count() -> None:
-    """Per feature the larger value of the window and the lifetime reading, with the
-    meta and the number of requests of the reading it came from."""
-    window = WindowFeatures(values={"provider_5xx_share": 0.05, "runq_mean_ms": 1.0},
+    """Per feature the larger value of the window and the lifetime reading while the
+    baseline warms up, with the meta, the number of requests and of windows of the
+    reading it came from."""
+    window = WindowFeatures(values={"provider_5xx_share": 0.05, "runq_mean_ms": 1.0,
+                                    "tcp_retransmits": 4.0},
                             meta={"runq_mean_ms": FeatureMeta(confidence=0.9)},
                             trials={"provider_5xx_share": 20})
-    lifetime = WindowFeatures(values={"provider_5xx_share": 0.10, "runq_mean_ms": 0.5},
-                              trials={"provider_5xx_share": 60})
-    both = _stronger(window, lifetime)
-    assert both.values == {"provider_5xx_share": 0.10, "runq_mean_ms": 1.0}
-    assert both.trials == {"provider_5xx_share": 60}
+    lifetime = WindowFeatures(values={"provider_5xx_share": 0.10, "runq_mean_ms": 0.5,
+                                      "tcp_retransmits": 3.0},
+                              trials={"provider_5xx_share": 60},
+                              windows={"tcp_retransmits": 4.0})
+    both = _stronger(window, lifetime, _by_value)
+    assert both.values == {"provider_5xx_share": 0.10, "runq_mean_ms": 1.0,
+                           "tcp_retransmits": 4.0}
+    assert both.trials == {"provider_5xx_share": 60} and both.windows == {}
     assert both.meta == {"runq_mean_ms": FeatureMeta(confidence=0.9)}
-    back = _stronger(lifetime, window)
+    back = _stronger(lifetime, window, _by_value)
     assert back.trials == {"provider_5xx_share": 60} and back.meta == window.meta
+
+
+def test_the_stronger_reading_is_the_one_that_deviates_more() -> None:
+    """With a learnt baseline (retransmits: centre 0, scale 1), 3 per window over 4
+    windows (12 in all, z 6) beat 4 in one window (z 4): the larger value is not the
+    stronger evidence, and the windows it is a mean of come with it."""
+    window = WindowFeatures(values={"tcp_retransmits": 4.0})
+    lifetime = WindowFeatures(values={"tcp_retransmits": 3.0},
+                              windows={"tcp_retransmits": 4.0})
+
+    def deviation(name: str, value: float, trials: int | None,
+                  windows: float | None) -> float:
+        return value * (windows or 1.0) ** 0.5
+
+    both = _stronger(window, lifetime, deviation)
+    assert both.values == {"tcp_retransmits": 3.0}
+    assert both.windows == {"tcp_retransmits": 4.0}
+    assert _stronger(lifetime, window, deviation) == both
+
+
+def test_loss_that_ended_early_in_a_long_lifetime_still_names_egress() -> None:
+    """The lab's egress_loss stray, in miniature. Loss (15 retransmits) in second 6 only,
+    a connect it stretched past 1 s (its slowest bucket) ending at 7 s; a request that
+    began at 5.0 s breaches at 9.5 s, its window holding a handshake the loss stretched
+    (270 ms). Over the 5 s lifetime that is 3 retransmits per 1 s window: judged as one
+    window's count (z 3) the handshake won, tls_handshake 0.51 to network_egress 0.26,
+    as in the lab (0.52 to 0.26). As a mean of 5 windows its noise is the baseline's
+    over sqrt(5), z 6.7, and the loss is named."""
+    engine = SloEngine(CONFIG, cgroup_of_pid={PID: CGROUP})
+    engine.set_active_signals(["dns_latency_ms", "tcp_retransmits_total",
+                               "runqueue_delay_ms", "connect_latency_ms", "tls_handshake_ms"])
+    stretched = BUILDER.build(LatencyAggregate(
+        signal="connect_latency_ms", ts_ns=T0 + 7 * NS, cgroup_id=CGROUP, count=4,
+        mean_ms=250.0, p99_ms=1073.74, max_ms=1073.74), 0, T0 + 7 * NS)
+    _calm_then(engine, 9, {6: [_retransmits(T0 + 6 * NS + NS // 2, 15)], 7: [stretched]}, {})
+    engine.add_signals([_agg("tls_handshake_ms", T0 + 9 * NS + NS // 4, 180.0)])
+    late = _span(903, T0 + 9 * NS + NS // 2, 4490.0)
+    assert late.start_unix_nano == T0 + 5 * NS
+    engine.add_spans([late])
+    (att,) = [a for a in engine.tick(T0 + 10 * NS) if a.slo_impact.sli == "ttft_ms"]
+    assert att.predicted_fault_domain == "network_egress" and not att.abstain, att
+    retx = next(ev for ev in att.evidence if ev.signal == "tcp_retransmits")
+    assert retx.value == pytest.approx(15 / 5)
+    assert {ev.signal for ev in att.evidence} >= {"connect_max_ms", "tls_handshake_max_ms"}
