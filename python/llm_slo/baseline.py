@@ -39,7 +39,9 @@ _MS, _CNT, _SHARE = "ms", "count", "ratio"
 # DNS latencies: 5 ms. Their tails come from log2 histograms, so a resolver that went
 # from 4 to 16 ms moved two buckets; that is 12 ms of a request judged in hundreds, and
 # at a 2 ms floor it was a 6-sigma rise that competed with the real cause (slow TLS
-# handshakes load the lab's resolver that much).
+# handshakes load the lab's resolver that much). A retrieval p99: 20 ms. Over one
+# window's ~20 spans it is the slowest, and one span held up by a GC pause or a busy
+# event loop outvoted the real cause of a DNS and a TLS fault at 5 ms.
 FEATURES: dict[str, FeatureSpec] = {
     "dns_wire_p99_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
     "dns_wire_mean_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
@@ -70,7 +72,7 @@ FEATURES: dict[str, FeatureSpec] = {
     "provider_5xx_share": FeatureSpec(_SHARE, "otel", "provider_5xx", "provider_5xx", 0.02,
                                       base_rate=0.001),
     "retrieval_own_mean_ms": FeatureSpec(_MS, "otel", "retrieval", "retrieval_slow", 5.0, 0.2),
-    "retrieval_own_p99_ms": FeatureSpec(_MS, "otel", "retrieval", "retrieval_slow", 5.0, 0.2),
+    "retrieval_own_p99_ms": FeatureSpec(_MS, "otel", "retrieval", "retrieval_slow", 20.0, 0.2),
 }
 _DEFAULT_SPEC = FeatureSpec("", "ebpf", "", "", 1e-3, 0.1)
 

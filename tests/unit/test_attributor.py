@@ -524,6 +524,18 @@ def test_a_mean_over_several_windows_is_scaled_by_its_smaller_noise() -> None:
     assert b.score("k", "tcp_retransmits", 3.0, windows=0.5) == pytest.approx(3.0)
 
 
+def test_one_slow_retrieval_does_not_outvote_a_failing_resolver() -> None:
+    """The lab's dns_failure stray (fa7177f), in miniature: SERVFAILs by the hundred and,
+    in the same window, one retrieval 38 ms slower than usual (a p99 over ~20 spans is
+    the slowest of them). At a 5 ms floor that retrieval scored z ~6, and every elevated
+    group counts alike in the noisy-OR: retrieval_backend 0.52, network_dns 0.38. A
+    window's slowest span is not a backend fault until it is tens of ms out (20 ms)."""
+    att = attribute({"dns_failures": 108, "retrieval_own_p99_ms": 30 + 38})
+    assert att.predicted_fault_domain == "network_dns" and not att.abstain, att
+    assert attribute({"retrieval_own_p99_ms": 30 + 200}).predicted_fault_domain == \
+        "retrieval_backend"
+
+
 def test_one_provider_error_among_few_requests_is_named() -> None:
     """The first 5xx of a provider fault, 1 of the window's 19 provider calls, breaks the
     error SLO: the count makes it evidence (the fixed 0.02 floor put it at z 2.6, under
