@@ -51,6 +51,28 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 	return bpf_map_lookup_elem(map, key);
 }
 
+/*
+ * Whether a cgroup may stream one more record: at most `limit` per one-second window,
+ * counted in `windows` (LRU hash, cgroup id -> struct rate_window). Not atomic: CPUs
+ * racing for the last slot can overshoot by one or two, which a rate limit can afford.
+ */
+static __always_inline bool rate_allow(void *windows, __u64 cgroup_id, __u32 limit, __u64 now)
+{
+	struct rate_window zero = {};
+	struct rate_window *w = lookup_or_init(windows, &cgroup_id, &zero);
+
+	if (!w)
+		return false;
+	if (now - w->start_ns > 1000000000ULL) {
+		w->start_ns = now;
+		w->count = 0;
+	}
+	if (w->count >= limit)
+		return false;
+	w->count++;
+	return true;
+}
+
 /* cgroup v2 id of a task that is not `current` (woken or switched-in task). */
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 {

@@ -68,7 +68,9 @@ _Static_assert(sizeof(struct hist) == 336, "hist size");
 struct dns_config {
 	__u64 slow_ns;	    /* stream answered queries at or above this latency */
 	__u32 sample_every; /* also stream 1 in N answered queries; 0 = off */
-	__u32 _pad;
+	/* per cgroup and layer (wire, resolver): answers and calls streamed for being slow
+	 * or sampled; failures, truncations and timeouts always are. 0 = no limit */
+	__u32 max_slow_per_sec;
 };
 
 struct dns_event {
@@ -150,6 +152,7 @@ struct runq_event {
 };
 _Static_assert(sizeof(struct runq_event) == 72, "runq_event size");
 
+/* One cgroup's count of streamed records in the current second (rate_allow). */
 struct rate_window {
 	__u64 start_ns;
 	__u64 count;

@@ -61,7 +61,6 @@ struct {
 } events SEC(".maps");
 
 static const struct hist zero_hist;
-static const struct rate_window zero_window;
 
 /* task_struct::state was renamed __state in 5.14 (commit 2f064a59a11f). */
 struct task_struct___o {
@@ -125,22 +124,6 @@ static __always_inline __u64 take_enqueued(struct task_struct *t, __u32 pid, con
 	return v;
 }
 
-static __always_inline bool allow_event(__u64 cgroup_id, __u32 limit, __u64 now)
-{
-	struct rate_window *w = lookup_or_init(&rate_windows, &cgroup_id, &zero_window);
-
-	if (!w)
-		return false;
-	if (now - w->start_ns > 1000000000ULL) {
-		w->start_ns = now;
-		w->count = 0;
-	}
-	if (w->count >= limit)
-		return false;
-	w->count++;
-	return true;
-}
-
 static __always_inline void emit_slow(struct task_struct *next, __u64 pid_tgid,
 				      __u64 cgroup_id, struct task_struct *prev, __u64 delay,
 				      __u64 now)
@@ -192,7 +175,7 @@ static __always_inline void switch_in(struct task_struct *prev, struct task_stru
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg || !cfg->max_events_per_sec || delay < cfg->slow_ns)
 		return;
-	if (!allow_event(cgroup_id, cfg->max_events_per_sec, now)) {
+	if (!rate_allow(&rate_windows, cgroup_id, cfg->max_events_per_sec, now)) {
 		count(COUNTER_RATE_LIMITED);
 		return;
 	}

@@ -19,6 +19,7 @@ struct gai_start {
 BPF_ARRAY(settings, struct dns_config, 1);
 BPF_TABLE("lru_hash", u64, struct gai_start, gai_starts, 16384);
 BPF_TABLE("lru_hash", u64, struct hist, resolver_hists, 4096);
+BPF_TABLE("lru_hash", u64, struct rate_window, resolver_rates, 4096);
 BPF_RINGBUF_OUTPUT(resolver_events, RINGBUF_PAGES);
 
 int resolver_enter(struct pt_regs *ctx)
@@ -40,6 +41,7 @@ int resolver_exit(struct pt_regs *ctx)
 	struct resolver_event *e;
 	struct dns_config *cfg;
 	struct hist *h, zero_hist = {};
+	struct rate_window *w, zero_window = {};
 	int ret = PT_REGS_RC(ctx);
 	u32 zero = 0;
 
@@ -58,6 +60,13 @@ int resolver_exit(struct pt_regs *ctx)
 	cfg = settings.lookup(&zero);
 	if (cfg && ret == 0 && delta < cfg->slow_ns)
 		goto cleanup;
+	if (cfg && cfg->max_slow_per_sec && ret == 0) { /* see ../dns_latency.bpf.c */
+		w = resolver_rates.lookup_or_try_init(&cgroup_id, &zero_window);
+		if (!w || !rate_take(w, cfg->max_slow_per_sec, now)) {
+			count(w ? COUNTER_RATE_LIMITED : COUNTER_MAP_FULL);
+			goto cleanup;
+		}
+	}
 	e = resolver_events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
 		count(COUNTER_RINGBUF_DROPPED);

@@ -46,14 +46,7 @@ static __always_inline bool allow_event(u64 cgroup_id, u32 limit, u64 now)
 		count(COUNTER_MAP_FULL);
 		return false;
 	}
-	if (now - w->start_ns > 1000000000ULL) {
-		w->start_ns = now;
-		w->count = 0;
-	}
-	if (w->count >= limit)
-		return false;
-	w->count++;
-	return true;
+	return rate_take(w, limit, now);
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup)

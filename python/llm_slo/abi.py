@@ -69,7 +69,8 @@ HIST = _struct(
     [("slots", ("<u8", HIST_SLOTS), 0), ("count", "<u8", 320), ("sum_ns", "<u8", 328)], 336
 )
 
-DNS_CONFIG = _struct([("slow_ns", "<u8", 0), ("sample_every", "<u4", 8)], 16)
+DNS_CONFIG = _struct([("slow_ns", "<u8", 0), ("sample_every", "<u4", 8),
+                      ("max_slow_per_sec", "<u4", 12)], 16)
 
 DNS_EVENT = _struct(
     [

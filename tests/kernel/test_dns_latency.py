@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,46 @@ def test_getaddrinfo_includes_search_path(open_probe, collect, server_addr: str,
     assert "api.lab.ns1.svc.lab" in names and "api.lab" in names  # search list tried first
     assert res.ret == 0 and res.latency_ms >= 190  # >= two 100 ms round trips
     assert res.latency_ms >= max(r.latency_ms for r in wire)
+
+
+BURST = textwrap.dedent("""
+    import socket, struct, sys
+    addr, name, n = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+    qname = b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\\0"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    for qid in range(n):
+        sock.sendto(struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname
+                    + struct.pack(">HH", 1, 1), (addr, 53))
+        sock.recvfrom(512)
+""")
+
+
+def test_slow_answers_stream_within_a_per_cgroup_budget(open_probe, collect,
+                                                         server_addr: str) -> None:
+    """Every answer "slow" (dns_slow_ms 0), a budget of 10 a second: of a burst of 100
+    answers one cgroup streams at most the budget of the seconds the burst touched, the
+    histogram still counts all 100 and the rest are counted as rate_limited. SERVFAILs
+    of the same cgroup in the same seconds all stream: failures never wait."""
+    probe = open_probe(DnsLatency, dns_slow_ms=0, dns_max_slow_per_sec=10)
+    fail_addr = server_addr.rsplit(".", 1)[0] + f".{int(server_addr.rsplit('.', 1)[1]) % 250 + 1}"
+    with DnsServer(server_addr, 53, answers={"x.lab.": "10.0.0.1"}) as ok_srv, \
+            DnsServer(fail_addr, 53, rcode=2) as fail_srv, \
+            V2Cgroup(f"llm-slo-test-dns-{random.randint(0, 1 << 30)}") as cg:
+        cg_id = cg.id
+        started = time.monotonic()
+        for addr, name, n in ((server_addr, "x.lab", 100), (fail_addr, "bad.lab", 30)):
+            proc = spawn_in([cg], [sys.executable, "-c", BURST, addr, name, str(n)])
+            assert proc.wait(timeout=20) == 0
+        seconds = time.monotonic() - started
+        records = collect(probe, lambda r: False, timeout=1.5)
+        assert (ok_srv.queries_answered, fail_srv.queries_received) == (100, 30)
+    mine = [r for r in records if getattr(r, "cgroup_id", None) == cg_id]
+    ok = [r for r in mine if isinstance(r, DnsEvent) and r.qname == "x.lab"]
+    failed = [r for r in mine if isinstance(r, DnsEvent) and r.qname == "bad.lab"]
+    budget = 10 * (int(seconds) + 2)  # every one-second window the burst may touch
+    assert 10 <= len(ok) <= budget, (len(ok), seconds)
+    assert len(failed) == 30 and all(r.rcode == 2 for r in failed)
+    wire = [r for r in mine if isinstance(r, LatencyAggregate) and r.detail == "wire"]
+    assert sum(r.count for r in wire) == 130
+    assert probe.counters()["rate_limited"] >= 100 - budget

@@ -8,7 +8,7 @@ reported, not fatal.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -33,18 +33,26 @@ KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 LoadedObject = BpfObject | BccObject
 
 
+# Written into the programs' settings structs: u32 counts, u64 nanoseconds.
+_U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
+_Ms = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Tunables shared by the probes; defaults suit a busy node."""
 
     ringbuf_bytes: int = 256 * 1024
-    dns_slow_ms: float = 20.0
-    dns_sample_every: int = 0
+    dns_slow_ms: _Ms = 20.0
+    dns_sample_every: _U32 = 0
+    # Per cgroup and layer: a resolver slow for everyone makes every answer worth
+    # streaming; the histograms count them all, failures always stream. 0 = no limit.
+    dns_max_slow_per_sec: _U32 = 50
     dns_timeout_s: float = 5.0
-    runq_slow_ms: float = 10.0
-    runq_max_events_per_sec: int = 20
-    connect_slow_ms: float = 100.0
-    tls_slow_ms: float = 100.0
-    reclaim_slow_ms: float = 1.0
+    runq_slow_ms: _Ms = 10.0
+    runq_max_events_per_sec: _U32 = 20
+    connect_slow_ms: _Ms = 100.0
+    tls_slow_ms: _Ms = 100.0
+    reclaim_slow_ms: _Ms = 1.0
     btf_path: str | None = None
     # "auto": tp_btf when the kernel has BTF; without it the raw_tp twins when btf_path
     # gives CO-RE a BTF file, else the BCC fallback (compiled here against the kernel's

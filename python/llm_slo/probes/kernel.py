@@ -255,7 +255,8 @@ class DnsLatency(BpfProbe):
 
     def configure(self, obj: LoadedObject) -> None:
         _settings(obj, abi.DNS_CONFIG, slow_ns=_ms(self.options.dns_slow_ms),
-                  sample_every=self.options.dns_sample_every)
+                  sample_every=self.options.dns_sample_every,
+                  max_slow_per_sec=self.options.dns_max_slow_per_sec)
         self.wire = (None if isinstance(obj, BccObject) else
                      HistReader(self.signal, "dns_hists", abi.U64, abi.HIST, detail="wire"))
         self.resolver = HistReader(self.signal, "resolver_hists", abi.U64, abi.HIST,
