@@ -447,15 +447,20 @@ def _stronger(a: WindowFeatures, b: WindowFeatures, deviation: Deviation) -> Win
     """Per feature the reading that deviates more from the workload's baseline (every
     catalogued feature is worse when higher, but a mean over several windows or a share
     of more requests is less noisy, so the larger value is not always the stronger); by
-    value while the feature's baseline warms up. Its join quality, request count and
-    window count come with it."""
+    value while the feature's baseline warms up; a reading it cannot score (not finite)
+    never wins over one it can. Its join quality, request count and window count come
+    with it."""
     out = WindowFeatures(values=dict(a.values), meta=dict(a.meta), trials=dict(a.trials),
                          windows=dict(a.windows))
     for name, v in b.values.items():
         if name in out.values:
             za = deviation(name, out.values[name], a.trials.get(name), a.windows.get(name))
             zb = deviation(name, v, b.trials.get(name), b.windows.get(name))
-            if not (zb > za if za is not None and zb is not None else v > out.values[name]):
+            if za is None and zb is None:  # warming up: by value
+                take = v > out.values[name]
+            else:  # else a reading without a deviation (not finite) never wins
+                take = zb is not None and (za is None or zb > za)
+            if not take:
                 continue
         out.values[name] = v
         _carry(out.meta, b.meta, name)

@@ -4,6 +4,7 @@ from the workload's own baseline; replay gives the same answers from JSONL."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import msgspec
@@ -235,6 +236,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     beyond.write_text("engine:\n  window_s: 60\n  past_burn_windows: 3\n")
     with pytest.raises(ConfigError, match=r"must not exceed engine\.signal_retention_s"):
         load_config(str(beyond))
+    negative = tmp_path / "negative.yaml"
+    negative.write_text("probes:\n  dns_max_slow_per_sec: -1\n")
+    with pytest.raises(ConfigError, match=r">= 0 - at `\$\.probes\.dns_max_slow_per_sec`"):
+        load_config(str(negative))
     assert load_config(None) == AgentConfig()
 
 
@@ -458,6 +463,18 @@ def test_the_stronger_reading_is_the_one_that_deviates_more() -> None:
     assert both.values == {"tcp_retransmits": 3.0}
     assert both.windows == {"tcp_retransmits": 4.0}
     assert _stronger(lifetime, window, deviation) == both
+    # A tie keeps the first reading; a reading that cannot be scored never wins.
+    assert _stronger(window, WindowFeatures(values={"tcp_retransmits": 4.0},
+                                            meta={"tcp_retransmits": FeatureMeta(
+                                                confidence=0.5)}), deviation) == window
+
+    def finite_only(name: str, value: float, trials: int | None,
+                    windows: float | None) -> float | None:
+        return value if math.isfinite(value) else None
+
+    broken = WindowFeatures(values={"tcp_retransmits": math.inf})
+    assert _stronger(window, broken, finite_only) == window
+    assert _stronger(broken, window, finite_only) == window
 
 
 def test_loss_that_ended_early_in_a_long_lifetime_still_names_egress() -> None:

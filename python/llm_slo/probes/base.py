@@ -35,7 +35,7 @@ LoadedObject = BpfObject | BccObject
 
 # Written into the programs' settings structs: u32 counts, u64 nanoseconds.
 _U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
-_Ms = Annotated[float, msgspec.Meta(ge=0)]
+_Ms = Annotated[float, msgspec.Meta(ge=0, le=1e12)]  # as ns, within a u64
 
 
 class ProbeOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
