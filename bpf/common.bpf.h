@@ -52,25 +52,16 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 }
 
 /*
- * Whether a cgroup may stream one more record: at most `limit` per one-second window,
- * counted in `windows` (LRU hash, cgroup id -> struct rate_window). Not atomic: CPUs
- * racing for the last slot can overshoot by one or two, which a rate limit can afford.
+ * Whether a cgroup may stream one more record: at most `limit` per one-second window
+ * (record.h rate_take), counted in `windows` (LRU hash, cgroup id -> struct
+ * rate_window). The BCC fallback looks its window up by table name instead.
  */
 static __always_inline bool rate_allow(void *windows, __u64 cgroup_id, __u32 limit, __u64 now)
 {
 	struct rate_window zero = {};
 	struct rate_window *w = lookup_or_init(windows, &cgroup_id, &zero);
 
-	if (!w)
-		return false;
-	if (now - w->start_ns > 1000000000ULL) {
-		w->start_ns = now;
-		w->count = 0;
-	}
-	if (w->count >= limit)
-		return false;
-	w->count++;
-	return true;
+	return w && rate_take(w, limit, now);
 }
 
 /* cgroup v2 id of a task that is not `current` (woken or switched-in task). */

@@ -152,7 +152,7 @@ struct runq_event {
 };
 _Static_assert(sizeof(struct runq_event) == 72, "runq_event size");
 
-/* One cgroup's count of streamed records in the current second (rate_allow). */
+/* One cgroup's count of streamed records in the current second (record.h rate_take). */
 struct rate_window {
 	__u64 start_ns;
 	__u64 count;

@@ -43,4 +43,21 @@ static __always_inline void fill_header(struct event_header *hdr, __u16 kind, __
 	hdr->pid_tgid = pid_tgid;
 }
 
+/*
+ * Take one of a cgroup's `limit` streamed records of this second from its window. Not
+ * atomic: CPUs racing for the last slot can overshoot by one or two, which a rate limit
+ * can afford.
+ */
+static __always_inline bool rate_take(struct rate_window *w, __u32 limit, __u64 now)
+{
+	if (now - w->start_ns > 1000000000ULL) {
+		w->start_ns = now;
+		w->count = 0;
+	}
+	if (w->count >= limit)
+		return false;
+	w->count++;
+	return true;
+}
+
 #endif /* __RECORD_H */

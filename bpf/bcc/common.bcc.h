@@ -37,23 +37,6 @@ static __always_inline void count(u32 idx)
 }
 
 /*
- * Take one of a cgroup's `limit` streamed records of this second from its window (the
- * caller looks it up: BCC rewrites a table's calls only where the table is named).
- * Not atomic, as ../common.bpf.h rate_allow.
- */
-static __always_inline bool rate_take(struct rate_window *w, u32 limit, u64 now)
-{
-	if (now - w->start_ns > 1000000000ULL) {
-		w->start_ns = now;
-		w->count = 0;
-	}
-	if (w->count >= limit)
-		return false;
-	w->count++;
-	return true;
-}
-
-/*
  * A v4-mapped or v6 flow from tracepoint address fields (network byte order). Copied
  * with bpf_probe_read_kernel, not memcpy: under register pressure clang keeps a pointer
  * into the tracepoint context, and the verifier refuses loads through a modified ctx.
