@@ -67,7 +67,7 @@ class JsonlOutputs:
     def write(self, kind: str, records: list[Any]) -> None:
         if records:
             f = self._files[kind]
-            f.write(b"".join(self._enc.encode(r) + b"\n" for r in records))
+            f.write(self._enc.encode_lines(records))
             f.flush()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ windows teach that baseline.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
@@ -47,9 +48,6 @@ from llm_slo.spans import Span
 
 NS = 1_000_000_000
 BURN_BUCKET_S = 10  # burn-rate counts are bucketed; windows must be whole buckets
-# Records (signals, SLI samples) arrive at most this far out of time order: spans of
-# different senders are exported in their own batches, probes are read in turn.
-ARRIVAL_SLACK_NS = 5 * NS
 T = TypeVar("T")
 V = TypeVar("V")
 # A feature's deviation from the workload's baseline: (feature, value, trials, windows).
@@ -397,50 +395,45 @@ class SloEngine:
 
 
 class _Timeline(Generic[T]):
-    """Records of the retention in arrival order, which is kept within
-    ``ARRIVAL_SLACK_NS`` of time order: no record is more than that older than one that
-    arrived before it. So :meth:`window` may scan back from the newest and stop once
-    that far before the window, reading only the window rather than the whole retention
-    (two minutes of a busy service) at every tick."""
+    """Records of the retention in arrival order, with each record's time and the newest
+    time up to it (its *reach*, which never decreases). Every record before the first
+    whose reach is at ``start_ns`` is older than ``start_ns``, so :meth:`window` finds
+    where to begin by bisection and reads only the window's tail rather than the whole
+    retention (two minutes of a busy service) at every tick; a late record (a sender's
+    retried batch, a stalled agent) costs nothing but its own filtering."""
 
-    __slots__ = ("_newest", "_ts", "items")
+    __slots__ = ("_reach", "_ts", "_ts_of", "items")
 
     def __init__(self, ts_of: Callable[[T], int]) -> None:
         self.items: deque[T] = deque()
-        self._ts = ts_of
-        self._newest = -(1 << 62)
+        self._ts: deque[int] = deque()
+        self._reach: deque[int] = deque()
+        self._ts_of = ts_of
 
     def add(self, rec: T) -> None:
-        ts = self._ts(rec)
-        if ts >= self._newest - ARRIVAL_SLACK_NS:
-            self.items.append(rec)
-            self._newest = max(self._newest, ts)
-            return
-        # Later than the slack (a sender's retried batch, a stalled agent): insert it
-        # after the last record not newer than it, which keeps the rule for everyone.
-        i = len(self.items)
-        while i > 0 and self._ts(self.items[i - 1]) > ts:
-            i -= 1
-        self.items.insert(i, rec)
+        ts = self._ts_of(rec)
+        self.items.append(rec)
+        self._ts.append(ts)
+        self._reach.append(max(ts, self._reach[-1]) if self._reach else ts)
 
     def window(self, start_ns: int, end_ns: int) -> list[T]:
         """Records with ``start_ns <= ts <= end_ns``, in arrival order."""
-        out = []
-        stop, ts_of = start_ns - ARRIVAL_SLACK_NS, self._ts
-        for rec in reversed(self.items):
-            ts = ts_of(rec)
-            if ts < stop:
-                break
-            if start_ns <= ts <= end_ns:
-                out.append(rec)
-        out.reverse()
-        return out
+        tail = len(self.items) - bisect.bisect_left(self._reach, start_ns)
+        # The window is at the end: copy the tail from there, in C, then filter it.
+        ts = list(itertools.islice(reversed(self._ts), tail))
+        recs = list(itertools.islice(reversed(self.items), tail))
+        if ts and (min(ts) < start_ns or max(ts) > end_ns):
+            recs = [r for t, r in zip(ts, recs, strict=True) if start_ns <= t <= end_ns]
+        recs.reverse()
+        return recs
 
     def expire(self, horizon_ns: int) -> None:
-        """Drop the oldest records before ``horizon_ns`` (a straggler may stay a little)."""
-        items, ts_of = self.items, self._ts
-        while items and ts_of(items[0]) < horizon_ns:
+        """Drop the oldest records before ``horizon_ns`` (a late one may stay a little)."""
+        items, ts = self.items, self._ts
+        while ts and ts[0] < horizon_ns:
             items.popleft()
+            ts.popleft()
+            self._reach.popleft()
 
 
 def _stronger(a: WindowFeatures, b: WindowFeatures, deviation: Deviation) -> WindowFeatures:

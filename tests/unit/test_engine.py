@@ -296,11 +296,12 @@ def test_an_abstention_is_retried_before_the_cooldown_ends() -> None:
 
 
 @given(st.lists(st.integers(0, 60 * NS), max_size=200), st.integers(0, 60 * NS),
-       st.integers(0, 3 * NS))
+       st.integers(0, 3 * NS), st.integers(0, 60 * NS))
 def test_window_scan_finds_what_a_full_scan_finds(arrivals: list[int], start: int,
-                                                  width: int) -> None:
-    """Records in any arrival order, late ones included: the backward scan that stops
-    early returns exactly the records in the window, as a scan of everything would."""
+                                                  width: int, horizon: int) -> None:
+    """Records in any arrival order, late ones included: the window found by bisecting
+    the reach returns exactly the records in it, as a scan of everything would; expiry
+    keeps that so."""
     timeline: _Timeline[tuple[int, int]] = _Timeline(lambda r: r[0])
     for i, t in enumerate(arrivals):
         timeline.add((t, i))
@@ -308,6 +309,9 @@ def test_window_scan_finds_what_a_full_scan_finds(arrivals: list[int], start: in
     assert got == [r for r in timeline.items if start <= r[0] <= start + width]
     assert sorted(got) == sorted((t, i) for i, t in enumerate(arrivals)
                                  if start <= t <= start + width)
+    timeline.expire(horizon)
+    assert timeline.window(start, start + width) == [
+        r for r in timeline.items if start <= r[0] <= start + width]
 
 
 CONN = ConnTuple("10.0.0.2", 40000, "10.0.0.9", 443, "tcp")
