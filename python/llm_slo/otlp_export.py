@@ -3,9 +3,10 @@
 Why not the SDK's log exporter: ~50 us per record through ``logger.emit`` plus batch
 export (../shared/notes/k8s-otel-slo.md section 5), and its Logs API is unstable.
 Records are encoded as OTLP/JSON with msgspec and sent in batches from a bounded queue:
-a full queue drops (counted) instead of growing; 429/502/503/504 are retried with
-exponential backoff that honours ``Retry-After``; other 4xx are final (counted);
-a partial success is logged, never retried.
+a full queue drops (counted) instead of growing; 429/502/503/504 are retried, never
+sooner than ``Retry-After`` asks (seconds or HTTP-date), else after jittered exponential
+backoff; every wait is capped, and a batch whose ``Retry-After`` exceeds the cap is dropped
+(counted); other statuses are final (counted); a partial success is logged, never retried.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import asyncio
 import contextlib
 import gzip
 import random
+import re
 import time
 from collections import deque
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -25,6 +29,11 @@ import structlog
 log = structlog.get_logger("otlp_export")
 
 RETRYABLE = frozenset({429, 502, 503, 504})
+BACKOFF_BASE_S = 0.5
+# Longest wait between attempts: the sender is single-flight, so while it waits every other
+# record sits in the bounded queue, which overflows (counted drops) if the wait runs long.
+RETRY_CAP_S = 30.0
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # OTLP SeverityNumber: INFO, WARN, ERROR.
 SEVERITY = {"ok": (9, "INFO"), "warning": (13, "WARN"), "breach": (17, "ERROR"),
             "error": (17, "ERROR")}
@@ -76,12 +85,46 @@ def export_request(records: list[dict], service_name: str, node: str) -> bytes:
     return msgspec.json.encode(doc)
 
 
-def retry_after_s(value: str | None, fallback: float) -> float:
-    """Seconds from a Retry-After header (delta-seconds form), else ``fallback``."""
-    if value:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(value))
-    return fallback
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds a Retry-After header asks to wait, or None when absent or unparseable.
+
+    Both RFC 9110 forms are read: delta-seconds and an HTTP-date, where a date already past
+    asks for 0. ``now`` is the Unix time of the response, a parameter so this stays pure.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    # RFC 9110 allows whole seconds only; a fraction is still honoured because reading it as
+    # garbage would fall back to backoff and could retry before the server wanted.
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:  # "-0000" and asctime dates carry no zone; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_delay_s(attempt: int, retry_after: float | None, jitter: float,
+                  cap: float = RETRY_CAP_S) -> float | None:
+    """Seconds to wait after failed attempt ``attempt`` (0-based), or None to give up.
+
+    ``jitter`` is a uniform draw from [0, 1) so agents that failed together spread out.
+    Without Retry-After: exponential backoff times 0.8–1.2, at most ``cap``. With it, jitter
+    only adds (up to 20 %) and the cap never cuts below the request, so the retry is never
+    earlier than the server asked. A request above ``cap`` gives up on the batch rather
+    than retrying early (ignoring the server) or waiting that long (stalling the queue
+    behind one batch until it overflows); the caller counts that drop on its own counter.
+    """
+    if retry_after is None:
+        # Clamping the exponent keeps 2.0 ** attempt from overflowing; the cap applies anyway.
+        backoff = min(cap, BACKOFF_BASE_S * 2.0 ** min(attempt, 64))
+        return min(cap, backoff * (0.8 + 0.4 * jitter))
+    if retry_after > cap:
+        return None
+    return min(cap, retry_after * (1.0 + 0.2 * jitter))
 
 
 class OtlpLogExporter:
@@ -104,7 +147,8 @@ class OtlpLogExporter:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.counters = {"exported": 0, "dropped_queue_full": 0, "dropped_rejected": 0,
-                         "dropped_retries_exhausted": 0, "retries": 0, "partial_rejected": 0}
+                         "dropped_retries_exhausted": 0, "dropped_retry_after_over_cap": 0,
+                         "retries": 0, "partial_rejected": 0}
 
     def submit(self, kind: str, record: msgspec.Struct, ts_unix_nano: int, status: str) -> None:
         """Queue one record; drops it (counted) when the queue is full."""
@@ -148,9 +192,9 @@ class OtlpLogExporter:
         if self.gzip_body:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        backoff = 0.5
         assert self._session is not None
         for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
             try:
                 async with self._session.post(self.endpoint, data=body, headers=headers) as r:
                     text = await r.read()
@@ -163,15 +207,21 @@ class OtlpLogExporter:
                         log.error("collector rejected logs", status=r.status,
                                   body=text[:200].decode(errors="replace"))
                         return
-                    delay = retry_after_s(r.headers.get("Retry-After"), backoff)
+                    retry_after = retry_after_s(r.headers.get("Retry-After"), time.time())
             except (aiohttp.ClientError, TimeoutError) as e:
-                delay = backoff
                 log.warning("collector unreachable", error=str(e), attempt=attempt)
             if attempt == self.max_retries:
                 break
+            delay = retry_delay_s(attempt, retry_after, random.random())
+            if delay is None:
+                # Its own counter: a collector shedding load for longer than the cap is a
+                # different fix (scale it, or raise RETRY_CAP_S) than a collector that is down.
+                self.counters["dropped_retry_after_over_cap"] += len(batch)
+                log.error("logs dropped: Retry-After beyond cap", records=len(batch),
+                          retry_after_s=retry_after, cap_s=RETRY_CAP_S)
+                return
             self.counters["retries"] += 1
-            await asyncio.sleep(min(delay, 30.0) * (0.8 + 0.4 * random.random()))
-            backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(delay)
         self.counters["dropped_retries_exhausted"] += len(batch)
         log.error("logs dropped after retries", records=len(batch))
 
