@@ -7,6 +7,7 @@ time, exactly as the live agent ticks every interval.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -52,12 +53,16 @@ def replay(spans_path: str, signals_path: str, out_dir: str, config: EngineConfi
     if active_signals:
         engine.set_active_signals(active_signals)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     enc = msgspec.json.Encoder()
     tick_ns = int(tick_s * 1e9)
     next_tick = None
-    with open(out / "slo-events.jsonl", "wb") as slo_f, \
-            open(out / "attributions.jsonl", "wb") as att_f:
+    with contextlib.ExitStack() as files:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            slo_f = files.enter_context(open(out / "slo-events.jsonl", "wb"))
+            att_f = files.enter_context(open(out / "attributions.jsonl", "wb"))
+        except OSError as e:
+            raise ConfigError(f"--out {out_dir}: {e.strerror or e}") from e
         for ts, _, rec in merged:
             if next_tick is None:
                 next_tick = ts + tick_ns
