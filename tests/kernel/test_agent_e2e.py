@@ -136,6 +136,8 @@ def test_slow_dns_breach_is_attributed_to_dns(tmp_path: Path) -> None:
     assert any(ev["signal"].startswith("dns") and ev["source"] == "ebpf"
                for ev in first["evidence"]), first["evidence"]
     assert set(first["trace_ids"]) <= {e["trace_id"] for e in breaches}
+    ttft = [a for a in named if a["slo_impact"]["sli"] == "ttft_ms"]
+    assert ttft and ttft[0]["predicted_fault_domain"] == "network_dns", named
 
     probes = [json.loads(x) for x in (out / "probe-events.jsonl").read_text().splitlines()]
     client_dns = [p for p in probes if p["signal"] == "dns_latency_ms"
