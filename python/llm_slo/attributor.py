@@ -51,6 +51,7 @@ _COLUMNS = ("network_dns", "network_egress", "network_connect", "tls_handshake",
 _TABLE: dict[str, tuple[tuple[float, ...], float]] = {
     #              dns  egress conn  tls   cont  thr   mem   429   5xx   retr    leak
     "dns":        ((.95, .20, .10, .10, .50, .50, .10, .10, .10, .15), .10),
+    "dns_wire":   ((.50, .05, .05, .05, .05, .05, .05, .05, .05, .05), .05),
     "tcp_retx":   ((.15, .90, .10, .10, .10, .10, .10, .10, .15, .10), .10),
     "syn_retx":   ((.05, .40, .95, .05, .05, .05, .05, .05, .05, .05), .05),
     "connect":    ((.10, .40, .95, .10, .10, .10, .10, .10, .20, .15), .10),
@@ -197,7 +198,8 @@ def _sub_cause(domain: str, zs: dict[str, float], groups: dict[str, float],
     if not sig:
         return None
     best = max(sig, key=lambda g: (row[g] / cfg.leak[g], groups[g], g))
-    feat = max((f for f in zs if spec_of(f).group == best), key=lambda f: (zs[f], f))
+    feat = max((f for f in zs if best in (spec_of(f).group, *spec_of(f).also_groups)),
+               key=lambda f: (zs[f], f))
     return spec_of(feat).sub_cause
 
 
@@ -229,13 +231,15 @@ def attribute_violation(violation: Violation, features: WindowFeatures, baseline
     zs: dict[str, float] = {}
     groups: dict[str, float] = {}
     for name in sorted(features.values):  # sorted: the result must not depend on order
-        group = spec_of(name).group
+        spec = spec_of(name)
         z = baseline.score(key, name, features.values[name], features.trials.get(name),
                            features.windows.get(name))
-        if group not in cfg.likelihoods or z is None:
+        if spec.group not in cfg.likelihoods or z is None:
             continue  # uncatalogued or still warming up: no evidence either way
         zs[name] = z
-        groups[group] = max(groups.get(group, 0.0), _soft(z, cfg))
+        for group in (spec.group, *spec.also_groups):
+            if group in cfg.likelihoods:
+                groups[group] = max(groups.get(group, 0.0), _soft(z, cfg))
     share, marginal, best_set = _posterior(groups, cfg)
     ranked = sorted(share.items(), key=lambda kv: (-kv[1], kv[0]))
     top, top_p = ranked[0]

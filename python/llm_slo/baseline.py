@@ -31,6 +31,9 @@ class FeatureSpec(msgspec.Struct, frozen=True):
     # A share of requests (k of n): the smallest rate assumed for its sampling noise when n
     # is known (0: not such a share, abs_floor is its width).
     base_rate: float = 0.0
+    # Groups it is also evidence for, besides its own (which names its evidence and
+    # sub-cause): a reading that separates causes its own group lumps together.
+    also_groups: tuple[str, ...] = ()
 
 
 _MS, _CNT, _SHARE = "ms", "count", "ratio"
@@ -43,8 +46,10 @@ _MS, _CNT, _SHARE = "ms", "count", "ratio"
 # 20 ms. Each is the slowest of a window's ~10-20, and one held up by a GC pause or a
 # busy event loop (a log2 bucket or two up) outvoted or split the real cause at 5 ms.
 FEATURES: dict[str, FeatureSpec] = {
-    "dns_wire_p99_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
-    "dns_wire_mean_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
+    "dns_wire_p99_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2,
+                                   also_groups=("dns_wire",)),
+    "dns_wire_mean_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2,
+                                    also_groups=("dns_wire",)),
     "dns_resolver_p99_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
     "dns_resolver_mean_ms": FeatureSpec(_MS, "ebpf", "dns", "dns_latency", 5.0, 0.2),
     "dns_timeouts": FeatureSpec(_CNT, "ebpf", "dns", "dns_timeout", 1.0),

@@ -210,6 +210,38 @@ def test_two_faults_both_reported(a: int, b: int) -> None:
     assert not att.abstain and att.predicted_fault_domain in (da, db), att
 
 
+def test_slow_dns_beside_a_noisy_neighbour_is_reported_too() -> None:
+    """The lab's mixed_multi, in miniature: a DNS server 100 ms slow while a neighbour
+    starves the service. A starved process resolves slowly by itself, but the answers on
+    the wire stay fast under contention (0.1 -> 0.18 ms in the lab), so slow answers on
+    the wire need the DNS fault: both are reported. With one DNS group the neighbour
+    explained it all and DNS was no hypothesis."""
+    att = attribute({"dns_wire_mean_ms": 90, "dns_wire_p99_ms": 256,
+                     "dns_resolver_mean_ms": 380, "dns_resolver_p99_ms": 512,
+                     **SINGLE[5][2]})
+    post = posteriors(att)
+    threshold = AttributionConfig().report_threshold
+    assert post["network_dns"] >= threshold and post["cpu_contention"] >= threshold, post
+    assert not att.abstain
+
+
+def test_slow_answers_on_the_wire_alone_are_dns() -> None:
+    """A service whose lookups only the wire sees (a Go resolver, no libc call to time):
+    the wire latency is evidence for the dns group as well as for dns_wire."""
+    att = attribute({"dns_wire_mean_ms": 90, "dns_wire_p99_ms": 256})
+    assert att.predicted_fault_domain == "network_dns" and att.sub_cause == "dns_latency"
+    assert att.confidence >= 0.9
+
+
+def test_a_starved_resolver_alone_is_the_neighbour() -> None:
+    """The same neighbour with the DNS server healthy: the resolver is slow (the process
+    waits for a CPU between its syscalls), the wire is not; no DNS hypothesis."""
+    att = attribute({"dns_resolver_mean_ms": 30, "dns_resolver_p99_ms": 512,
+                     **SINGLE[5][2]})
+    assert att.predicted_fault_domain == "cpu_contention" and not att.abstain
+    assert posteriors(att).get("network_dns", 0.0) < AttributionConfig().report_threshold
+
+
 def test_overlapping_faults_split_their_mass_without_abstaining() -> None:
     """Loss (retransmits, late connects and handshakes) with provider 429s, as in the
     lab's mixed_multi: the pair is the most probable explanation, its mass is split, so
@@ -422,8 +454,11 @@ def test_a_slow_resolver_inside_retrieval_spans_is_not_a_slow_backend() -> None:
     resolver = pe(LatencyAggregate(signal="dns_latency_ms", ts_ns=1, cgroup_id=OWN,
                                    count=40, mean_ms=185.0, p99_ms=536.0, max_ms=536.0,
                                    detail="resolver"))
+    # The server is slow, so its answers are slow on the wire too.
+    wire = pe(LatencyAggregate(signal="dns_latency_ms", ts_ns=1, cgroup_id=OWN, count=80,
+                               mean_ms=90.0, p99_ms=256.0, max_ms=256.0, detail="wire"))
     app = AppEvidence(retrieval_count=20, retrieval_mean_ms=410.0, retrieval_p99_ms=430.0)
-    v = features_from([resolver], app).values
+    v = features_from([resolver, wire], app).values
     assert v["retrieval_own_mean_ms"] == v["retrieval_own_p99_ms"] == 0.0
     att = attribute(v)
     assert att.predicted_fault_domain == "network_dns" and att.confidence >= 0.7, att
@@ -650,9 +685,12 @@ feature_values = st.dictionaries(
 @settings(max_examples=150, deadline=None)
 @given(over=feature_values)
 def test_posteriors_normalised_and_abstain_iff_unknown(over: dict[str, float]) -> None:
+    """With every hypothesis listed (threshold 0), the posteriors of the domains and
+    ``unknown`` are a distribution: each in [0, 1], summing to 1."""
     att = attribute(over, config=AttributionConfig(report_threshold=0.0))
     post = [h.posterior for h in att.fault_hypotheses]
-    assert all(0.0 <= p <= 1.0 for p in post) and sum(post) <= 1 + 1e-9
+    assert {h.domain for h in att.fault_hypotheses} == {*DOMAINS, "unknown"}
+    assert all(0.0 <= p <= 1.0 for p in post) and sum(post) == pytest.approx(1.0)
     assert 0.0 <= att.confidence <= 1.0
     assert att.abstain == (att.predicted_fault_domain == "unknown")
     assert att.abstain == (att.abstain_reason is not None)
