@@ -33,8 +33,8 @@ def test_mixed_scenario_names_each_fault(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _leftovers(), _leftovers()
     for name in ("slo-events.jsonl", "attributions.jsonl", "predictions.csv",
-                 "confusion-matrix.csv", "summary.json", "provenance.json", "report.md",
-                 "timeline.svg"):
+                 "confusion-matrix.csv", "metrics.csv", "summary.json", "provenance.json",
+                 "report.md", "timeline.svg"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     faults = json.loads((out / "rep-01" / "faults.json").read_text())

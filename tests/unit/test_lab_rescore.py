@@ -150,6 +150,9 @@ def test_recorded_scores_the_live_attributions_again(
     assert prov["commit"] == "abc" and prov["rescored"]["from"] == str(run)
     assert "Scored again" in (out / "report.md").read_text()
     assert (out / "timeline-rep-01.svg").is_file()
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0] == "metric,label,value"
+    assert "recall,network_dns,0.6666666666666666" in metrics
     assert not (run / "report.md").exists()  # the run itself is left as it was
     # A replay setting makes no sense without a replay.
     (tmp_path / "c.json").write_text("{}")

@@ -410,7 +410,9 @@ def write_artifacts(out: Path, results: list[RepResult], summary: dict[str, Any]
                     dst.write((r.rep_dir / name).read_bytes())
     write_predictions(out / "predictions.csv",
                       ((r.rep, p) for r in results for p in r.predictions))
-    pooled_score(results).write_confusion_csv(out / "confusion-matrix.csv")
+    pooled = pooled_score(results)
+    pooled.write_confusion_csv(out / "confusion-matrix.csv")
+    pooled.write_csv(out / "metrics.csv")  # the scores as rows, for tools that read CSV
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
     return [out / "summary.json",
