@@ -228,6 +228,8 @@ static __always_inline void on_response(struct __sk_buff *skb, __u16 id, __u16 h
 	struct dns_query_key key = { .sock_cookie = bpf_get_socket_cookie(skb), .dns_id = id };
 	struct dns_query *q = bpf_map_lookup_elem(&dns_queries, &key);
 	__u8 rcode = hflags & 0xf, truncated = (hflags & 0x0200) != 0;
+	/* An answer or NXDOMAIN, whole: streamed only for being slow or sampled. */
+	bool routine = (rcode == 0 || rcode == 3) && !truncated;
 	struct dns_config *cfg;
 	struct dns_event *e;
 	struct hist *h;
@@ -247,13 +249,13 @@ static __always_inline void on_response(struct __sk_buff *skb, __u16 id, __u16 h
 	/* NXDOMAIN (3) is routine where a search path is walked: with Kubernetes' ndots:5
 	 * most lookups of an external name get three before the answer. Streaming each one
 	 * measured as half of all ring-buffer records in the lab; the histogram has them. */
-	if (cfg && (rcode == 0 || rcode == 3) && !truncated && delta < cfg->slow_ns &&
+	if (cfg && routine && delta < cfg->slow_ns &&
 	    !(cfg->sample_every && bpf_get_prandom_u32() % cfg->sample_every == 0))
 		goto cleanup;
 	/* A resolver slow for everyone makes every answer "slow": in the lab, 20 requests a
 	 * second with search paths streamed 350 records a second from one pod. A budget per
 	 * cgroup keeps examples; the histogram counts every answer, failures all stream. */
-	if (cfg && cfg->max_slow_per_sec && (rcode == 0 || rcode == 3) && !truncated &&
+	if (cfg && cfg->max_slow_per_sec && routine &&
 	    !rate_allow(&wire_rates, q->cgroup_id, cfg->max_slow_per_sec, now)) {
 		count(COUNTER_RATE_LIMITED);
 		goto cleanup;

@@ -67,12 +67,12 @@ def replay(spans_path: str, signals_path: str, out_dir: str, config: EngineConfi
             if next_tick is None:
                 next_tick = ts + tick_ns
             while ts >= next_tick:
-                att_f.writelines(enc.encode(a) + b"\n" for a in engine.tick(next_tick))
+                att_f.write(enc.encode_lines(engine.tick(next_tick)))
                 next_tick += tick_ns
             if isinstance(rec, Span):
-                slo_f.writelines(enc.encode(e) + b"\n" for e in engine.add_spans([rec]))
+                slo_f.write(enc.encode_lines(engine.add_spans([rec])))
             else:
                 engine.add_signals([rec])
         if next_tick is not None:
-            att_f.writelines(enc.encode(a) + b"\n" for a in engine.tick(next_tick))
+            att_f.write(enc.encode_lines(engine.tick(next_tick)))
     return dict(engine.counters)
