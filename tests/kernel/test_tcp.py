@@ -8,7 +8,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from llm_slo.lab.cgroups import V2Cgroup, spawn_in
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.workloads import echo_server_argv, wait_ready
+from llm_slo.probes.base import Probe
 from llm_slo.probes.kernel import ConnectLatency, TcpRetransmits
 
 pytestmark = pytest.mark.kernel
@@ -51,6 +53,17 @@ def client(cg: V2Cgroup, host: str, port: int, *, syncnt: int = 0,
                            str(nbytes)], stdout=subprocess.PIPE, text=True)
 
 
+def connect_event(collect: Callable[..., list[Any]], probe: Probe, pid: int) -> ConnectEvent:
+    """The first ConnectEvent of ``pid``; if none comes, the failure says what the probe
+    did see and its health counters (a drop, a full map), so a rare miss explains itself."""
+    records = collect(probe, lambda r: isinstance(r, ConnectEvent) and r.pid == pid)
+    ev = next((r for r in records if isinstance(r, ConnectEvent) and r.pid == pid), None)
+    seen = [(r.pid, r.outcome) for r in records if isinstance(r, ConnectEvent)]
+    assert ev is not None, (f"no ConnectEvent for pid {pid}; other connects {seen}; "
+                            f"counters {probe.counters()}")
+    return ev
+
+
 @pytest.fixture
 def cgroup() -> Iterator[V2Cgroup]:
     with V2Cgroup(f"llm-slo-test-tcp-{random.randint(0, 1 << 30)}") as cg:
@@ -71,8 +84,7 @@ def test_refused_connect(open_probe, collect, cgroup: V2Cgroup, attach_mode: str
     cg_id = cgroup.id
     proc = client(cgroup, "127.0.0.1", 1)
     assert proc.communicate(timeout=10)[0].startswith("connect-failed 111")
-    records = collect(probe, lambda r: isinstance(r, ConnectEvent) and r.pid == proc.pid)
-    ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    ev = connect_event(collect, probe, proc.pid)
     assert (ev.outcome, ev.errno, ev.cgroup_id) == ("refused", 111, cg_id)
     assert ev.conn.dst_port == 1 and ev.conn.src_port > 0 and ev.latency_ms < 50
 
@@ -91,8 +103,7 @@ def test_dropped_syn_costs_one_second(open_probe, collect, cgroup: V2Cgroup, pee
         threading.Event().wait(0.4)  # first SYN is gone; lift the drop before the retry
     out = proc.communicate(timeout=10)[0]
     assert out.startswith("connected"), out
-    records = collect(connects, lambda r: isinstance(r, ConnectEvent) and r.pid == proc.pid)
-    ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    ev = connect_event(collect, connects, proc.pid)
     assert ev.outcome == "established" and ev.cgroup_id == cg_id
     assert 900 <= ev.latency_ms <= 1500 and ev.syn_retransmits >= 1
     assert ev.conn.dst_ip == ns.ns_addr and ev.conn.dst_port == port
@@ -109,8 +120,7 @@ def test_connect_timeout(open_probe, collect, cgroup: V2Cgroup, peer, attach_mod
         proc = client(cgroup, ns.ns_addr, port, syncnt=1)  # 1 retry: fails after ~3 s
         out = proc.communicate(timeout=15)[0]
     assert out.startswith("connect-failed 110"), out
-    records = collect(probe, lambda r: isinstance(r, ConnectEvent) and r.pid == proc.pid)
-    ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    ev = connect_event(collect, probe, proc.pid)
     assert (ev.outcome, ev.errno) == ("timeout", 110)
     assert 2500 <= ev.latency_ms <= 4500
 
@@ -139,8 +149,7 @@ def test_connect_closed_while_pending_is_aborted(open_probe, collect, cgroup: V2
         proc = spawn_in([cgroup], [sys.executable, "-c", ABANDON, ns.ns_addr, str(port)],
                         stdout=subprocess.PIPE, text=True)
         assert proc.communicate(timeout=10)[0].startswith("closed")
-    records = collect(probe, lambda r: isinstance(r, ConnectEvent) and r.pid == proc.pid)
-    ev = next(r for r in records if isinstance(r, ConnectEvent) and r.pid == proc.pid)
+    ev = connect_event(collect, probe, proc.pid)
     assert (ev.outcome, ev.errno, ev.cgroup_id) == ("aborted", 0, cgroup.id)
     assert 250 <= ev.latency_ms <= 1000
 
