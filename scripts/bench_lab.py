@@ -61,8 +61,9 @@ def _pooled_single_fault(out: Path) -> str:
 
 
 def _overhead_text(none: dict[str, Any]) -> str:
-    """The TTFT p99 comparison that ``none --paired-no-agent`` wrote into its summary
-    (runs before it had only ``latency_overhead_pct``, from separate runs)."""
+    """The p99 comparisons that ``none --paired-no-agent`` wrote into its summary: TTFT,
+    and whole requests since they were measured (runs before the pairing had only
+    ``latency_overhead_pct``, from separate runs)."""
     paired = none.get("latency_overhead")
     if isinstance(paired, dict) and paired.get("pct") is not None:
         median = paired.get("per_pair_pct_median")
@@ -71,7 +72,12 @@ def _overhead_text(none: dict[str, Any]) -> str:
                 "requests (target at most +2 %); the repetitions ran in pairs, agent on and "
                 "off on the same load, alternating which went first; median of the "
                 f"pairs' differences {_fmt(median, 2)} % "
-                f"(per pair: {', '.join(f'{x:+.1f}' for x in paired['per_pair_pct'])}).")
+                f"(per pair: {', '.join(f'{x:+.1f}' for x in paired['per_pair_pct'])})."
+                + ("" if paired.get("request_pct") is None else
+                   f" Whole requests (sent to last token): p99 "
+                   f"{paired['request_p99_ms_agent']:.1f} ms vs "
+                   f"{paired['request_p99_ms_no_agent']:.1f} ms, "
+                   f"{paired['request_pct']:+.2f} % (target at most +2 %)."))
     if isinstance(none.get("latency_overhead_pct"), (int, float)):
         return (f"{none['latency_overhead_pct']:+.2f} % (target at most +2 %; from separate "
                 "agent-on and agent-off runs).")
@@ -83,11 +89,13 @@ def _row(name: str, run_dir: Path) -> str:
     prov = _json(run_dir / "provenance.json")
     return "| " + " | ".join([
         name, _fmt(s.get("macro_f1")), _fmt(s.get("fpr")),
+        _fmt(((s.get("fpr_by_phase") or {}).get("baseline") or {}).get("fpr")),
         _fmt(s["detection_delay_s"].get("median"), 2),
         _fmt((s.get("detection_after_break_s") or {}).get("median"), 2),
         f"{s['detection_delay_s'].get('missed', 'n/a')}",
         _fmt((s.get("correlation") or {}).get("precision")),
-        _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("rss_mb"), 1),
+        _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("cpu_pct_with_bpf"), 2),
+        _fmt(s["overhead"].get("rss_mb"), 1), _fmt(s["overhead"].get("rss_peak_mb"), 1),
         str(prov.get("commit", "?"))[:9], str(prov.get("started", "?"))[:16],
         s.get("truth_rule", "active_faults"),
     ]) + " |"
@@ -117,7 +125,7 @@ def main() -> int:
                                 "--scenario", name, "--reps", str(args.reps),
                                 "--phases", args.phases, "--out", str(run_dir), *paired])
         if code != 0:
-            failed.append(f"| {name} | run failed (exit {code}) | | | | | | | | | | |")
+            failed.append(f"| {name} | run failed (exit {code}) |" + " |" * 13)
     rows = [_row(name, out / name) for name in SCENARIOS
             if (out / name / "summary.json").is_file()] + failed
     machines = sorted({f"{p.get('hostname', '?')}, {p.get('cpus', '?')} CPUs "
@@ -130,10 +138,17 @@ def main() -> int:
            "after a change is visible as such.", "",
            ("Machine: " if len(machines) < 2 else "Machines (each run's provenance.json "
             "says which): ") + ("; ".join(machines) or "?"), "",
-           "| scenario | macro-F1 | FPR | delay median s | after SLO broke s | "
-           "missed episodes | corr. precision | agent CPU % | RSS MB | commit | run started "
-           "| truths by |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "| scenario | macro-F1 | FPR | FPR baseline | delay median s | after SLO broke s | "
+           "missed episodes | corr. precision | agent CPU % | with BPF % | RSS MiB | "
+           "peak RSS MiB | commit | run started | truths by |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "FPR: fault domains named in calm cases (baseline, recovery, and the calm part of "
+           "a fault phase); FPR baseline: the baseline phase alone. Agent CPU: the agent "
+           "process over the load, % of all the machine's CPUs; with BPF: plus the run "
+           "time of the BPF programs it holds (they run in the tasks that hit their hooks, "
+           "so the process's own time never shows it; n/a for runs before it was "
+           "measured). RSS: resident at the end of the load; peak: the agent's ru_maxrss.",
+           "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
            "that attribution's time minus the first moment a request sent during the fault "
            "visibly broke the SLO (its first token 700 ms or more after sending, or its "

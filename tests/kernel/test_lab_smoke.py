@@ -80,4 +80,11 @@ def test_paired_no_agent_alternates_on_the_same_load(tmp_path: Path) -> None:
     assert overhead["ttft_p99_ms_agent"] > 0 and overhead["ttft_p99_ms_no_agent"] > 0
     assert len(overhead["per_pair_pct"]) == 2
     assert (off / "summary.json").is_file() and (off / "report.md").is_file()
-    assert "p99 latency increase with agent" in proc.stdout
+    assert overhead["request_p99_ms_agent"] > 0 and overhead["request_p99_ms_no_agent"] > 0
+    assert "p99 TTFT increase with agent" in proc.stdout
+    assert "p99 request latency increase with agent" in proc.stdout
+    # the agent is charged its BPF programs' run time too, which the load makes non-zero
+    cost = json.loads((on / "summary.json").read_text())["overhead"]
+    assert cost["bpf_cpu_pct"] > 0
+    assert cost["cpu_pct_with_bpf"] == pytest.approx(cost["cpu_pct"] + cost["bpf_cpu_pct"])
+    assert cost["rss_peak_mb"] >= cost["rss_mb"] > 0

@@ -84,7 +84,8 @@ SUMMARY: dict[str, Any] = {
                                         "support": 4}},
     "detection_delay_s": {"median": 0.8, "p95": 1.7},
     "correlation": {"precision": 0.97, "recall": None},
-    "overhead": {"cpu_pct": 1.4, "rss_mb": 52.3, "bpf_ns_per_run": None},
+    "overhead": {"cpu_pct": 0.9, "bpf_cpu_pct": 0.5, "cpu_pct_with_bpf": 1.4, "rss_mb": 52.3,
+                 "rss_peak_mb": 81.0, "bpf_ns_per_run": None},
     "ci95": {"macro_f1": [0.85, 0.93]},
     "abstentions": {"about_a_fault": {"low_confidence": 3}, "calm": {"no_deviation": 2}},
 }
@@ -200,9 +201,12 @@ def test_results_table_judges_each_target() -> None:
     assert rows["detection delay p95"] == ["1.70 s", "—", "—"]
     assert rows["correlation precision"] == ["0.970", "≥ 0.95", "met"]
     assert rows["correlation recall"] == ["n/a", "≥ 0.9", "—"]
-    assert rows["agent CPU"] == ["1.40 %", "≤ 1 %", "not met"]
-    assert rows["agent RSS"] == ["52.3 MB", "≤ 80 MB", "met"]
-    assert rows["p99 latency increase with agent"] == ["n/a", "≤ 2 %", "—"]
+    assert rows["agent CPU, process"] == ["0.90 %", "—", "—"]
+    assert rows["agent CPU, its BPF programs"] == ["0.50 %", "—", "—"]
+    assert rows["agent CPU, process + BPF"] == ["1.40 %", "≤ 1 %", "not met"]
+    assert rows["agent RSS at end of load"] == ["52.3 MiB", "—", "—"]
+    assert rows["agent peak RSS"] == ["81.0 MiB", "≤ 80 MiB", "not met"]
+    assert rows["p99 TTFT increase with agent"] == ["n/a", "≤ 2 %", "—"]
 
 
 def test_targets_are_inclusive_and_nonsense_is_na() -> None:
@@ -210,14 +214,14 @@ def test_targets_are_inclusive_and_nonsense_is_na() -> None:
                                        "correlation": {"precision": "high"},
                                        "latency_overhead_pct": 2.5}))
     assert rows["macro-F1"][2] == "met" and rows["FPR (baseline/recovery)"][2] == "met"
-    assert rows["agent CPU"] == ["n/a", "≤ 1 %", "—"]
+    assert rows["agent CPU, process + BPF"] == ["n/a", "≤ 1 %", "—"]
     assert rows["correlation precision"] == ["n/a", "≥ 0.95", "—"]
-    assert rows["p99 latency increase with agent"] == ["2.50 %", "≤ 2 %", "not met"]
+    assert rows["p99 TTFT increase with agent"] == ["2.50 %", "≤ 2 %", "not met"]
 
 
 def test_results_table_of_an_empty_summary_has_no_judgments() -> None:
     rows = results_rows(results_table({}))
-    assert len(rows) == 12
+    assert len(rows) == 17
     assert all(cols[0] == "n/a" and cols[2] == "—" for cols in rows.values())
 
 
@@ -241,7 +245,7 @@ def test_report_markdown_has_command_provenance_and_tables() -> None:
     assert "| macro-F1 | 0.900 | ≥ 0.95 | not met |" in lines
     assert "| FPR (baseline/recovery) | 0.004 | ≤ 0.01 | met |" in lines
     assert "| correlation recall | n/a | ≥ 0.9 | — |" in lines
-    assert "| agent CPU | 1.40 % | ≤ 1 % | not met |" in lines
+    assert "| agent CPU, process + BPF | 1.40 % | ≤ 1 % | not met |" in lines
     assert "| BPF time per program run | n/a | — | — |" in lines
     assert "| network_dns | 1.000 | 0.800 | 0.889 | 10 |" in lines
     assert "| provider_throttle | n/a | 0.500 | n/a | 4 |" in lines

@@ -8,6 +8,7 @@ import csv
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from llm_slo.lab.lab_score import (
@@ -16,12 +17,17 @@ from llm_slo.lab.lab_score import (
     abstentions,
     build_cases,
     burn_rate_errors,
+    calm_by_phase,
+    fpr_by_phase,
     latency_overhead,
+    peak_rss_mib,
+    read_agent_stats,
     read_predictions,
+    summarize,
     write_predictions,
 )
 from llm_slo.lab.loadgen import RequestResult, write_jsonl
-from llm_slo.scoring import correlation_scores, score
+from llm_slo.scoring import Case, correlation_scores, score
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -145,7 +151,7 @@ def test_abstentions_are_counted_by_reason_about_a_fault_or_in_calm(tmp_path: Pa
 def _rep_with_ttfts(rep_dir: Path, rep: int, ttfts: list[float]) -> RepResult:
     rep_dir.mkdir(parents=True)
     requests = [RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
-                              offset_s=0.0, start_unix_nano=i, ttft_ms=t, total_ms=t,
+                              offset_s=0.0, start_unix_nano=i, ttft_ms=t, total_ms=t + 1000,
                               tokens=16, status=200) for i, t in enumerate(ttfts)]
     # a failed stream after its first token: not part of the successful requests' p99
     requests.append(RequestResult(seq=999, request_id="bad", size="short", max_tokens=16,
@@ -155,8 +161,8 @@ def _rep_with_ttfts(rep_dir: Path, rep: int, ttfts: list[float]) -> RepResult:
     write_jsonl(requests, rep_dir / "requests.jsonl")
     return RepResult(rep=rep, rep_dir=rep_dir, cases=[], episodes=[], predictions=[],
                      score=score([]), correlation=correlation_scores((), ()), cpu_pct=0.0,
-                     rss_mb=0.0, bpf_ns_per_run=None, ttft_p99_ms=max(ttfts), requests=101,
-                     errors=1, slo_break_delays=[])
+                     bpf_cpu_pct=None, rss_mb=0.0, rss_peak_mb=None, bpf_ns_per_run=None,
+                     ttft_p99_ms=max(ttfts), requests=101, errors=1, slo_break_delays=[])
 
 
 def test_latency_overhead_over_all_requests_and_per_pair(tmp_path: Path) -> None:
@@ -170,5 +176,51 @@ def test_latency_overhead_over_all_requests_and_per_pair(tmp_path: Path) -> None
     # the pooled figure cannot see the 10 % of the first pair; the pairs can
     assert (overhead["ttft_p99_ms_agent"], overhead["ttft_p99_ms_no_agent"]) == (200.0, 200.0)
     assert overhead["pct"] == 0.0
+    # the whole request too (TTFT plus a second of streaming here), over the same requests
+    assert (overhead["request_p99_ms_agent"], overhead["request_p99_ms_no_agent"]) == (
+        1200.0, 1200.0)
+    assert overhead["request_pct"] == 0.0
     assert overhead["per_pair_pct"] == [10.0, 0.0]
     assert overhead["per_pair_pct_median"] == pytest.approx(5.0)
+
+
+def test_overhead_charges_the_agent_its_bpf_programs_and_peak_memory(tmp_path: Path) -> None:
+    reps = [msgspec.structs.replace(_rep_with_ttfts(tmp_path / f"rep-0{i}", i, [100.0]),
+                                    cpu_pct=cpu, bpf_cpu_pct=bpf, rss_mb=70.0 + i,
+                                    rss_peak_mb=peak)
+            for i, (cpu, bpf, peak) in enumerate([(0.8, 0.3, 79.0), (0.6, 0.1, 81.5)], 1)]
+    overhead = summarize(reps, scenario="s", params={})["overhead"]
+    assert overhead["cpu_pct"] == pytest.approx(0.7)  # the process alone, as before
+    assert overhead["bpf_cpu_pct"] == pytest.approx(0.2)
+    assert overhead["cpu_pct_with_bpf"] == pytest.approx(0.9)
+    assert (overhead["rss_mb"], overhead["rss_peak_mb"]) == (72.0, 81.5)  # worst rep
+    # a run that measured neither says so rather than reporting the process alone
+    bare = [msgspec.structs.replace(r, bpf_cpu_pct=None, rss_peak_mb=None) for r in reps]
+    overhead = summarize(bare, scenario="s", params={})["overhead"]
+    assert overhead["cpu_pct_with_bpf"] is None and overhead["rss_peak_mb"] is None
+
+
+def test_peak_rss_comes_from_the_agents_own_stats(tmp_path: Path) -> None:
+    (tmp_path / "agent-stats.json").write_text('{"max_rss_kib": 83456}')
+    assert peak_rss_mib(read_agent_stats(tmp_path)) == pytest.approx(81.5)
+    (tmp_path / "agent-stats.json").write_text("not json")
+    assert read_agent_stats(tmp_path) == {} and peak_rss_mib({}) is None
+
+
+def test_false_positive_rate_per_phase(tmp_path: Path) -> None:
+    phases = [{"name": "baseline", "start": 0.0, "end": 10.0},
+              {"name": "fault", "start": 10.0, "end": 20.0},
+              {"name": "recovery", "start": 20.0, "end": 30.0}]
+    cases = [Case(actual="none", predicted="none", ts=1.0),
+             Case(actual="none", predicted="unknown", ts=2.0),  # an abstention: not an FP
+             Case(actual="none", predicted="cpu_contention", ts=3.0),
+             Case(actual="network_dns", predicted="network_dns", ts=12.0),  # not calm
+             Case(actual="none", predicted="network_dns", ts=19.5),  # calm part of a fault
+             Case(actual="none", predicted="none", ts=25.0),
+             Case(actual="none", predicted="tls_handshake", ts=31.0)]  # past the schedule
+    calm = calm_by_phase(cases, phases)
+    assert calm == {"baseline": [1, 3], "fault": [1, 1], "recovery": [0, 1], "after": [1, 1]}
+    rep2 = {"baseline": [0, 5]}
+    by_phase = fpr_by_phase([calm, rep2])
+    assert by_phase["baseline"] == {"fpr": 1 / 8, "false_positives": 1, "cases": 8}
+    assert by_phase["recovery"]["fpr"] == 0.0 and list(by_phase) == sorted(by_phase)

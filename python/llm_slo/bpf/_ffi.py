@@ -85,6 +85,7 @@ int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, vo
                          uint32_t *count, const struct bpf_map_batch_opts *opts);
 int bpf_enable_stats(int type);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+int bpf_prog_get_fd_by_id(uint32_t id);
 
 struct btf *btf__load_vmlinux_btf(void);
 struct btf *btf__parse(const char *path, void *btf_ext);

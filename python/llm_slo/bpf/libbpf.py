@@ -6,6 +6,7 @@ releases links before the object, so nothing stays attached after the agent exit
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import functools
 import os
@@ -215,6 +216,34 @@ def prog_run_stats(fd: int) -> tuple[int, int]:
     run_time = int.from_bytes(raw[_RUN_TIME_NS_OFF : _RUN_TIME_NS_OFF + 8], "little")
     run_cnt = int.from_bytes(raw[_RUN_CNT_OFF : _RUN_CNT_OFF + 8], "little")
     return run_time, run_cnt
+
+
+def held_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds, by program or link fd (its
+    ``/proc`` fdinfo names them); empty if the process is gone."""
+    ids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            with contextlib.suppress(OSError):
+                for line in info.read_text().splitlines():
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+    return ids
+
+
+def prog_run_time_ns(prog_ids: set[int]) -> dict[int, int]:
+    """The kernel's accumulated run time of each program still loaded (stats must be
+    on: ``kernel.bpf_stats_enabled`` or a holder of ``BPF_ENABLE_STATS``)."""
+    out = {}
+    for prog_id in prog_ids:
+        fd = lib().bpf_prog_get_fd_by_id(prog_id)
+        if fd < 0:
+            continue  # unloaded since
+        try:
+            out[prog_id] = prog_run_stats(fd)[0]
+        finally:
+            os.close(fd)
+    return out
 
 
 class MapIO(ABC):

@@ -28,7 +28,6 @@ kernel threads) is not judged.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -131,13 +130,17 @@ class RepResult(msgspec.Struct, kw_only=True):
     predictions: list[Prediction]
     score: ScoreSummary
     correlation: CorrelationScore
-    cpu_pct: float
-    rss_mb: float
+    cpu_pct: float  # the agent process's own CPU, % of the machine's CPUs
+    bpf_cpu_pct: float | None  # its BPF programs' run time, which runs in other tasks
+    rss_mb: float  # MiB resident at the end of the load
+    rss_peak_mb: float | None  # MiB, the agent's peak (its own ru_maxrss)
     bpf_ns_per_run: float | None
     ttft_p99_ms: float | None
     requests: int
     errors: int
     slo_break_delays: list[float | None]  # per episode, aligned with ``episodes``
+    # Per phase name: [fault domains named, cases] over the cases with no true fault.
+    calm_by_phase: dict[str, list[int]] = msgspec.field(default_factory=dict)
     burn_rate_errors: list[float] = msgspec.field(default_factory=list)
     truth_rule: str = "requests"  # TRUTH_RULES: how the attributions' truths were set
 
@@ -285,6 +288,34 @@ def build_cases(attributions: list[dict[str, Any]], faults: list[dict[str, Any]]
     return cases, rows
 
 
+def calm_by_phase(cases: Iterable[Case], phases: list[dict[str, Any]]
+                  ) -> dict[str, list[int]]:
+    """The cases with no true fault by the phase they fell in (``after`` past the last
+    one): per phase name, how many named a fault domain (false positives) of how many."""
+    out: dict[str, list[int]] = {}
+    for c in cases:
+        if c.actual != NONE or c.ts is None:
+            continue
+        name = next((p["name"] for p in phases if p["start"] <= c.ts < p["end"]), "after")
+        counts = out.setdefault(name, [0, 0])
+        counts[0] += c.predicted not in (NONE, UNKNOWN)
+        counts[1] += 1
+    return out
+
+
+def fpr_by_phase(per_rep: Iterable[dict[str, list[int]]]
+                 ) -> dict[str, dict[str, float | int | None]]:
+    """False-positive rate per phase, pooled over repetitions' :func:`calm_by_phase`."""
+    pooled: dict[str, list[int]] = {}
+    for calm in per_rep:
+        for name, (fp, n) in calm.items():
+            counts = pooled.setdefault(name, [0, 0])
+            counts[0] += fp
+            counts[1] += n
+    return {name: {"fpr": fp / n if n else None, "false_positives": fp, "cases": n}
+            for name, (fp, n) in sorted(pooled.items())}
+
+
 def burn_rate_errors(attributions: list[dict[str, Any]],
                      requests: list[RequestResult]) -> list[float]:
     """Relative error of each attribution's burn rate against the one the client's own
@@ -341,19 +372,37 @@ def _pods(pods_file: Path) -> dict[str, str]:
     return {p["metadata"]["labels"]["app"]: p["metadata"]["name"] for p in data["items"]}
 
 
+def read_agent_stats(rep_dir: Path) -> dict[str, Any]:
+    """A repetition's ``agent-stats.json`` ({} if it has none or it is unreadable)."""
+    try:
+        stats = json.loads((rep_dir / "agent-stats.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def peak_rss_mib(agent_stats: Mapping[str, Any]) -> float | None:
+    """The agent's peak RSS in MiB, from its own ``agent-stats.json`` (ru_maxrss)."""
+    kib = agent_stats.get("max_rss_kib")
+    return kib / 1024 if isinstance(kib, int | float) and kib > 0 else None
+
+
+def _machine_pct(cpu_s: float, wall_s: float) -> float:
+    """CPU seconds over ``wall_s`` as a percentage of all the machine's CPUs."""
+    return 100.0 * cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0
+
+
 def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
-              pods_file: Path, agent_cpu_s: float, wall_s: float, rss_mb: float
-              ) -> RepResult:
+              pods_file: Path, agent_cpu_s: float, agent_bpf_s: float, wall_s: float,
+              rss_mb: float) -> RepResult:
     """Score one finished repetition from the files in ``rep_dir``; ``pids`` and
     ``pods_file`` are the lab's pods, for judging the agent's correlation."""
     attributions = read_records(rep_dir / "attributions.jsonl")
     requests = read_requests(rep_dir)
     cases, rows = build_cases(attributions, faults, phases, requests=requests)
     episodes = fault_episodes(faults)
-    stats = {}
-    with contextlib.suppress(OSError, ValueError):
-        stats = json.loads((rep_dir / "agent-stats.json").read_text())
+    stats = read_agent_stats(rep_dir)
     run_ns = cnt = 0
     for progs in stats.get("bpf", {}).values():
         for s in progs.values():
@@ -366,13 +415,15 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         rep=rep, rep_dir=rep_dir, cases=cases, episodes=episodes, predictions=rows,
         score=score(cases, episodes, correlation, grace_s=GRACE_S),
         correlation=correlation,
-        cpu_pct=100.0 * agent_cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0,
-        rss_mb=rss_mb, bpf_ns_per_run=run_ns / cnt if cnt else None,
+        cpu_pct=_machine_pct(agent_cpu_s, wall_s), bpf_cpu_pct=_machine_pct(agent_bpf_s, wall_s),
+        rss_mb=rss_mb, rss_peak_mb=peak_rss_mib(stats),
+        bpf_ns_per_run=run_ns / cnt if cnt else None,
         ttft_p99_ms=percentile(sorted(ttft), 99), requests=len(requests),
         errors=sum(1 for r in requests if not r.ok),
         burn_rate_errors=burn_rate_errors(attributions, requests),
         truth_rule=truth_rule(requests),
-        slo_break_delays=slo_break_delays(episodes, requests))
+        slo_break_delays=slo_break_delays(episodes, requests),
+        calm_by_phase=calm_by_phase(cases, phases))
 
 
 def pooled_score(results: list[RepResult]) -> ScoreSummary:
@@ -387,25 +438,41 @@ def pooled_score(results: list[RepResult]) -> ScoreSummary:
                  [e for r in results for e in r.episodes], corr, grace_s=GRACE_S)
 
 
-def _ttft_p99(rep_dirs: Iterable[Path]) -> float | None:
-    """p99 TTFT of the successful requests of these repetitions' client results."""
-    return percentile(sorted(r.ttft_ms for d in rep_dirs for r in read_requests(d) or ()
-                             if r.ok and r.ttft_ms is not None), 99)
+def _p99(rep_dirs: Iterable[Path], field: str) -> float | None:
+    """p99 of ``field`` (``ttft_ms`` or ``total_ms``) over the successful requests of
+    these repetitions' client results."""
+    return percentile(sorted(v for d in rep_dirs for r in read_requests(d) or ()
+                             if r.ok and (v := getattr(r, field)) is not None), 99)
+
+
+def _pct(on: float | None, off: float | None) -> float | None:
+    return 100 * (on - off) / off if on is not None and off else None
 
 
 def latency_overhead(agent: list[RepResult], no_agent: list[RepResult]) -> dict[str, Any]:
-    """The workload's TTFT p99 with the agent against without it, from repetitions run
-    in pairs on the same load (``sloctl lab run --paired-no-agent``): over all requests
-    of each side (``pct``, the headline) and per pair (their median shows whether one
-    slow stretch of the machine carries the pooled figure)."""
-    on, off = _ttft_p99(r.rep_dir for r in agent), _ttft_p99(r.rep_dir for r in no_agent)
+    """The workload's p99 with the agent against without it, from repetitions run in
+    pairs on the same load (``sloctl lab run --paired-no-agent``), for TTFT and for the
+    whole request: over all requests of each side (``pct`` and ``request_pct``, the
+    headlines) and per pair for TTFT (their median shows whether one slow stretch of
+    the machine carries the pooled figure)."""
+    on, off = _p99((r.rep_dir for r in agent), "ttft_ms"), _p99(
+        (r.rep_dir for r in no_agent), "ttft_ms")
+    req_on, req_off = _p99((r.rep_dir for r in agent), "total_ms"), _p99(
+        (r.rep_dir for r in no_agent), "total_ms")
     pairs = [100 * (a.ttft_p99_ms - b.ttft_p99_ms) / b.ttft_p99_ms
              for a, b in zip(agent, no_agent, strict=True)
              if a.ttft_p99_ms is not None and b.ttft_p99_ms]
-    return {"ttft_p99_ms_agent": on, "ttft_p99_ms_no_agent": off,
-            "pct": 100 * (on - off) / off if on is not None and off else None,
+    return {"ttft_p99_ms_agent": on, "ttft_p99_ms_no_agent": off, "pct": _pct(on, off),
+            "request_p99_ms_agent": req_on, "request_p99_ms_no_agent": req_off,
+            "request_pct": _pct(req_on, req_off),
             "per_pair_pct": [round(x, 2) for x in pairs],
             "per_pair_pct_median": statistics.median(pairs) if pairs else None}
+
+
+def _mean_of(values: Iterable[float | None]) -> float | None:
+    """Mean of the values measured (None if none was)."""
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
 
 
 def _median_abs(errors: list[float]) -> dict[str, float | int | None]:
@@ -452,8 +519,15 @@ def summarize(results: list[RepResult], *, scenario: str,
                         "per_episode": [None if x is None else round(x, 3) for x in breaks]},
         "detection_after_break_s": msgspec.to_builtins(delay_summary(after)),
         "overhead": {"cpu_pct": sum(r.cpu_pct for r in results) / len(results),
+                     "bpf_cpu_pct": _mean_of(r.bpf_cpu_pct for r in results),
+                     "cpu_pct_with_bpf": _mean_of(
+                         None if r.bpf_cpu_pct is None else r.cpu_pct + r.bpf_cpu_pct
+                         for r in results),
                      "rss_mb": max(r.rss_mb for r in results),
+                     "rss_peak_mb": max((r.rss_peak_mb for r in results
+                                         if r.rss_peak_mb is not None), default=None),
                      "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
+        "fpr_by_phase": fpr_by_phase(r.calm_by_phase for r in results),
         "abstentions": abstentions(p for r in results for p in r.predictions),
         "burn_rate_error": _median_abs(
             [e for r in results for e in r.burn_rate_errors]),
@@ -464,6 +538,8 @@ def summarize(results: list[RepResult], *, scenario: str,
                                     if r.score.macro_f1 is not None]),
                  "fpr": ci95([r.score.fpr for r in results if r.score.fpr is not None]),
                  "detection_delay_median_s": ci95(per_rep_delay),
-                 "agent_cpu_pct": ci95([r.cpu_pct for r in results])},
+                 "agent_cpu_pct": ci95([r.cpu_pct for r in results]),
+                 "agent_cpu_pct_with_bpf": ci95([r.cpu_pct + r.bpf_cpu_pct for r in results
+                                                 if r.bpf_cpu_pct is not None])},
     })
     return out

@@ -36,7 +36,11 @@ from llm_slo.lab.lab_score import (
     RepResult,
     abstentions,
     build_cases,
+    calm_by_phase,
     fault_episodes,
+    fpr_by_phase,
+    peak_rss_mib,
+    read_agent_stats,
     read_records,
     read_requests,
     slo_break_delays,
@@ -105,6 +109,7 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
     """
     reps = _reps(run_dir, out_dir)
     cases, episodes, rows = [], [], []
+    calm: list[dict[str, list[int]]] = []
     used: list[dict[str, Any]] = []
     for rep in reps:
         missing = [n for n in ("spans.jsonl", "probe-events.jsonl", "agent.json",
@@ -133,14 +138,16 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
                active_signals=[s for s in agent.signal_set if s not in failed])
         faults = json.loads((rep / "faults.json").read_text())
         requests = read_requests(rep)
+        phases = json.loads((rep / "phases.json").read_text())
         rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
-                                          json.loads((rep / "phases.json").read_text()),
-                                          requests=requests)
+                                          phases, requests=requests)
+        calm.append(calm_by_phase(rep_cases, phases))
         cases += rep_cases
         rows += [(int(rep.name.removeprefix("rep-")), r) for r in rep_rows]
         episodes += fault_episodes(faults)
     summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
     summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
+                    "fpr_by_phase": fpr_by_phase(calm),
                     "abstentions": abstentions(r for _, r in rows),
                     # One entry when every repetition ran with the same settings.
                     "engine": used[0] if all(u == used[0] for u in used) else used})
@@ -176,17 +183,22 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             rep=int(rep.name.removeprefix("rep-")), rep_dir=rep, cases=cases,
             episodes=episodes, predictions=rows,
             score=score(cases, episodes, grace_s=GRACE_S),
-            correlation=correlation_scores((), ()), cpu_pct=0.0, rss_mb=0.0,
+            correlation=correlation_scores((), ()), cpu_pct=0.0, bpf_cpu_pct=None,
+            rss_mb=0.0, rss_peak_mb=None,
             bpf_ns_per_run=None, ttft_p99_ms=None, requests=0, errors=0,
             slo_break_delays=slo_break_delays(episodes, requests or []),
-            truth_rule=truth_rule(requests)))
+            truth_rule=truth_rule(requests), calm_by_phase=calm_by_phase(cases, phases)))
     summary = summarize(results, scenario=live.get("scenario", "?"),
                         params=live.get("params") or {})
     for kept in ("overhead", "correlation", "burn_rate_error", "client",
-                 "latency_overhead_pct"):
+                 "latency_overhead_pct", "request_latency_overhead_pct"):
         if kept in live:
             summary[kept] = live[kept]
     summary["ci95"]["agent_cpu_pct"] = live.get("ci95", {}).get("agent_cpu_pct")
+    # Runs from before the peak was reported recorded it all the same (agent-stats.json).
+    peaks = [p for rep in reps if (p := peak_rss_mib(read_agent_stats(rep))) is not None]
+    if isinstance(summary.get("overhead"), dict) and peaks:
+        summary["overhead"].setdefault("rss_peak_mb", max(peaks))
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance["rescored"] = {"from": str(run_dir), "commit": git_output("rev-parse", "HEAD"),
                               "dirty": bool(git_output("status", "--porcelain",

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from llm_slo.bpf.libbpf import held_prog_ids, prog_run_time_ns
 from llm_slo.errors import LabError
 from llm_slo.lab import cleanup_all
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
@@ -133,7 +134,8 @@ def _proc_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_rss_mb(pid: int | None) -> float:
+def _proc_rss_mib(pid: int | None) -> float:
+    """VmRSS of ``pid`` in MiB (0 if it is gone or None)."""
     if pid is None:
         return 0.0
     with contextlib.suppress(OSError):
@@ -141,6 +143,25 @@ def _proc_rss_mb(pid: int | None) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+class _AgentUsage:
+    """The agent's CPU from one moment on: its process's own time, and the run time of
+    the BPF programs it holds. Those run in whatever task hits the hook (a connect, a
+    context switch), so they never show in the agent's /proc times but are its cost."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu0 = _proc_cpu_s(pid)
+        self.bpf0 = prog_run_time_ns(held_prog_ids(pid)) if pid is not None else {}
+
+    def since(self) -> tuple[float, float]:
+        """(process CPU s, BPF run s) since construction."""
+        if self.pid is None:
+            return 0.0, 0.0
+        now = prog_run_time_ns(held_prog_ids(self.pid) | set(self.bpf0))
+        bpf_ns = sum(ns - self.bpf0.get(prog, 0) for prog, ns in now.items())
+        return _proc_cpu_s(self.pid) - self.cpu0, bpf_ns / 1e9
 
 
 def _count_lines(path: Path) -> int:
@@ -284,7 +305,8 @@ class LabRun:
             overhead = latency_overhead(self.results, self.paired_results)
             summary.update(latency_overhead={**overhead, "no_agent_run":
                                              str(self.paired_no_agent)},
-                           latency_overhead_pct=overhead["pct"])
+                           latency_overhead_pct=overhead["pct"],
+                           request_latency_overhead_pct=overhead["request_pct"])
             write_artifacts(self.paired_no_agent, self.paired_results,
                             summarize(self.paired_results, scenario=self.scenario.name,
                                       params=self.params),
@@ -317,7 +339,7 @@ class LabRun:
                 "--out", str(rep_dir / "requests.jsonl")],
                 stdout=subprocess.PIPE, stderr=(rep_dir / "loadgen.log").open("wb"))
             services.pids["loadgen"].add(loadgen.pid)
-            cpu0, t0 = _proc_cpu_s(agent.pid), time.monotonic()
+            usage, t0 = _AgentUsage(agent.pid), time.monotonic()
             schedule: list[tuple[str, float, tuple[str, ...]]] = [
                 ("baseline", self.phases.baseline, ())]
             for step in self.scenario.steps:
@@ -339,8 +361,8 @@ class LabRun:
                             "end": t_off, "params": {k: v for k, v in self.params.items()
                                                      if k in FAULTS[f].params}}
                            for f in step]
-            cpu_s, wall_s = _proc_cpu_s(agent.pid) - cpu0, time.monotonic() - t0
-            rss_mb = _proc_rss_mb(agent.pid)
+            (cpu_s, bpf_s), wall_s = usage.since(), time.monotonic() - t0
+            rss_mib = _proc_rss_mib(agent.pid)
             self.progress.status(f"{tag} draining")
             try:
                 loadgen.wait(60)
@@ -359,8 +381,8 @@ class LabRun:
         (rep_dir / "faults.json").write_text(json.dumps(faults, indent=1))
         (rep_dir / "phases.json").write_text(json.dumps(phases, indent=1))
         result = score_rep(rep, rep_dir, faults, phases, services.pids,
-                           pods_file=topo.pods_file, agent_cpu_s=cpu_s, wall_s=wall_s,
-                           rss_mb=rss_mb)
+                           pods_file=topo.pods_file, agent_cpu_s=cpu_s, agent_bpf_s=bpf_s,
+                           wall_s=wall_s, rss_mb=rss_mib)
         s = result.score
         self.progress.line(
             f"{tag} done: {s.cases} cases, macro-F1 "
