@@ -49,8 +49,8 @@ bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs
 	$(PY) scripts/bench_ringbuf.py
 	$(PY) scripts/bench_correlator.py
 
-bench-lab: deps ## every lab scenario, 10 repetitions each, into docs/benchmarks/lab/ (hours)
-	$(PY) scripts/bench_lab.py --reps 10 --out docs/benchmarks/lab
+bench-lab: deps ## every lab scenario, 10 repetitions each: tables in docs/benchmarks/lab-reps10/, runs in out/bench-lab/ (hours)
+	$(PY) scripts/bench_lab.py --reps 10 --out docs/benchmarks/lab-reps10 --raw out/bench-lab
 
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
 	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'

@@ -1,8 +1,11 @@
 """``make bench-lab``: every incident-lab scenario with N repetitions; one summary table.
 
-Runs ``sloctl lab run`` per scenario into ``--out/<scenario>/`` (all artifacts kept) and
-writes ``--out/README.md``: the command, machine, date and the headline metrics per
-scenario, straight from each run's summary.json.
+Runs ``sloctl lab run`` per scenario into ``--raw/<scenario>/`` (every repetition's
+files, about 1 GB a run: kept out of the repository), copies what a reader needs into
+``--out/<scenario>/`` (summary, report, scores, predictions, confusion matrix,
+provenance, the timelines), appends the run to ``--out/RUNS.md`` and writes
+``--out/README.md``: the command, machine, date and the headline metrics per scenario,
+straight from each run's summary.json.
 """
 
 from __future__ import annotations
@@ -84,6 +87,36 @@ def _overhead_text(none: dict[str, Any]) -> str:
     return "not measured (no `none` run with `--paired-no-agent` here)."
 
 
+KEPT = ("summary.json", "report.md", "metrics.csv", "predictions.csv",
+        "confusion-matrix.csv", "provenance.json")
+
+
+def _keep(raw: Path, out: Path) -> None:
+    """The files of run ``raw`` a reader needs, into ``out`` (replacing what was there)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in [*(raw / n for n in KEPT), *sorted(raw.glob("*.svg"))]:
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+
+
+def _log_run(out: Path, names: list[str], command: str, started: str) -> None:
+    """One line per invocation in RUNS.md, newest first under its header."""
+    runs = out / "RUNS.md"
+    prov = _json(out / names[0] / "provenance.json") if names else {}
+    line = (f"- {str(prov.get('commit', '?'))[:9]}, {started}–"
+            f"{time.strftime('%H:%M', time.gmtime())} UTC, {prov.get('hostname', '?')} "
+            f"({prov.get('cpus', '?')} CPUs, {prov.get('cpu_model', '?')}), kernel "
+            f"{prov.get('kernel', '?')}: {', '.join(names)} (`{command}`).")
+    old = runs.read_text().split("\n\n", 1) if runs.is_file() else [RUNS_HEADER, ""]
+    runs.write_text(f"{old[0]}\n\n{line}\n{old[1] if len(old) > 1 else ''}".rstrip() + "\n")
+
+
+RUNS_HEADER = ("The runs behind the rows, newest first: each `make bench-lab` (or "
+               "`python scripts/bench_lab.py`) invocation adds its line; notes on what ran "
+               "beside a run are added by hand under it.")
+
+
 def _row(name: str, run_dir: Path) -> str:
     s = json.loads((run_dir / "summary.json").read_text())
     prov = _json(run_dir / "provenance.json")
@@ -104,28 +137,38 @@ def _row(name: str, run_dir: Path) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--out", default="docs/benchmarks/lab")
+    p.add_argument("--out", default="docs/benchmarks/lab-reps10",
+                   help="the table and each scenario's kept artifacts")
+    p.add_argument("--raw", default="out/bench-lab",
+                   help="the runs themselves, every repetition's files (large)")
     p.add_argument("--phases", default="baseline=20s,fault=20s,recovery=10s")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="which to (re)run; the table covers every scenario in --out "
                    "('' reruns nothing and rewrites the table)")
     args = p.parse_args()
-    out = Path(args.out)
-    failed = []
+    out, raw = Path(args.out), Path(args.raw)
+    failed, done = [], []
     names = [n for n in args.scenarios.split(",") if n]
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for name in names:
-        run_dir = out / name
+        run_dir = raw / name
         print(f"== {name}", file=sys.stderr, flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
         # `none` also gives the agent's latency overhead: each repetition again without it
-        paired = [] if name != "none" else ["--paired-no-agent", str(out / "none-no-agent")]
+        paired = [] if name != "none" else ["--paired-no-agent", str(raw / "none-no-agent")]
         if paired:
-            shutil.rmtree(out / "none-no-agent", ignore_errors=True)
+            shutil.rmtree(raw / "none-no-agent", ignore_errors=True)
         code = subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run",
                                 "--scenario", name, "--reps", str(args.reps),
                                 "--phases", args.phases, "--out", str(run_dir), *paired])
         if code != 0:
             failed.append(f"| {name} | run failed (exit {code}) |" + " |" * 13)
+            continue
+        for kept in [name] + (["none-no-agent"] if paired else []):
+            _keep(raw / kept, out / kept)
+        done.append(name)
+    if done:
+        _log_run(out, done, f"python {shlex.join(sys.argv)}", started)
     rows = [_row(name, out / name) for name in SCENARIOS
             if (out / name / "summary.json").is_file()] + failed
     machines = sorted({f"{p.get('hostname', '?')}, {p.get('cpus', '?')} CPUs "

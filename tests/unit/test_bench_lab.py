@@ -1,0 +1,49 @@
+"""scripts/bench_lab.py's bookkeeping: what of a run goes into docs, and the run log."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench_lab() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_lab", ROOT / "scripts/bench_lab.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_only_what_a_reader_needs_is_kept(tmp_path: Path) -> None:
+    bench = _bench_lab()
+    raw, out = tmp_path / "raw", tmp_path / "docs/dns_latency"
+    (raw / "rep-01").mkdir(parents=True)
+    for name in (*bench.KEPT, "timeline.svg", "timeline-rep-01.svg", "slo-events.jsonl",
+                 "rep-01/probe-events.jsonl"):
+        (raw / name).write_text(name)
+    out.mkdir(parents=True)
+    (out / "stale.txt").write_text("from an older run")
+    bench._keep(raw, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*bench.KEPT, "timeline.svg", "timeline-rep-01.svg"])
+
+
+def test_each_invocation_is_logged_newest_first(tmp_path: Path) -> None:
+    bench = _bench_lab()
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none/provenance.json").write_text(json.dumps(
+        {"commit": "0123456789abcdef", "hostname": "lab-1", "cpus": 2,
+         "cpu_model": "AMD EPYC", "kernel": "6.18.0"}))
+    bench._log_run(tmp_path, ["none"], "python scripts/bench_lab.py --scenarios none",
+                   "2026-12-03 23:30")
+    bench._log_run(tmp_path, ["none", "dns_latency"], "second", "2026-12-04 00:10")
+    text = (tmp_path / "RUNS.md").read_text()
+    assert text.startswith(bench.RUNS_HEADER + "\n\n- 012345678, 2026-12-04 00:10–")
+    first, second = text.split("\n\n", 1)[1].splitlines()
+    assert "none, dns_latency (`second`)" in first
+    assert "kernel 6.18.0: none (`python scripts/bench_lab.py --scenarios none`)" in second
+    assert "2026-12-03 23:30–" in second and "lab-1 (2 CPUs, AMD EPYC)" in second
