@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llm_slo.cli import main
 from llm_slo.errors import LabError
 from llm_slo.incident import FAULT_DOMAINS
 from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params, undo_all
@@ -206,3 +207,35 @@ def test_the_fault_on_now_is_the_row_when_two_touched_the_requests() -> None:
                            faults, [], grace_s=3.0, requests=requests)
     assert cases[0].truths == ("cpu_contention", "network_dns")
     assert cases[0].actual == "cpu_contention"
+
+
+def test_lab_list_shows_every_scenario_with_its_parameters_and_defaults(capsys) -> None:
+    assert main(["lab", "list"]) == 0
+    out = capsys.readouterr().out
+    for sc in SCENARIOS.values():
+        assert sc.name in out and sc.description in out
+        for name, p in sc.params().items():
+            assert f"--set {name}={p.default:g}" in out, (sc.name, name)
+    assert "--set dns.delay_ms=" in out and "ground truth: network_dns" in out
+
+
+def test_provider_faults_pass_retry_after_and_status_and_restore_them() -> None:
+    calls: list[dict[str, float]] = []
+
+    class Lab:
+        def provider_set(self, **knobs: float) -> None:
+            calls.append(knobs)
+
+    for fault, sets, on, off in (
+            ("provider_throttle", ["provider.retry_after_s=5"],
+             {"throttle_rate": 0.5, "retry_after_s": 5},
+             {"throttle_rate": 0.0, "retry_after_s": 1}),
+            ("provider_error", ["provider.error_status=502", "provider.error_pct=20"],
+             {"error_rate": 0.2, "error_status": 502},
+             {"error_rate": 0.0, "error_status": 503})):
+        calls.clear()
+        undo = FAULTS[fault].inject(Lab(), resolve_params(SCENARIOS[fault], parse_sets(sets)))
+        undo()
+        assert calls == [on, off], fault
+    with pytest.raises(LabError, match=r"within 500\.\.599"):
+        resolve_params(SCENARIOS["provider_error"], {"provider.error_status": "429"})
