@@ -37,11 +37,14 @@ from typing import Any, Self
 
 import msgspec
 
+from llm_slo import mounts
 from llm_slo.errors import LabError
 from llm_slo.lab.cgroups import Cgroup, V1Cgroup, V2Cgroup, cgroup2_mount, spawn_in
 from llm_slo.lab.naming import unique_name
 from llm_slo.lab.netns import NetnsPair
 from llm_slo.lab.processes import run_cmd, stop_process
+
+V1_CONTROLLERS = ("cpu", "cpuset", "memory")  # what the lab limits a pod by
 
 ROLES = ("rag", "provider", "vectordb", "dns", "noisy", "loadgen")
 NODE = "lab-node-1"
@@ -135,7 +138,7 @@ class Topology:
         # Kubelet uses the same relative path in every hierarchy; so does the lab, so a
         # v1 cpu.stat path (CFS throttling) names the same pod as the v2 cgroup id.
         cpuset = {"cpuset.cpus": self.rag_cpus, "cpuset.mems": "0"}
-        for controller in ("cpu", "cpuset", "memory"):
+        for controller in V1_CONTROLLERS:
             settings = cpuset if controller == "cpuset" else {}
             top = self._stack.enter_context(V1Cgroup(controller, self.name, settings))
             for role in ("rag", "noisy"):
@@ -212,3 +215,12 @@ def check_environment() -> None:
     for tool in ("ip", "nft", "openssl"):
         if shutil.which(tool) is None:
             raise LabError(f"the incident lab needs `{tool}` on PATH")
+    cgroup2_mount()  # each pod's identity is its cgroup v2 id
+    missing = [c for c in V1_CONTROLLERS if not mounts.cgroup1_mount(c)]
+    if missing:
+        raise LabError(
+            "the incident lab sets CPU pinning, quotas and memory limits through cgroup "
+            f"v1 controllers, and this host mounts none for {', '.join(missing)} (a "
+            "cgroup-v2-only host; the lab needs the hybrid layout, v1 controllers beside "
+            "the v2 tree at /sys/fs/cgroup/unified, e.g. systemd.unified_cgroup_hierarchy=0 "
+            "on the kernel command line). The agent itself needs only cgroup v2.")
