@@ -42,7 +42,7 @@ demo: deps ## incident lab: four real faults in a RAG workload, attributed by th
 	$(PY) -m llm_slo.cli lab run --scenario mixed --phases baseline=20s,fault=15s,recovery=10s \
 		--out out/demo
 
-watch-demo: deps ## watch every signal live for ~20 s while real traffic runs
+watch-demo: deps ## watch every signal live for ~30 s while real traffic runs
 	$(PY) scripts/demo.py
 
 bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs/benchmarks/

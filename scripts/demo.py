@@ -1,4 +1,4 @@
-"""`make demo`: watch every signal live for ~20 s while real traffic of each kind runs.
+"""`make watch-demo`: watch every signal live for ~30 s while real traffic of each kind runs.
 
 Until the incident lab exists this is the newcomer's tour: `sloctl probe watch` runs in
 the foreground while this script provokes each signal for real, in cgroups named like
