@@ -310,3 +310,15 @@ def test_write_run_report_without_provenance_or_reps(tmp_path: Path) -> None:
     assert written == [tmp_path / "report.md"]
     md = written[0].read_text()
     assert "- **Kernel:** n/a" in md and "| macro-F1 | n/a | ≥ 0.95 | — |" in md
+
+
+def test_report_markdown_gives_the_spread_over_repetitions() -> None:
+    summary = {**SUMMARY, "ci95": {"macro_f1": {"mean": 0.95, "lo": 0.91, "hi": 0.99},
+                                   "agent_cpu_pct_with_bpf": {"mean": 1.1, "lo": None,
+                                                              "hi": None},
+                                   "fpr": "garbage"}}
+    lines = report_markdown(summary, command=COMMAND, provenance=PROVENANCE,
+                            chart_files=[]).splitlines()
+    assert "| macro-F1 | 0.950 | 0.910 – 0.990 |" in lines
+    assert "| agent CPU, process + BPF, % | 1.100 | n/a |" in lines
+    assert not any(line.startswith("| FPR |") for line in lines)

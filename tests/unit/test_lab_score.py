@@ -5,6 +5,8 @@ overhead."""
 from __future__ import annotations
 
 import csv
+import math
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,12 +20,14 @@ from llm_slo.lab.lab_score import (
     build_cases,
     burn_rate_errors,
     calm_by_phase,
+    ci95,
     fpr_by_phase,
     latency_overhead,
     peak_rss_mib,
     read_agent_stats,
     read_predictions,
     summarize,
+    t95,
     write_predictions,
 )
 from llm_slo.lab.loadgen import RequestResult, write_jsonl
@@ -224,3 +228,16 @@ def test_false_positive_rate_per_phase(tmp_path: Path) -> None:
     by_phase = fpr_by_phase([calm, rep2])
     assert by_phase["baseline"] == {"fpr": 1 / 8, "false_positives": 1, "cases": 8}
     assert by_phase["recovery"]["fpr"] == 0.0 and list(by_phase) == sorted(by_phase)
+
+
+def test_ci95_uses_students_t_and_keeps_rates_within_bounds() -> None:
+    assert t95(9) == 2.262 and t95(30) == 2.042
+    assert t95(31) == pytest.approx(2.0395, abs=5e-4)  # the series past the table
+    assert t95(120) == pytest.approx(1.9799, abs=5e-4)
+    values = [0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ci = ci95(values, 0.0, 1.0)
+    half = 2.262 * statistics.stdev(values) / math.sqrt(10)
+    assert ci["mean"] == pytest.approx(0.99)
+    assert ci["lo"] == pytest.approx(0.99 - half) and ci["hi"] == 1.0  # not 1.0071
+    assert ci95([0.5]) == {"mean": 0.5, "lo": None, "hi": None}
+    assert ci95([]) == {"mean": None, "lo": None, "hi": None}

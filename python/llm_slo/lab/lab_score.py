@@ -483,15 +483,35 @@ def _median_abs(errors: list[float]) -> dict[str, float | int | None]:
             "n": len(errors)}
 
 
-def ci95(values: list[float]) -> dict[str, float | None]:
-    """Mean and a normal-approximation 95 % interval over repetitions."""
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """Student's t two-sided 95 % quantile; past the table, its series in 1/df (within
+    0.001 of the exact value from 30 degrees of freedom on)."""
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def ci95(values: list[float], lo: float | None = None, hi: float | None = None
+         ) -> dict[str, float | None]:
+    """Mean and a 95 % interval of the mean over repetitions (Student's t: ten
+    repetitions are too few for the normal's 1.96), kept within ``lo``..``hi`` when the
+    metric has bounds (a rate cannot exceed 1)."""
     if not values:
         return {"mean": None, "lo": None, "hi": None}
     mean = statistics.fmean(values)
     if len(values) < 2:
         return {"mean": mean, "lo": None, "hi": None}
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+    half = t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    low, high = mean - half, mean + half
+    return {"mean": mean, "lo": low if lo is None else max(lo, low),
+            "hi": high if hi is None else min(hi, high)}
 
 
 def summarize(results: list[RepResult], *, scenario: str,
@@ -535,11 +555,14 @@ def summarize(results: list[RepResult], *, scenario: str,
                    "errors": sum(r.errors for r in results),
                    "ttft_p99_ms_per_rep": p99},
         "ci95": {"macro_f1": ci95([r.score.macro_f1 for r in results
-                                    if r.score.macro_f1 is not None]),
-                 "fpr": ci95([r.score.fpr for r in results if r.score.fpr is not None]),
-                 "detection_delay_median_s": ci95(per_rep_delay),
-                 "agent_cpu_pct": ci95([r.cpu_pct for r in results]),
+                                    if r.score.macro_f1 is not None], 0.0, 1.0),
+                 "fpr": ci95([r.score.fpr for r in results if r.score.fpr is not None],
+                             0.0, 1.0),
+                 "detection_delay_median_s": ci95(per_rep_delay, 0.0),
+                 "agent_cpu_pct": ci95([r.cpu_pct for r in results], 0.0),
                  "agent_cpu_pct_with_bpf": ci95([r.cpu_pct + r.bpf_cpu_pct for r in results
-                                                 if r.bpf_cpu_pct is not None])},
+                                                 if r.bpf_cpu_pct is not None], 0.0),
+                 "agent_rss_peak_mb": ci95([r.rss_peak_mb for r in results
+                                            if r.rss_peak_mb is not None], 0.0)},
     })
     return out

@@ -394,6 +394,13 @@ _HEADLINE = (
 )
 
 
+_CI95_ROWS = (("macro_f1", "macro-F1"), ("fpr", "FPR"),
+              ("detection_delay_median_s", "detection delay median, s"),
+              ("agent_cpu_pct", "agent CPU, process, %"),
+              ("agent_cpu_pct_with_bpf", "agent CPU, process + BPF, %"),
+              ("agent_rss_peak_mb", "agent peak RSS, MiB"))
+
+
 def _number(value: object) -> float | None:
     """A finite number, or None for null, missing, non-numeric or NaN/inf values."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -508,6 +515,23 @@ def report_markdown(summary: dict[str, Any], *, command: str, provenance: dict[s
     out += ["", "## Results", ""]
     out += _md_table(("metric", "value", "target", "met?"),
                      [(r.metric, r.value, r.target, r.met) for r in _headline_rows(summary)])
+
+    out += ["", "## Over the repetitions", ""]
+    spread = summary.get("ci95")
+    rows = []
+    for key, label in _CI95_ROWS:
+        ci = spread.get(key) if isinstance(spread, dict) else None
+        ci = ci if isinstance(ci, dict) else {}
+        mean, lo, hi = (_number(ci.get(k)) for k in ("mean", "lo", "hi"))
+        if mean is not None:
+            rows.append((label, f"{mean:.3f}", NA if lo is None or hi is None
+                         else f"{lo:.3f} – {hi:.3f}"))
+    if rows:
+        out += ["Mean over repetitions and its 95 % interval (Student's t over the "
+                "per-repetition values; rates kept within 0..1).", ""]
+        out += _md_table(("metric", "mean", "95 % interval"), rows)
+    else:
+        out.append(NA)
 
     out += ["", "## Per-class scores", ""]
     per_class = summary.get("per_class")
