@@ -350,7 +350,9 @@ def _lab(args: argparse.Namespace) -> int:
     try:
         summary = run.run()
     except KeyboardInterrupt:
-        print("\nsloctl: lab run interrupted; everything it made was removed",
+        kept = (f"; its {len(run.results)} finished repetition(s) are scored in "
+                f"{args.out}/" if run.results else "")
+        print(f"\nsloctl: lab run interrupted; everything it made was removed{kept}",
               file=sys.stderr)
         raise
     finally:

@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from llm_slo import mounts
 from llm_slo.bpf.bcc import BccObject, tracefs_root
+from llm_slo.lab.cgroups import cgroup2_mount
+from llm_slo.lab.topology import V1_CONTROLLERS
 from llm_slo.prereq import Host
 from llm_slo.probes import Probe, ProbeOptions
 from llm_slo.probes.base import BpfProbe
@@ -129,3 +132,25 @@ def _header_tree(root: Path) -> str | None:
 def _version_key(path: str) -> list[int | str]:
     """Numbers compared as numbers: 6.1.0-10 is newer than 6.1.0-9."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+
+
+def _lab_leftovers() -> list[str]:
+    """Whatever a lab run made that is still there: namespaces and their /etc/netns
+    files, nftables tables, cgroups in the v2 tree and every v1 hierarchy, processes."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    roots = [cgroup2_mount()] + [Path(p) for c in V1_CONTROLLERS
+                                 if (p := mounts.cgroup1_mount(c))]
+    procs = subprocess.run(["pgrep", "-af", "llm_slo.lab.|llm_slo.cli agent"],
+                           capture_output=True, text=True).stdout
+    return ([ln for ln in out.splitlines() if ln.startswith("llm-slo-lab")]
+            + [str(p) for p in Path("/etc/netns").glob("llm-slo-lab*")]
+            + [ln for ln in tables.splitlines() if "llm-slo-lab" in ln]
+            + [str(p) for root in roots for p in root.glob("llm-slo-lab*")]
+            + [ln for ln in procs.splitlines() if "pgrep" not in ln])
+
+
+@pytest.fixture
+def lab_leftovers() -> Callable[[], list[str]]:
+    """:func:`_lab_leftovers` as a fixture: what lab runs left on this host."""
+    return _lab_leftovers

@@ -284,24 +284,38 @@ class LabRun:
                            f"{total:.0f} s, output in {self.out}"
                            + (f" and {self.paired_no_agent} (no agent)"
                               if self.paired_no_agent else ""))
-        with Topology(self.out / "lab") as topo:
-            services = LabServices(topo, seed=self.seed, max_s=max_s)
-            services.start(self.out / "lab")
-            for rep in range(1, self.reps + 1):
-                if self.paired_no_agent is None:
-                    self.results.append(self._rep(rep, topo, services, self.out,
-                                                  with_agent=self.with_agent))
-                    continue
-                # Each repetition twice on the same load, with and without the agent,
-                # the order alternating: a slow stretch of the machine then falls on
-                # both sides of the comparison instead of on one run.
-                for with_agent in (True, False) if rep % 2 else (False, True):
-                    out = self.out if with_agent else self.paired_no_agent
-                    (self.results if with_agent else self.paired_results).append(
-                        self._rep(rep, topo, services, out, with_agent=with_agent))
+        try:
+            with Topology(self.out / "lab") as topo:
+                services = LabServices(topo, seed=self.seed, max_s=max_s)
+                services.start(self.out / "lab")
+                for rep in range(1, self.reps + 1):
+                    if self.paired_no_agent is None:
+                        self.results.append(self._rep(rep, topo, services, self.out,
+                                                      with_agent=self.with_agent))
+                        continue
+                    # Each repetition twice on the same load, with and without the
+                    # agent, the order alternating: a slow stretch of the machine then
+                    # falls on both sides of the comparison instead of on one run.
+                    for with_agent in (True, False) if rep % 2 else (False, True):
+                        out = self.out if with_agent else self.paired_no_agent
+                        (self.results if with_agent else self.paired_results).append(
+                            self._rep(rep, topo, services, out, with_agent=with_agent))
+        except KeyboardInterrupt:
+            # The lab is gone by now; the repetitions that finished are still worth
+            # their scores (a long benchmark stopped at rep 8 of 10 keeps 7).
+            if self.results:
+                self._write(started, interrupted=True)
+            raise
+        return self._write(started)
+
+    def _write(self, started: float, *, interrupted: bool = False) -> dict[str, Any]:
+        """Score the finished repetitions into the run's artifacts; the summary."""
         provenance = _provenance(self.seed, started, time.time(), self.command)
         summary = summarize(self.results, scenario=self.scenario.name, params=self.params)
-        if self.paired_no_agent is not None:
+        if interrupted:
+            summary["interrupted"] = {"reps_done": len(self.results),
+                                      "reps_planned": self.reps}
+        if self.paired_no_agent is not None and not interrupted:
             overhead = latency_overhead(self.results, self.paired_results)
             summary.update(latency_overhead={**overhead, "no_agent_run":
                                              str(self.paired_no_agent)},
