@@ -68,6 +68,20 @@ def test_tcp_query_and_servfail(open_probe, collect, server_addr: str) -> None:
     assert 40 <= ev.latency_ms <= 200
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_ipv6_query(open_probe, collect, proto: str) -> None:
+    """Over IPv6 (::1) the port check and parse find the query and its answer too."""
+    probe = open_probe(DnsLatency, dns_slow_ms=0)
+    name = f"v6-{proto}.lab"
+    with DnsServer("::1", 53, delay_s=0.05, answers={f"{name}.": "10.0.0.9"}):
+        out = dig("::1", name, *(["+tcp"] if proto == "tcp" else [])).communicate(timeout=10)
+        assert "10.0.0.9" in out[0]
+        records = collect(probe, lambda r: isinstance(r, DnsEvent) and r.qname == name)
+    ev = next(r for r in records if isinstance(r, DnsEvent) and r.qname == name)
+    assert ev.conn.dst_ip == "::1" and ev.conn.protocol == proto and ev.rcode == 0
+    assert 40 <= ev.latency_ms <= 200
+
+
 def test_unanswered_query_is_a_timeout(open_probe, collect, server_addr: str) -> None:
     """A query the server never answers is aged out of the kernel map as a timeout."""
     probe = open_probe(DnsLatency, dns_slow_ms=0, dns_timeout_s=1.0)
