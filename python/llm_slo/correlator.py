@@ -23,6 +23,11 @@ every signal a fourth key. A signal that carries a trace id is indexed under it 
 it names its request, so joining it to other requests by proximity would be wrong.
 Signals without a pod (host processes, node-wide steal) join by trace id only.
 
+The pod+pid tier keeps to the span's own work: a span that names its thread (``thread.id``)
+or its connection takes no signal of another thread or connection of the process (a
+server runs many requests in one process; their lookups and connects are not each
+other's). Signals with no thread (tid 0) or no connection are not excluded.
+
 Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). In
 Python the cost is per object touched, so the hot paths touch each signal a few times
 in list comprehensions and leave the rest to numpy; Matches are built only for the kept
@@ -190,6 +195,12 @@ def _span_key_tuple(span: Span) -> tuple[Any, Any, Any, Any]:
             (service, node) if service and node else None)
 
 
+def _span_thread(span: Span) -> int:
+    """The thread the span's work ran on (OpenTelemetry's ``thread.id``), 0 if unnamed."""
+    v = span.attributes.get("thread.id")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
 # Columnar storage. A chunk's signals are sorted per kind by a composite int64: the key's
 # id in the high bits, the time since the chunk's first signal in the low ones, so one
 # ``searchsorted`` finds a (key, time range) for thousands of spans at once.
@@ -290,13 +301,15 @@ class _Chunk:
     ``by_key[kind]``: (composite keys sorted, their rows).
     """
 
-    __slots__ = ("by_key", "gone", "key", "node", "sev", "signals", "t_max", "t_min", "ts",
-                 "uid0")
+    __slots__ = ("by_key", "gone", "key", "node", "sev", "signals", "t_max", "t_min", "tid",
+                 "ts", "uid0")
 
     def __init__(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                 node: np.ndarray, key: dict[str, np.ndarray], uid0: int, gone: int = 0,
+                 node: np.ndarray, tid: np.ndarray, key: dict[str, np.ndarray], uid0: int,
+                 gone: int = 0,
                  by_key: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.signals, self.ts, self.sev, self.node, self.key = signals, ts, sev, node, key
+        self.tid = tid
         self.uid0, self.gone = uid0, gone  # gone: rows already counted as evicted
         self.t_min, self.t_max = int(ts.min()), int(ts.max())
         if by_key is None:
@@ -331,8 +344,38 @@ class _Chunk:
         return _Chunk(self.signals + later.signals, np.concatenate([self.ts, later.ts]),
                       np.concatenate([self.sev, later.sev]),
                       np.concatenate([self.node, later.node]),
+                      np.concatenate([self.tid, later.tid]),
                       {k: np.concatenate([v, later.key[k]]) for k, v in self.key.items()},
                       self.uid0, self.gone + later.gone, by_key)
+
+
+class _Work(msgspec.Struct, frozen=True):
+    """What queries name of their span's work, indexed like the query arrays: thread id
+    (0: none named), connection key id (-1: none named, -2: one no signal has); and,
+    indexed by span, the spans' intervals."""
+
+    thread: np.ndarray
+    conn: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def admit(self, ch: _Chunk, r: np.ndarray, q: np.ndarray, span: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, query) pairs of chunk ``ch`` whose signal is the query's work
+        (``span``: each query's span)."""
+        q_tid, s_tid, q_conn, s_conn = self.thread[q], ch.tid[r], self.conn[q], ch.key["conn"][r]
+        mine = (s_tid == q_tid) & (q_tid != 0)
+        keep = (mine | (q_tid == 0) | (s_tid == 0)) & (
+            (q_conn == -1) | (s_conn < 0) | (s_conn == q_conn))
+        own = np.flatnonzero(keep & mine)
+        if len(own):  # per signal, only the nearest of its thread's spans
+            ts, sp = ch.ts[r[own]], span[q[own]]
+            dist = np.maximum(np.maximum(self.start[sp] - ts, ts - self.end[sp]), 0)
+            sig, inv = np.unique(r[own], return_inverse=True)
+            nearest = np.full(len(sig), np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(nearest, inv, dist)
+            keep[own[dist > nearest[inv]]] = False
+        return r[keep], q[keep]
 
 
 class _Candidates(msgspec.Struct, frozen=True):
@@ -414,6 +457,7 @@ class SignalIndex:
         # Column by column: one pass per field costs less than one Python step per
         # signal and field (measured by scripts/bench_correlator.py).
         ts = np.fromiter([g.ts_unix_nano for g in batch], np.int64, n)
+        tid = np.fromiter([g.tid for g in batch], np.int64, n)
         pods = [g.pod for g in batch]
         tids = [g.trace_id for g in batch]
         traced = [i for i, t in enumerate(tids) if t and t.lower() != _NULL_TRACE]
@@ -430,7 +474,7 @@ class SignalIndex:
             ix = keep.tolist()
             batch, pods, tids = [batch[i] for i in ix], [pods[i] for i in ix], \
                 [tids[i] for i in ix]
-            ts, kind_of, n = ts[keep], kind_of[keep], len(ix)
+            ts, tid, kind_of, n = ts[keep], tid[keep], kind_of[keep], len(ix)
             pod_rows = np.flatnonzero(kind_of == 1)
             traced_rows = np.flatnonzero(kind_of == 2)
         else:
@@ -466,15 +510,15 @@ class SignalIndex:
             for part in np.split(order, np.flatnonzero(np.diff(slot)) + 1):
                 part = np.sort(part)
                 self._append([batch[i] for i in part.tolist()], ts[part], sev[part],
-                              node[part], {k: v[part] for k, v in key.items()})
+                              node[part], tid[part], {k: v[part] for k, v in key.items()})
         else:
-            self._append(batch, ts, sev, node, key)
+            self._append(batch, ts, sev, node, tid, key)
         self.size += n
         return n
 
     def _append(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                node: np.ndarray, key: dict[str, np.ndarray]) -> None:
-        ch = _Chunk(signals, ts, sev, node, key, self._uid)
+                node: np.ndarray, tid: np.ndarray, key: dict[str, np.ndarray]) -> None:
+        ch = _Chunk(signals, ts, sev, node, tid, key, self._uid)
         self._uid += len(signals)
         for kind, (comp, rows) in ch.by_key.items():
             self.keys[kind].saw(comp, ts[rows])
@@ -569,9 +613,14 @@ class SignalIndex:
         return self._nodes.get(node)
 
     def find(self, kind: str, tier: int, span: np.ndarray, key: np.ndarray, lo: np.ndarray,
-             hi: np.ndarray, node: np.ndarray | None = None) -> _Candidates:
+             hi: np.ndarray, node: np.ndarray | None = None,
+             work: _Work | None = None) -> _Candidates:
         """Every signal under ``key[i]`` (of ``kind``) with time in [lo[i], hi[i]], for
-        each query i, as candidates of ``span[i]``; with ``node``, only from that node."""
+        each query i, as candidates of ``span[i]``; with ``node``, only from that node;
+        with ``work``, only signals that belong to no other thread or connection than
+        the query's, and a signal of the query's own thread only if no query of that
+        thread is nearer to it (a thread does one thing at a time: the lookup running
+        when the signal came is its work, not the one that ended just before)."""
         lo = np.maximum(lo, self.bound)  # evicted rows may linger in a live chunk
         parts: list[tuple[np.ndarray, ...]] = []
         for ci, ch in enumerate(self.chunks):
@@ -594,6 +643,8 @@ class SignalIndex:
             if node is not None:
                 same = ch.node[r] == node[q]
                 r, q = r[same], q[same]
+            if work is not None:
+                r, q = work.admit(ch, r, q, span)
             parts.append((span[q], ch.ts[r], ch.sev[r], ch.uid0 + r, (ci << 32) | r))
         if not parts:
             return _Candidates.none()
@@ -664,18 +715,19 @@ class Correlator:
         s = np.fromiter([sp.start_unix_nano for sp in spans], np.int64, n) + off
         e = np.maximum(np.fromiter([sp.end_unix_nano for sp in spans], np.int64, n) + off, s)
         enriching = [t for t in self._tiers if t[1] >= c.threshold]
-        found = self._find(enriching, keys, np.arange(n), s, e)
+        found = self._find(enriching, spans, keys, np.arange(n), s, e)
         joins = np.bincount(found.span, minlength=n)
         best = self._best(found, s, e)
         diags: _Candidates | None = None
         if len(self._tiers) > len(enriching) and (lonely := np.flatnonzero(joins == 0)).size:
             # Diagnostics only explain spans that nothing enriches.
-            diags = self._best(self._find(self._tiers[len(enriching):], keys, lonely, s, e),
-                               s, e)
+            diags = self._best(self._find(self._tiers[len(enriching):], spans, keys, lonely,
+                                          s, e), s, e)
         return self._assemble(spans, joins, best, diags, s, e)
 
-    def _find(self, tiers: list[tuple[Any, ...]], keys: list[tuple[Any, ...]],
-              which: np.ndarray, s: np.ndarray, e: np.ndarray) -> _Candidates:
+    def _find(self, tiers: list[tuple[Any, ...]], spans: list[Span],
+              keys: list[tuple[Any, ...]], which: np.ndarray, s: np.ndarray, e: np.ndarray
+              ) -> _Candidates:
         """_Candidates of the spans ``which`` at ``tiers``, each signal at its best tier."""
         index = self.index
         found: list[_Candidates] = []
@@ -696,7 +748,9 @@ class Correlator:
                 continue
             q_span = which[has]
             q_key = np.array([ids[i] for i in has], np.int64)
-            found.append(index.find(kind, tier, q_span, q_key, s[q_span] - w, e[q_span] + w))
+            found.append(index.find(kind, tier, q_span, q_key, s[q_span] - w, e[q_span] + w,
+                                    work=self._work(spans, keys, q_span, s, e)
+                                    if kind == "pid" else None))
         found = [f for f in found if len(f.span)]
         if not found:
             return _Candidates.none()
@@ -708,6 +762,20 @@ class Correlator:
             first = order[np.append(True, ident[1:] != ident[:-1])]
             out = out.take(first)
         return out
+
+    def _work(self, spans: list[Span], keys: list[tuple[Any, ...]], which: np.ndarray,
+              s: np.ndarray, e: np.ndarray) -> _Work | None:
+        """The thread and connection each span names (see ``SignalIndex.find``); None
+        when no span names either, so the pod+pid tier skips the filter."""
+        rows = which.tolist()
+        threads = [_span_thread(spans[i]) for i in rows]
+        conns = [keys[i][2] for i in rows]
+        if not any(threads) and not any(conns):
+            return None
+        get = self.index.keys["conn"].ids.get
+        return _Work(np.array(threads, np.int64),
+                     np.array([-1 if c is None else get(c, -2) for c in conns], np.int64),
+                     s, e)
 
     def _service_queries(self, keys: list[tuple[Any, ...]], which: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

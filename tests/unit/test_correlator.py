@@ -37,12 +37,13 @@ CONN = ConnTuple("10.0.0.5", "10.0.0.9", 41000, 443, "tcp")
 def sig(t_ms: float = 0.0, *, signal: str = "dns_latency_ms", value: float = 1.0,
         pod: str = "api-0", pid: int = 0, conn: ConnTuple | None = None,
         trace_id: str | None = None, node: str = "n1", status: str = "ok",
-        ts: int | None = None) -> ProbeEvent:
-    """A ProbeEvent at ``t_ms`` after T0 (exact integer ns via ``ts`` when given)."""
+        ts: int | None = None, tid: int | None = None) -> ProbeEvent:
+    """A ProbeEvent at ``t_ms`` after T0 (exact integer ns via ``ts`` when given); its
+    thread is the process's main thread unless ``tid`` says otherwise."""
     return ProbeEvent(ts_unix_nano=ts if ts is not None else T0 + round(t_ms * MS),
                       signal=signal, node=node, namespace="ns", pod=pod, container="c",
-                      pid=pid, tid=pid, value=value, unit="ms", status=status,  # type: ignore[arg-type]
-                      conn_tuple=conn, trace_id=trace_id)
+                      pid=pid, tid=pid if tid is None else tid, value=value, unit="ms",
+                      status=status, conn_tuple=conn, trace_id=trace_id)  # type: ignore[arg-type]
 
 
 def span(dur_ms: float = 50.0, *, trace_id: str = TRACE, pod: str = "api-0", pid: int = 42,
@@ -319,13 +320,15 @@ def test_config_validation_and_defaults():
 
 PODS = ["api-0", "api-1", "db-0", ""]
 TRACES = [TRACE, OTHER_TRACE, None]
-CONNS = [CONN, ConnTuple("::ffff:10.0.0.5", "10.0.0.9", 41000, 443, "TCP"), None]
+OTHER_CONN = ConnTuple("10.0.0.5", "10.0.0.9", 41001, 443, "tcp")
+CONNS = [CONN, ConnTuple("::ffff:10.0.0.5", "10.0.0.9", 41000, 443, "TCP"), OTHER_CONN, None]
 
 
 @st.composite
 def signal_st(draw: Any, pods: list[str] = PODS) -> ProbeEvent:
     return sig(ts=T0 + draw(st.integers(-3_000 * MS, 3_000 * MS)),
                pod=draw(st.sampled_from(pods)), pid=draw(st.sampled_from([0, 42, 43])),
+               tid=draw(st.sampled_from([None, 0, 7])),
                conn=draw(st.sampled_from(CONNS)), trace_id=draw(st.sampled_from(TRACES)),
                node=draw(st.sampled_from(["n1", "n2"])), value=draw(st.floats(0, 1000)),
                status=draw(st.sampled_from(["ok", "warning", "error"])),
@@ -340,8 +343,11 @@ configs = st.builds(CorrelationConfig,
                     pod_pid_confidence=st.sampled_from([0.9, 0.75, 0.95]),
                     pod_conn_confidence=st.sampled_from([0.8, 0.95, 0.6]),
                     service_node_confidence=st.sampled_from([0.65, 0.99, 0.8]))
-spans_st = st.builds(lambda d, o: span(d, attrs=CONN_ATTRS, start=T0 + o * MS),
-                     st.integers(0, 1_500), st.integers(-500, 500))
+spans_st = st.builds(
+    lambda d, o, conn, thread: span(d, attrs={**(CONN_ATTRS if conn else {}),
+                                             **({"thread.id": thread} if thread else {})},
+                                    start=T0 + o * MS),
+    st.integers(0, 1_500), st.integers(-500, 500), st.booleans(), st.sampled_from([0, 42, 7]))
 
 
 def _tier_of(c: CorrelationConfig) -> dict[str, tuple[float, float]]:
@@ -401,11 +407,15 @@ def _oracle(signals: list[ProbeEvent], sp: Span, c: CorrelationConfig) -> tuple[
         elif g.pod:
             w = {k: min(v, c.window_ms) for k, v in (("pid", c.pod_pid_window_ms),
                  ("conn", c.pod_conn_window_ms), ("svc", c.service_node_window_ms))}
-            if g.pid > 0 and (g.pod, g.pid) == keys["pid"] and d <= w["pid"]:
-                ok.append(c.pod_pid_confidence)
             ck = g.conn_tuple and canonical_conn(g.conn_tuple.src_ip, g.conn_tuple.src_port,
                                                  g.conn_tuple.dst_ip, g.conn_tuple.dst_port,
                                                  g.conn_tuple.protocol)
+            thread = sp.attributes.get("thread.id", 0)
+            other_work = (thread and g.tid and g.tid != thread) or (
+                keys["conn"] and ck and ck != keys["conn"][1])
+            if (g.pid > 0 and (g.pod, g.pid) == keys["pid"] and d <= w["pid"]
+                    and not other_work):
+                ok.append(c.pod_pid_confidence)
             if ck and (g.pod, ck) == keys["conn"] and d <= w["conn"]:
                 ok.append(c.pod_conn_confidence)
             if (SERVICES.get(g.pod), g.node) == keys["svc"] and d <= w["svc"]:
@@ -591,3 +601,42 @@ def test_reused_key_id_never_sees_the_old_keys_signals():
     assert idx.keys["pid"].ids[("db-0", 9)] == freed
     es = Correlator(index=idx).correlate(span(3_100, pod="db-0", pid=9, start=T0))
     assert [m.signal.pod for m in es.matches] == ["db-0"]
+
+
+def test_pod_pid_tier_keeps_to_the_spans_thread_and_connection():
+    # Same pod and pid, inside the span: a signal of another thread or of another
+    # connection is other work of the process; unnamed on either side, it still joins.
+    main, worker = sig(1, pid=42), sig(2, pid=42, tid=7)
+    mine, other = sig(3, pid=42, conn=CONN), sig(4, pid=42, conn=OTHER_CONN)
+    anon = sig(5, pid=42, tid=0)  # a thread the probe could not tell
+    signals = [main, worker, mine, other, anon]
+
+    def joined(sp: Span) -> set[int]:
+        es, _ = run(signals, sp, CorrelationConfig(max_fanout=10))
+        return {id(m.signal) for m in es.matches if m.tier == POD_PID}
+
+    assert joined(span()) == {id(g) for g in signals}
+    assert joined(span(attrs={"thread.id": 7})) == {id(worker), id(anon)}
+    assert joined(span(attrs={"thread.id": 42})) == {id(main), id(mine), id(other), id(anon)}
+    assert joined(span(attrs=CONN_ATTRS)) == {id(main), id(worker), id(mine), id(anon)}
+    both = span(attrs={**CONN_ATTRS, "thread.id": 42})
+    assert joined(both) == {id(main), id(mine), id(anon)}
+
+
+def test_a_threads_signal_joins_the_nearest_span_of_that_thread():
+    # Two lookups in turn on thread 7, 30 ms apart; a loop span (thread 42) over both.
+    first = span(20, attrs={"thread.id": 7}, trace_id=TRACE)
+    second = span(20, attrs={"thread.id": 7}, trace_id=OTHER_TRACE, start=T0 + 50 * MS)
+    loop = span(100, attrs={"thread.id": 42}, start=T0 - 10 * MS)
+    during_second = sig(60, pid=42, tid=7)
+    gap, tie = sig(30, pid=42, tid=7), sig(35, pid=42, tid=7)  # 10/20 and 15/15 ms off
+    idx = SignalIndex(CorrelationConfig(max_fanout=10))
+    idx.add([during_second, gap, tie])
+    got = Correlator(index=idx).correlate_many([first, second, loop])
+    joined = [{id(m.signal) for m in es.matches} for es in got]
+    assert joined[0] == {id(gap), id(tie)}
+    assert joined[1] == {id(during_second), id(tie)}
+    assert joined[2] == set()  # another thread's work
+    # Without a thread named, both lookups would take every one of them.
+    plain = [msgspec.structs.replace(sp, attributes={}) for sp in (first, second)]
+    assert all(len(es.matches) == 3 for es in Correlator(index=idx).correlate_many(plain))
