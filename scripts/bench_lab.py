@@ -5,7 +5,8 @@ files, about 1 GB a run: kept out of the repository), copies what a reader needs
 ``--out/<scenario>/`` (summary, report, scores, predictions, confusion matrix,
 provenance, the timelines), appends the run to ``--out/RUNS.md`` and writes
 ``--out/README.md``: the command, machine, date and the headline metrics per scenario,
-straight from each run's summary.json.
+straight from each run's summary.json. It refuses to run scenarios unless ``llm_slo``
+is this checkout's and the checkout has no uncommitted changes: the rows name a commit.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llm_slo
 from llm_slo.lab.faults import SCENARIOS
 from llm_slo.lab.lab_score import read_predictions
+from llm_slo.lab.runner import git_output
 from llm_slo.scoring import score
 
 SINGLE_FAULT = [name for name, sc in SCENARIOS.items()
@@ -126,12 +129,29 @@ def _row(name: str, run_dir: Path) -> str:
         _fmt(s["detection_delay_s"].get("median"), 2),
         _fmt((s.get("detection_after_break_s") or {}).get("median"), 2),
         f"{s['detection_delay_s'].get('missed', 'n/a')}",
-        _fmt((s.get("correlation") or {}).get("precision")),
+        # Runs before the rag's truth log judged span joins called ProbeEvent -> pod
+        # "correlation": not comparable, so not shown.
+        *((_fmt(c.get("precision")), _fmt(c.get("recall")))
+          if "identity" in s and (c := s.get("correlation") or {}) else ("n/a", "n/a")),
         _fmt(s["overhead"].get("cpu_pct"), 2), _fmt(s["overhead"].get("cpu_pct_with_bpf"), 2),
         _fmt(s["overhead"].get("rss_mb"), 1), _fmt(s["overhead"].get("rss_peak_mb"), 1),
         str(prov.get("commit", "?"))[:9], str(prov.get("started", "?"))[:16],
         s.get("truth_rule", "active_faults"),
     ]) + " |"
+
+
+def _unfit_checkout() -> str | None:
+    """Why the runs would not be of this checkout's committed code, if they would not:
+    the rows name a commit, so the agent must be that commit's, unchanged."""
+    here = Path(__file__).resolve().parents[1]
+    used = Path(llm_slo.__file__).resolve().parents[2]
+    if used != here:
+        return (f"llm_slo is imported from {used}, not from this checkout ({here}): "
+                "install it here (`make deps`, or `pip install --no-deps -e .` in this "
+                "checkout's virtualenv)")
+    if git_output("status", "--porcelain", "--untracked-files=no"):
+        return f"{here} has uncommitted changes: commit them, or run from a clean clone"
+    return None
 
 
 def main() -> int:
@@ -149,6 +169,9 @@ def main() -> int:
     out, raw = Path(args.out), Path(args.raw)
     failed, done = [], []
     names = [n for n in args.scenarios.split(",") if n]
+    if names and (why := _unfit_checkout()):
+        print(f"bench_lab: {why}", file=sys.stderr)
+        return 2
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for name in names:
         run_dir = raw / name
@@ -182,9 +205,12 @@ def main() -> int:
            ("Machine: " if len(machines) < 2 else "Machines (each run's provenance.json "
             "says which): ") + ("; ".join(machines) or "?"), "",
            "| scenario | macro-F1 | FPR | FPR baseline | delay median s | after SLO broke s | "
-           "missed episodes | corr. precision | agent CPU % | with BPF % | RSS MiB | "
-           "peak RSS MiB | commit | run started | truths by |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "missed episodes | joins precision | joins recall | agent CPU % | with BPF % | "
+           "RSS MiB | peak RSS MiB | commit | run started | truths by |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "Joins: the correlator's span joins of the kernel events whose request the rag's "
+           "own truth log names (its lookups by thread, its connections by address), "
+           "judged by trace (docs/lab.md, \"Span joins\"); n/a for runs before that log. "
            "FPR: fault domains named in calm cases (baseline, recovery, and the calm part of "
            "a fault phase); FPR baseline: the baseline phase alone. Agent CPU: the agent "
            "process over the load, % of all the machine's CPUs; with BPF: plus the run "

@@ -47,3 +47,16 @@ def test_each_invocation_is_logged_newest_first(tmp_path: Path) -> None:
     assert "none, dns_latency (`second`)" in first
     assert "kernel 6.18.0: none (`python scripts/bench_lab.py --scenarios none`)" in second
     assert "2026-12-03 23:30–" in second and "lab-1 (2 CPUs, AMD EPYC)" in second
+
+
+def test_runs_only_this_checkouts_committed_code(monkeypatch, tmp_path: Path) -> None:
+    bench = _bench_lab()
+    monkeypatch.setattr(bench, "git_output", lambda *args: "")
+    assert bench._unfit_checkout() is None
+    monkeypatch.setattr(bench, "git_output", lambda *args: " M python/llm_slo/agent.py")
+    assert "uncommitted changes" in (bench._unfit_checkout() or "")
+    # A virtualenv installed from another clone runs that clone's code.
+    other = tmp_path / "clone/python/llm_slo/__init__.py"
+    monkeypatch.setattr(bench.llm_slo, "__file__", str(other))
+    why = bench._unfit_checkout() or ""
+    assert str(tmp_path / "clone") in why and "not from this checkout" in why

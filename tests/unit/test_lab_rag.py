@@ -106,6 +106,7 @@ class Lab(msgspec.Struct, kw_only=True):
     vectordb: VectorDbEmulator
     receiver: ReceiverThread
     rag: RagService
+    truth: Path
 
     @property
     def url(self) -> str:
@@ -113,7 +114,8 @@ class Lab(msgspec.Struct, kw_only=True):
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    truth = tmp_path_factory.mktemp("rag") / "truth.jsonl"
     # ExitStack: whatever started is stopped, in reverse order, also when a start fails.
     with contextlib.ExitStack() as stack:
         provider = stack.enter_context(ProviderEmulator(ttft_ms=PROVIDER_TTFT_MS,
@@ -124,8 +126,9 @@ def lab() -> Iterator[Lab]:
             provider_url=f"https://localhost:{provider.port}",
             vectordb_url=f"http://localhost:{vectordb.port}", cafile=provider.cafile,
             otlp_endpoint=receiver.endpoint, pod="rag-7f9c", namespace="lab-ns",
-            node="node-a")))
-        yield Lab(provider=provider, vectordb=vectordb, receiver=receiver, rag=rag)
+            node="node-a", truth_path=str(truth))))
+        yield Lab(provider=provider, vectordb=vectordb, receiver=receiver, rag=rag,
+                  truth=truth)
 
 
 def samples(spans: list[Span], name: str) -> list[SliSample]:
@@ -162,7 +165,7 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
     assert after_first[len(after_first) // 2] >= 0.8, after_first
 
     assert lab.rag.force_flush()
-    groups = lab.receiver.by_request({r.request_id for r in run.results}, 4)
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, 6)
     arrival = {id(s): i for i, s in enumerate(lab.receiver.spans)}
     for r in run.results:
         spans = groups[r.request_id]
@@ -170,7 +173,7 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
         client = one(spans, SPAN_KIND_CLIENT, "chat ")
         retrieval = one(spans, SPAN_KIND_CLIENT, "retrieval ")
         first = one(spans, SPAN_KIND_INTERNAL, "first token ")
-        assert len(spans) == 4
+        assert len(spans) == 6  # and two lookups, below
         assert {s.trace_id for s in spans} == {server.trace_id}
         assert client.parent_span_id == retrieval.parent_span_id == first.parent_span_id \
             == server.span_id
@@ -188,6 +191,7 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
         assert client.attributes["server.port"] == lab.provider.port
         assert client.attributes["http.response.status_code"] == 200
         assert client.attributes["network.peer.address"] == "127.0.0.1"
+        assert client.attributes["network.local.address"] == "127.0.0.1"
         assert server.attributes["gen_ai.usage.output_tokens"] == r.tokens
         assert client.attributes["gen_ai.usage.output_tokens"] == r.tokens
 
@@ -207,13 +211,43 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
                                          "node-a", os.getpid())
         assert ttft.request_id == r.request_id
 
+    # The truth log: per request, its two lookups (on resolver threads) and its two
+    # connections, with the ports its client spans report.
+    truth = [msgspec.json.decode(line) for line in lab.truth.read_bytes().splitlines()]
+    for r in run.results:
+        spans = groups[r.request_id]
+        mine = [t for t in truth if t["trace_id"] == spans[0].trace_id]
+        lookups = [t for t in mine if t["kind"] == "resolve"]
+        assert sorted(t["host"] for t in lookups) == ["localhost", "localhost"]
+        assert all(t["tid"] != threading.get_native_id() and t["start_ns"] <= t["end_ns"]
+                   for t in lookups)
+        conns = {t["lport"]: t for t in mine if t["kind"] == "conn"}
+        clients = [s for s in spans if s.kind == SPAN_KIND_CLIENT]
+        assert sorted(conns) == sorted(s.attributes["network.local.port"] for s in clients)
+        for c in clients:
+            t = conns[c.attributes["network.local.port"]]
+            assert t["pport"] == c.attributes["network.peer.port"]
+            assert c.start_unix_nano <= t["start_ns"] <= t["end_ns"] <= c.end_unix_nano
+        # Each lookup is a span of the request, timed and threaded as it ran.
+        server = one(spans, SPAN_KIND_SERVER, "chat ")
+        resolves = [x for x in spans if x.name == "resolve localhost"]
+        assert sorted((x.attributes["thread.id"], x.start_unix_nano, x.end_unix_nano)
+                      for x in resolves) == sorted((t["tid"], t["start_ns"], t["end_ns"])
+                                                   for t in lookups)
+        assert {x.parent_span_id for x in resolves} == {server.span_id}
+        # The loop's spans name the loop's thread; the SERVER span its own connection.
+        (loop_tid,) = {x.attributes["thread.id"] for x in spans if x not in resolves}
+        assert loop_tid not in {t["tid"] for t in lookups}
+        assert server.attributes["network.local.port"] == lab.rag.port
+
     # The engine counts one TTFT per request: the first-token span's, as it came first.
     engine = SloEngine()
     events = engine.add_spans(sorted((s for g in groups.values() for s in g),
                                      key=lambda s: arrival[id(s)]))
     ttft_events = [e for e in events if e.sli_name == "ttft_ms"]
     assert sorted(e.request_id for e in ttft_events) == sorted(r.request_id for r in run.results)
-    firsts = {s.span_id for g in groups.values() for s in g if s.kind == SPAN_KIND_INTERNAL}
+    firsts = {s.span_id for g in groups.values() for s in g
+              if s.kind == SPAN_KIND_INTERNAL and s.name.startswith("first token ")}
     assert {e.labels["span_id"] for e in ttft_events} == firsts
     assert engine.counters["ttft_repeats"] == len(run.results)
 
@@ -232,7 +266,7 @@ def test_provider_faults_give_error_spans(lab: Lab, mode: str, client_status: in
         (client_status, f"http_{client_status}", None)}
 
     assert lab.rag.force_flush()
-    groups = lab.receiver.by_request({r.request_id for r in run.results})
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, 5)
     provider_status = 429 if mode == "throttle" else 503
     for spans in groups.values():
         server = one(spans, SPAN_KIND_SERVER, "chat ")
@@ -247,8 +281,8 @@ def test_provider_faults_give_error_spans(lab: Lab, mode: str, client_status: in
         assert (perr.value, perr.detail) == (1.0, detail)
         assert samples(spans, "ttft_ms") == []
         assert [s.value for s in samples(spans, "error_rate")] == [1.0, 1.0]
-    # 10 requests, each failed at the provider once: no retries.
-    assert sum(len(g) for g in groups.values()) == 30
+    # 10 requests, each failed at the provider once: no retries (and two lookups each).
+    assert sum(len(g) for g in groups.values()) == 10 * (3 + 2)
 
 
 def test_retrieval_failure_fails_the_request_before_the_provider(lab: Lab) -> None:
@@ -360,9 +394,9 @@ def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:
         assert proc.wait(15.0) == 0
     finally:
         stop_process(proc)
-    groups = lab.receiver.by_request({r.request_id for r in run.results}, 4, timeout_s=2.0)
+    groups = lab.receiver.by_request({r.request_id for r in run.results}, 6, timeout_s=2.0)
     for spans in groups.values():
-        assert len(spans) == 4
+        assert len(spans) == 6  # two of them lookups
         assert {s.resource["process.pid"] for s in spans} == {proc.pid}
         assert {s.resource["k8s.pod.name"] for s in spans} == {"rag-sub"}
 

@@ -199,8 +199,8 @@ def test_results_table_judges_each_target() -> None:
     assert rows["FPR (baseline/recovery)"] == ["0.004", "≤ 0.01", "met"]
     assert rows["detection delay median"] == ["0.80 s", "≤ 1 s", "met"]
     assert rows["detection delay p95"] == ["1.70 s", "—", "—"]
-    assert rows["correlation precision"] == ["0.970", "≥ 0.95", "met"]
-    assert rows["correlation recall"] == ["n/a", "≥ 0.9", "—"]
+    assert rows["span joins precision (rag's truth)"] == ["0.970", "≥ 0.95", "met"]
+    assert rows["span joins recall (rag's truth)"] == ["n/a", "≥ 0.9", "—"]
     assert rows["agent CPU, process"] == ["0.90 %", "—", "—"]
     assert rows["agent CPU, its BPF programs"] == ["0.50 %", "—", "—"]
     assert rows["agent CPU, process + BPF"] == ["1.40 %", "≤ 1 %", "not met"]
@@ -215,13 +215,13 @@ def test_targets_are_inclusive_and_nonsense_is_na() -> None:
                                        "latency_overhead_pct": 2.5}))
     assert rows["macro-F1"][2] == "met" and rows["FPR (baseline/recovery)"][2] == "met"
     assert rows["agent CPU, process + BPF"] == ["n/a", "≤ 1 %", "—"]
-    assert rows["correlation precision"] == ["n/a", "≥ 0.95", "—"]
+    assert rows["span joins precision (rag's truth)"] == ["n/a", "≥ 0.95", "—"]
     assert rows["p99 TTFT increase with agent"] == ["2.50 %", "≤ 2 %", "not met"]
 
 
 def test_results_table_of_an_empty_summary_has_no_judgments() -> None:
     rows = results_rows(results_table({}))
-    assert len(rows) == 17
+    assert len(rows) == 19
     assert all(cols[0] == "n/a" and cols[2] == "—" for cols in rows.values())
 
 
@@ -244,7 +244,7 @@ def test_report_markdown_has_command_provenance_and_tables() -> None:
         assert fact in md, fact
     assert "| macro-F1 | 0.900 | ≥ 0.95 | not met |" in lines
     assert "| FPR (baseline/recovery) | 0.004 | ≤ 0.01 | met |" in lines
-    assert "| correlation recall | n/a | ≥ 0.9 | — |" in lines
+    assert "| span joins recall (rag's truth) | n/a | ≥ 0.9 | — |" in lines
     assert "| agent CPU, process + BPF | 1.40 % | ≤ 1 % | not met |" in lines
     assert "| BPF time per program run | n/a | — | — |" in lines
     assert "| network_dns | 1.000 | 0.800 | 0.889 | 10 |" in lines

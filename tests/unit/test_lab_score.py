@@ -164,7 +164,8 @@ def _rep_with_ttfts(rep_dir: Path, rep: int, ttfts: list[float]) -> RepResult:
                                   error="stream_truncated"))
     write_jsonl(requests, rep_dir / "requests.jsonl")
     return RepResult(rep=rep, rep_dir=rep_dir, cases=[], episodes=[], predictions=[],
-                     score=score([]), correlation=correlation_scores((), ()), cpu_pct=0.0,
+                     score=score([]), correlation=correlation_scores((), ()),
+                     identity=correlation_scores((), ()), cpu_pct=0.0,
                      bpf_cpu_pct=None, rss_mb=0.0, rss_peak_mb=None, bpf_ns_per_run=None,
                      ttft_p99_ms=max(ttfts), requests=101, errors=1, slo_break_delays=[])
 

@@ -40,6 +40,8 @@ from typing import Any
 
 import msgspec
 
+from llm_slo.correlator import CorrelationConfig
+from llm_slo.lab.join_truth import RequestTruth, judge_joins
 from llm_slo.lab.loadgen import RequestResult, percentile, read_jsonl
 from llm_slo.scoring import (
     NONE,
@@ -129,7 +131,8 @@ class RepResult(msgspec.Struct, kw_only=True):
     episodes: list[FaultEpisode]
     predictions: list[Prediction]
     score: ScoreSummary
-    correlation: CorrelationScore
+    correlation: CorrelationScore  # span joins, judged by the rag's truth log
+    identity: CorrelationScore  # ProbeEvent -> pod, judged by the pids the runner started
     cpu_pct: float  # the agent process's own CPU, % of the machine's CPUs
     bpf_cpu_pct: float | None  # its BPF programs' run time, which runs in other tasks
     rss_mb: float  # MiB resident at the end of the load
@@ -345,8 +348,8 @@ def burn_rate_errors(attributions: list[dict[str, Any]],
     return out
 
 
-def _correlation(probe_events: Path, pids: Mapping[str, set[int]],
-                 pod_names: Mapping[str, str]) -> CorrelationScore:
+def _identity(probe_events: Path, pids: Mapping[str, set[int]],
+              pod_names: Mapping[str, str]) -> CorrelationScore:
     """ProbeEvent -> pod joins against the pids the runner started per pod."""
     role_of_pid = {pid: role for role, ps in pids.items() for pid in ps}
     predicted, truth = set(), set()
@@ -392,12 +395,22 @@ def _machine_pct(cpu_s: float, wall_s: float) -> float:
     return 100.0 * cpu_s / wall_s / (os.cpu_count() or 1) if wall_s else 0.0
 
 
+def recorded_correlation_config(rep_dir: Path) -> CorrelationConfig:
+    """The correlation settings the repetition's agent ran with (``agent.json``)."""
+    try:
+        engine = json.loads((rep_dir / "agent.json").read_text()).get("engine", {})
+    except FileNotFoundError:
+        return CorrelationConfig()
+    return msgspec.convert(engine.get("correlation", {}), CorrelationConfig)
+
+
 def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
               phases: list[dict[str, Any]], pids: Mapping[str, set[int]], *,
               pods_file: Path, agent_cpu_s: float, agent_bpf_s: float, wall_s: float,
-              rss_mb: float) -> RepResult:
-    """Score one finished repetition from the files in ``rep_dir``; ``pids`` and
-    ``pods_file`` are the lab's pods, for judging the agent's correlation."""
+              rss_mb: float, truth: RequestTruth | None = None) -> RepResult:
+    """Score one finished repetition from the files in ``rep_dir``. ``pids`` and
+    ``pods_file`` are the lab's pods, for judging the agent's identity; ``truth`` is the
+    rag's truth log, for judging its span joins (none: not judged)."""
     attributions = read_records(rep_dir / "attributions.jsonl")
     requests = read_requests(rep_dir)
     cases, rows = build_cases(attributions, faults, phases, requests=requests)
@@ -410,11 +423,14 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
             cnt += s["run_cnt"]
     requests = requests or []
     ttft = [r.ttft_ms for r in requests if r.ok and r.ttft_ms is not None]
-    correlation = _correlation(rep_dir / "probe-events.jsonl", pids, _pods(pods_file))
+    identity = _identity(rep_dir / "probe-events.jsonl", pids, _pods(pods_file))
+    correlation = (judge_joins(rep_dir / "spans.jsonl", rep_dir / "probe-events.jsonl",
+                               truth, recorded_correlation_config(rep_dir))
+                   if truth is not None else correlation_scores((), ()))
     return RepResult(
         rep=rep, rep_dir=rep_dir, cases=cases, episodes=episodes, predictions=rows,
         score=score(cases, episodes, correlation, grace_s=GRACE_S),
-        correlation=correlation,
+        correlation=correlation, identity=identity,
         cpu_pct=_machine_pct(agent_cpu_s, wall_s), bpf_cpu_pct=_machine_pct(agent_bpf_s, wall_s),
         rss_mb=rss_mb, rss_peak_mb=peak_rss_mib(stats),
         bpf_ns_per_run=run_ns / cnt if cnt else None,
@@ -426,16 +442,21 @@ def score_rep(rep: int, rep_dir: Path, faults: list[dict[str, Any]],
         calm_by_phase=calm_by_phase(cases, phases))
 
 
-def pooled_score(results: list[RepResult]) -> ScoreSummary:
-    """One score over every repetition's cases and episodes."""
-    tp = sum(r.correlation.true_positives for r in results)
-    fp = sum(r.correlation.false_positives for r in results)
-    fn = sum(r.correlation.false_negatives for r in results)
-    corr = CorrelationScore(precision=tp / (tp + fp) if tp + fp else None,
+def pooled_correlation(scores: Iterable[CorrelationScore]) -> CorrelationScore:
+    """Precision and recall over the pooled counts of several repetitions."""
+    tp = fp = fn = 0
+    for c in scores:
+        tp, fp, fn = tp + c.true_positives, fp + c.false_positives, fn + c.false_negatives
+    return CorrelationScore(precision=tp / (tp + fp) if tp + fp else None,
                             recall=tp / (tp + fn) if tp + fn else None,
                             true_positives=tp, false_positives=fp, false_negatives=fn)
+
+
+def pooled_score(results: list[RepResult]) -> ScoreSummary:
+    """One score over every repetition's cases and episodes."""
     return score([c for r in results for c in r.cases],
-                 [e for r in results for e in r.episodes], corr, grace_s=GRACE_S)
+                 [e for r in results for e in r.episodes],
+                 pooled_correlation(r.correlation for r in results), grace_s=GRACE_S)
 
 
 def _p99(rep_dirs: Iterable[Path], field: str) -> float | None:
@@ -547,6 +568,7 @@ def summarize(results: list[RepResult], *, scenario: str,
                      "rss_peak_mb": max((r.rss_peak_mb for r in results
                                          if r.rss_peak_mb is not None), default=None),
                      "bpf_ns_per_run": sum(bpf) / len(bpf) if bpf else None},
+        "identity": msgspec.to_builtins(pooled_correlation(r.identity for r in results)),
         "fpr_by_phase": fpr_by_phase(r.calm_by_phase for r in results),
         "abstentions": abstentions(p for r in results for p in r.predictions),
         "burn_rate_error": _median_abs(

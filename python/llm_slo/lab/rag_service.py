@@ -25,7 +25,18 @@ token is known before the answer has streamed (seconds later), an INTERNAL span 
 token <model>`` from request start to that moment carries the same ``llm.slo.ttft_ms``;
 the engine counts the first TTFT of a request id and drops the repeat. A provider-side
 TTFT on the CLIENT span would be a different, smaller value for the same request, so
-that span carries none. All spans of one request share ``llm.request.id``.
+that span carries none. Each libc lookup is an INTERNAL span ``resolve <host>``, timed
+as it ran on its pool thread. Every span names the thread it ran on (``thread.id``: the
+lookups their pool thread, the rest the event loop's) and the SERVER and CLIENT spans
+their connection (``network.local.*``, ``network.peer.*``), so the agent's pod+pid join
+keeps each span to its own work. All spans of one request share ``llm.request.id``.
+
+With ``truth_path`` the service also writes what each request really did, for the lab's
+scorer only (the agent never reads it): a ``resolve`` line per libc lookup (the thread
+that ran it, the name, its wall-clock interval) and a ``conn`` line per backend call (the
+connection's two addresses as its socket reports them, and the call's interval), each
+with the request's trace id. Kernel events are joined to requests by these facts, so the
+agent's span joins can be judged without trusting anything the agent computed.
 
 Spans leave over OTLP/HTTP protobuf through a BatchSpanProcessor and are flushed on
 shutdown. Run in-process (``with RagService(cfg) as rag: rag.port``, its own event loop in
@@ -42,6 +53,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import mmap
 import os
 import random
@@ -107,6 +119,7 @@ class RagConfig(msgspec.Struct, frozen=True, kw_only=True):
     index_path: str = ""
     index_mb: int = 0
     index_pages: int = 256  # pages read per request
+    truth_path: str = ""  # JSONL of each request's lookups and connections (see above)
 
 
 class ChatRequest(msgspec.Struct, frozen=True):
@@ -178,6 +191,51 @@ def error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+#: The SERVER span and request id of the request a task works for. aiohttp resolves in
+#: the task of the caller (or a child task, which copies the context), so the resolver
+#: can tell whose lookup it runs; the request's spans are never made current.
+_REQUEST: contextvars.ContextVar[tuple[Span, str] | None] = contextvars.ContextVar(
+    "rag_request", default=None)
+
+
+def _request_trace() -> str:
+    request = _REQUEST.get()
+    return format(request[0].get_span_context().trace_id, "032x") if request else ""
+
+
+Ends = tuple[tuple[str, int], tuple[str, int]]  # (local, peer) of one connection
+
+
+class TruthLog:
+    """The ``truth_path`` file: one JSON line per lookup or backend connection.
+
+    Lines come from the event loop and from the resolver's threads, hence the lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
+        self._lock = threading.Lock()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = msgspec.json.encode(record) + b"\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
+
+    def resolve(self, trace_id: str, host: str, tid: int, start_ns: int, end_ns: int) -> None:
+        self._write({"kind": "resolve", "trace_id": trace_id, "host": host, "tid": tid,
+                     "start_ns": start_ns, "end_ns": end_ns})
+
+    def conn(self, trace_id: str, ends: Ends, start_ns: int, end_ns: int) -> None:
+        (local, lport), (peer, pport) = ends
+        self._write({"kind": "conn", "trace_id": trace_id, "local": local, "lport": lport,
+                     "peer": peer, "pport": pport, "start_ns": start_ns, "end_ns": end_ns})
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
 class LibcResolver(AbstractResolver):
     """aiohttp resolver that asks libc every time, in its own thread pool.
 
@@ -186,21 +244,63 @@ class LibcResolver(AbstractResolver):
     ``lookups`` counts calls, so a test can see that nothing is cached.
     """
 
-    def __init__(self, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, executor: concurrent.futures.Executor, tracer: trace.Tracer,
+                 truth: TruthLog | None = None) -> None:
         self._executor = executor
+        self._tracer = tracer
+        self._truth = truth
         self.lookups = 0
+
+    @staticmethod
+    def _getaddrinfo(host: str, port: int, family: socket.AddressFamily,
+                     ran: list[int]) -> list[Any]:
+        """getaddrinfo on a pool thread; ``ran`` gets [thread id, start, end]."""
+        start_ns = time.time_ns()
+        try:
+            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        finally:
+            ran += [threading.get_native_id(), start_ns, time.time_ns()]
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        """All stream addresses of ``host`` in getaddrinfo's (RFC 6724) order."""
+        """All stream addresses of ``host`` in getaddrinfo's (RFC 6724) order.
+
+        Each lookup is a ``resolve <host>`` span of the request, timed as it ran on
+        its pool thread and naming that thread (``thread.id``): the agent joins the
+        kernel's DNS events to the span by pod, pid and thread.
+        """
         self.lookups += 1
-        infos = await asyncio.get_running_loop().run_in_executor(
-            self._executor, socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+        ran: list[int] = []
+        error: BaseException | None = None
+        try:
+            infos = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._getaddrinfo, host, port, family, ran)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if ran:
+                self._record(host, ran, error)
         numeric = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
         return [ResolveResult(hostname=host, host=str(addr[0]), port=int(addr[1]),
                               family=fam, proto=proto, flags=numeric)
                 for fam, _, proto, _, addr in infos
                 if fam in (socket.AF_INET, socket.AF_INET6)]
+
+    def _record(self, host: str, ran: list[int], error: BaseException | None) -> None:
+        tid, start_ns, end_ns = ran
+        request = _REQUEST.get()
+        span = self._tracer.start_span(
+            f"resolve {host}",
+            context=trace.set_span_in_context(request[0]) if request else None,
+            start_time=start_ns, attributes={"dns.question.name": host, "thread.id": tid,
+                                             **({"llm.request.id": request[1]} if request
+                                                else {})})
+        if error is not None:
+            _fail(span, error_type(error), repr(error))
+        span.end(end_time=end_ns)
+        if self._truth is not None:
+            self._truth.resolve(_request_trace(), host, tid, start_ns, end_ns)
 
     async def close(self) -> None:
         """Nothing to release: the pool belongs to the service."""
@@ -219,12 +319,34 @@ def make_resource(cfg: RagConfig) -> Resource:
     })
 
 
-def _peer(resp: aiohttp.ClientResponse) -> tuple[str, int] | None:
-    """The address the connection really went to (which A/AAAA record was used)."""
-    conn = resp.connection
-    transport = conn.transport if conn is not None else None
+class _EndsResponse(aiohttp.ClientResponse):
+    """A response that keeps its connection's (local, peer) addresses: aiohttp releases
+    the connection, and with it the transport, as soon as a short body has arrived, which
+    can be before the caller looks. The peer says which A/AAAA record was used."""
+
+    ends: Ends | None = None
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        if transport is not None:
+            local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+            if local and peer:
+                self.ends = (str(local[0]), int(local[1])), (str(peer[0]), int(peer[1]))
+        return await super().start(connection)
+
+
+def _served_on(request: web.Request) -> dict[str, Any]:
+    """The SERVER span's thread (the event loop's) and connection: the agent's pod+pid
+    join keeps a span to its own thread and connection, so the loop's spans do not take
+    the lookups of the resolver threads or the connects of other requests."""
+    attrs: dict[str, Any] = {"thread.id": threading.get_native_id()}
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
     peer = transport.get_extra_info("peername") if transport is not None else None
-    return (str(peer[0]), int(peer[1])) if peer else None
+    if local and peer:
+        attrs.update({"network.local.address": str(local[0]), "network.local.port": int(local[1]),
+                      "network.peer.address": str(peer[0]), "network.peer.port": int(peer[1])})
+    return attrs
 
 
 async def _open_stream(request: web.Request, request_id: str) -> web.StreamResponse:
@@ -307,6 +429,7 @@ class RagService:
         self._stop: asyncio.Event | None = None
         self._index: LocalIndex | None = None
         self._index_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._truth: TruthLog | None = None
 
     @property
     def lookups(self) -> int:
@@ -324,14 +447,16 @@ class RagService:
             self._index = LocalIndex(cfg.index_path, cfg.index_mb, cfg.index_pages)
             self._index_pool = concurrent.futures.ThreadPoolExecutor(
                 16, thread_name_prefix="rag-index")
-        self._resolver = LibcResolver(self._dns_pool)
+        if cfg.truth_path:
+            self._truth = TruthLog(cfg.truth_path)
+        self._resolver = LibcResolver(self._dns_pool, self._tracer, self._truth)
         ssl_ctx = ssl.create_default_context(cafile=cfg.cafile or None)
         # force_close: a new connection (lookup, connect, handshake) per call, see above.
         connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False,
                                          force_close=True, limit=cfg.max_in_flight,
                                          ssl=ssl_ctx)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(
+            connector=connector, response_class=_EndsResponse, timeout=aiohttp.ClientTimeout(
                 total=None, connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s))
         app = web.Application()
         app.router.add_post("/chat", self._handle_chat)
@@ -367,6 +492,9 @@ class RagService:
             # A lookup hung in libc cannot be interrupted; do not wait for it.
             self._dns_pool.shutdown(wait=False, cancel_futures=True)
             self._dns_pool = None
+        if self._truth is not None:
+            self._truth.close()
+            self._truth = None
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export every finished span now; True if it all went out in time."""
@@ -446,7 +574,8 @@ class RagService:
             f"chat {model}", kind=SpanKind.SERVER, start_time=start_ns, attributes={
                 "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
                 "llm.request.id": request_id, "http.request.method": "POST",
-                "url.path": "/chat"})
+                "url.path": "/chat", **_served_on(request)})
+        _REQUEST.set((span, request_id))
         try:
             return await self._serve_chat(request, span, request_id, t0, start_ns)
         finally:
@@ -526,8 +655,24 @@ class RagService:
         span.set_attribute("llm.slo.ttft_ms", ttft_ms)
         self._tracer.start_span(
             f"first token {self.config.model}", context=ctx, start_time=start_ns,
-            attributes={"llm.request.id": request_id, "llm.slo.ttft_ms": ttft_ms},
+            attributes={"llm.request.id": request_id, "llm.slo.ttft_ms": ttft_ms,
+                        "thread.id": threading.get_native_id()},
         ).end(end_time=first_ns)
+
+    def _connected(self, span: Span, resp: aiohttp.ClientResponse) -> Ends | None:
+        """Put the connection's ends on the span (OpenTelemetry's opt-in
+        ``network.local.*``, which the agent's pod+connection tier joins by); return
+        them for the truth log."""
+        ends = resp.ends if isinstance(resp, _EndsResponse) else None
+        if ends is not None:
+            (local, lport), (peer, pport) = ends
+            span.set_attributes({"network.local.address": local, "network.local.port": lport,
+                                 "network.peer.address": peer, "network.peer.port": pport})
+        return ends
+
+    def _log_conn(self, ends: Ends | None, start_ns: int) -> None:
+        if self._truth is not None and ends is not None:
+            self._truth.conn(_request_trace(), ends, start_ns, time.time_ns())
 
     async def _retrieve(self, prompt: str, ctx: Context, request_id: str) -> list[str]:
         """Top-k documents from the vector DB, inside a ``retrieval <source>`` span."""
@@ -537,14 +682,14 @@ class RagService:
             f"retrieval {cfg.data_source}", context=ctx, kind=SpanKind.CLIENT, attributes={
                 "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": cfg.data_source,
                 "gen_ai.request.top_k": cfg.top_k, "server.address": url.host or "",
-                "server.port": url.port or 80, "llm.request.id": request_id})
+                "server.port": url.port or 80, "llm.request.id": request_id,
+                "thread.id": threading.get_native_id()})
+        start_ns, ends = time.time_ns(), None
         try:
             async with self._session.post(url / "search", json={
                     "query": prompt, "top_k": cfg.top_k}) as resp:
                 span.set_attribute("http.response.status_code", resp.status)
-                if (peer := _peer(resp)) is not None:
-                    span.set_attribute("network.peer.address", peer[0])
-                    span.set_attribute("network.peer.port", peer[1])
+                ends = self._connected(span, resp)
                 if resp.status != 200:
                     raise UpstreamError("retrieval", str(resp.status))
                 body = await resp.json(content_type=None)
@@ -562,6 +707,7 @@ class RagService:
             raise UpstreamError("retrieval", err, 504 if isinstance(exc, TimeoutError)
                                 else 502) from exc
         finally:
+            self._log_conn(ends, start_ns)
             span.end()
 
     async def _generate(self, chat: ChatRequest, documents: list[str], ctx: Context,
@@ -579,7 +725,8 @@ class RagService:
                 "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
                 "gen_ai.request.model": cfg.model, "gen_ai.request.max_tokens": chat.max_tokens,
                 "gen_ai.request.stream": True, "server.address": url.host or "",
-                "server.port": url.port or 443, "llm.request.id": request_id})
+                "server.port": url.port or 443, "llm.request.id": request_id,
+                "thread.id": threading.get_native_id()})
         payload = {
             "model": cfg.model, "stream": True, "max_tokens": chat.max_tokens,
             "stream_options": {"include_usage": True},
@@ -591,14 +738,13 @@ class RagService:
         tokens = 0
         usage: _Usage | None = None
         finish: list[str] = []
+        start_ns, ends = time.time_ns(), None
         try:
             async with self._session.post(url / "v1/chat/completions", json=payload,
                                           headers={"Authorization": "Bearer lab",
                                                    "X-Request-Id": request_id}) as resp:
                 span.set_attribute("http.response.status_code", resp.status)
-                if (peer := _peer(resp)) is not None:
-                    span.set_attribute("network.peer.address", peer[0])
-                    span.set_attribute("network.peer.port", peer[1])
+                ends = self._connected(span, resp)
                 if resp.status != 200:
                     # Throttled or broken: record and give up; retrying would hide
                     # the provider's state from the SLO and add load while it is hurting.
@@ -640,6 +786,7 @@ class RagService:
             raise UpstreamError("provider", err, 504 if isinstance(exc, TimeoutError)
                                 else 502) from exc
         finally:
+            self._log_conn(ends, start_ns)
             out = usage.completion_tokens if usage and usage.completion_tokens else tokens
             span.set_attribute("gen_ai.usage.output_tokens", out)
             if usage is not None and usage.prompt_tokens is not None:
@@ -673,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-pages", type=int, default=256, help="pages read per request")
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--read-timeout", type=float, default=30.0)
+    p.add_argument("--truth-path", default="",
+                   help="write each request's lookups and connections here (JSONL), "
+                        "the ground truth the lab judges span joins by")
     p.add_argument("--max-seconds", type=float, default=3600.0,
                    help="exit after this long, so a crashed runner leaves nothing running")
     p.add_argument("--verbose", action="store_true")
@@ -686,7 +836,8 @@ def config_from_args(a: argparse.Namespace) -> RagConfig:
                      otlp_endpoint=a.otlp_endpoint, pod=a.pod, namespace=a.namespace,
                      node=a.node, model=a.model, data_source=a.data_source, top_k=a.top_k,
                      connect_timeout_s=a.connect_timeout, read_timeout_s=a.read_timeout,
-                     index_path=a.index_path, index_mb=a.index_mb, index_pages=a.index_pages)
+                     index_path=a.index_path, index_mb=a.index_mb, index_pages=a.index_pages,
+                     truth_path=a.truth_path)
 
 
 async def _serve(cfg: RagConfig, max_seconds: float) -> None:

@@ -10,8 +10,9 @@ setting have said about these faults" in seconds instead of a rerun.
 With ``recorded=True`` (``--recorded``) nothing is replayed: the live agent's own
 attributions are scored again with this version's scoring, which is what a change of
 the scoring (not of the agent) does to a finished run. The figures that do not depend
-on the scoring (overhead, correlation, burn-rate error, the client's) are carried over
-from the run's summary.json, and the run's report is written again beside it.
+on the scoring (overhead, identity, burn-rate error, the client's) are carried over
+from the run's summary.json, and the run's report is written again beside it. Span
+joins are judged again (both ways) when the run kept the rag's truth log.
 
 A replay is an approximation of the live agent, and says so in its output: the engine ticks
 every ``interval_s`` of recorded time instead of also waking on a breach, records count
@@ -31,6 +32,7 @@ import msgspec
 
 from llm_slo.config import AgentConfig
 from llm_slo.errors import ConfigError
+from llm_slo.lab.join_truth import judge_joins, run_truth
 from llm_slo.lab.lab_score import (
     GRACE_S,
     RepResult,
@@ -40,9 +42,11 @@ from llm_slo.lab.lab_score import (
     fault_episodes,
     fpr_by_phase,
     peak_rss_mib,
+    pooled_correlation,
     read_agent_stats,
     read_records,
     read_requests,
+    recorded_correlation_config,
     slo_break_delays,
     summarize,
     truth_rule,
@@ -50,7 +54,7 @@ from llm_slo.lab.lab_score import (
 )
 from llm_slo.lab.runner import git_output, write_artifacts
 from llm_slo.replay import replay
-from llm_slo.scoring import correlation_scores, score
+from llm_slo.scoring import CorrelationScore, correlation_scores, score
 
 APPROXIMATION = ("replayed, not live: ticks every interval_s of recorded time (no wake on "
                  "a breach), records at their timestamps (delays lack span export), "
@@ -108,9 +112,11 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
     the engine settings used.
     """
     reps = _reps(run_dir, out_dir)
+    truth = run_truth(run_dir)
     cases, episodes, rows = [], [], []
     calm: list[dict[str, list[int]]] = []
     used: list[dict[str, Any]] = []
+    joins: list[CorrelationScore] = []
     for rep in reps:
         missing = [n for n in ("spans.jsonl", "probe-events.jsonl", "agent.json",
                                "faults.json", "phases.json") if not (rep / n).is_file()]
@@ -142,10 +148,14 @@ def rescore(run_dir: Path, out_dir: Path, engine: dict[str, Any] | None = None
         rep_cases, rep_rows = build_cases(read_records(target / "attributions.jsonl"), faults,
                                           phases, requests=requests)
         calm.append(calm_by_phase(rep_cases, phases))
+        if truth is not None:
+            joins.append(judge_joins(rep / "spans.jsonl", rep / "probe-events.jsonl", truth,
+                                     agent.engine.correlation))
         cases += rep_cases
         rows += [(int(rep.name.removeprefix("rep-")), r) for r in rep_rows]
         episodes += fault_episodes(faults)
-    summary: dict[str, Any] = msgspec.to_builtins(score(cases, episodes, grace_s=GRACE_S))
+    summary: dict[str, Any] = msgspec.to_builtins(
+        score(cases, episodes, pooled_correlation(joins) if joins else None, grace_s=GRACE_S))
     summary.update({"run": str(run_dir), "reps": len(reps), "note": APPROXIMATION,
                     "fpr_by_phase": fpr_by_phase(calm),
                     "abstentions": abstentions(r for _, r in rows),
@@ -168,6 +178,7 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{run_dir}: no readable summary.json and provenance.json "
                           f"(not a finished `sloctl lab run` output): {e}") from e
+    truth = run_truth(run_dir)
     results = []
     for rep in reps:
         try:
@@ -183,17 +194,23 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             rep=int(rep.name.removeprefix("rep-")), rep_dir=rep, cases=cases,
             episodes=episodes, predictions=rows,
             score=score(cases, episodes, grace_s=GRACE_S),
-            correlation=correlation_scores((), ()), cpu_pct=0.0, bpf_cpu_pct=None,
+            correlation=(judge_joins(rep / "spans.jsonl", rep / "probe-events.jsonl", truth,
+                                     recorded_correlation_config(rep))
+                         if truth is not None else correlation_scores((), ())),
+            identity=correlation_scores((), ()), cpu_pct=0.0, bpf_cpu_pct=None,
             rss_mb=0.0, rss_peak_mb=None,
             bpf_ns_per_run=None, ttft_p99_ms=None, requests=0, errors=0,
             slo_break_delays=slo_break_delays(episodes, requests or []),
             truth_rule=truth_rule(requests), calm_by_phase=calm_by_phase(cases, phases)))
     summary = summarize(results, scenario=live.get("scenario", "?"),
                         params=live.get("params") or {})
-    for kept in ("overhead", "correlation", "burn_rate_error", "client",
+    for kept in ("overhead", "identity", "burn_rate_error", "client",
                  "latency_overhead_pct", "request_latency_overhead_pct"):
         if kept in live:
             summary[kept] = live[kept]
+    if "identity" not in live and "correlation" in live:
+        # Before span joins were judged, "correlation" meant ProbeEvent -> pod.
+        summary["identity"] = live["correlation"]
     summary["ci95"]["agent_cpu_pct"] = live.get("ci95", {}).get("agent_cpu_pct")
     # Runs from before the peak was reported recorded it all the same (agent-stats.json).
     peaks = [p for rep in reps if (p := peak_rss_mib(read_agent_stats(rep))) is not None]

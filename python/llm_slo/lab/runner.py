@@ -31,6 +31,7 @@ from llm_slo.bpf.libbpf import held_prog_ids, prog_run_time_ns
 from llm_slo.errors import LabError
 from llm_slo.lab import cleanup_all
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
+from llm_slo.lab.join_truth import run_truth
 from llm_slo.lab.lab_score import (
     RepResult,
     latency_overhead,
@@ -396,7 +397,8 @@ class LabRun:
         (rep_dir / "phases.json").write_text(json.dumps(phases, indent=1))
         result = score_rep(rep, rep_dir, faults, phases, services.pids,
                            pods_file=topo.pods_file, agent_cpu_s=cpu_s, agent_bpf_s=bpf_s,
-                           wall_s=wall_s, rss_mb=rss_mib)
+                           wall_s=wall_s, rss_mb=rss_mib,
+                           truth=run_truth(self.out) if with_agent else None)
         s = result.score
         self.progress.line(
             f"{tag} done: {s.cases} cases, macro-F1 "

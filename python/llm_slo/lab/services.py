@@ -20,6 +20,7 @@ from typing import Any
 
 from llm_slo.errors import LabError
 from llm_slo.lab.dns_server import dns_server_argv
+from llm_slo.lab.join_truth import RAG_TRUTH
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.processes import read_ready_line
 from llm_slo.lab.provider import ensure_cert, provider_argv
@@ -90,6 +91,7 @@ class LabServices:
         self.start_rag(log_dir)
 
     def start_rag(self, log_dir: Path) -> None:
+        """Start the rag service; it writes its ground truth to ``log_dir/RAG_TRUTH``."""
         pod = self.topo.pods["rag"]
         argv = [sys.executable, "-m", "llm_slo.lab.rag_service", "--host", pod.addr,
                 "--port", str(RAG_PORT),
@@ -100,7 +102,8 @@ class LabServices:
                 "--pod", pod.name, "--namespace", pod.namespace, "--node", "lab-node-1",
                 "--connect-timeout", "3", "--max-seconds", str(self.max_s),
                 "--index-path", str(self.topo.run_dir / "rag-index.bin"),
-                "--index-mb", str(RAG_INDEX_MB)]
+                "--index-mb", str(RAG_INDEX_MB),
+                "--truth-path", str(log_dir / RAG_TRUTH)]
         # Spans leave every 200 ms instead of the SDK's 5 s default: detection delay
         # cannot be shorter than the time spans take to reach the agent.
         env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "200"}
