@@ -216,7 +216,9 @@ def main() -> int:
            "process over the load, % of all the machine's CPUs; with BPF: plus the run "
            "time of the BPF programs it holds (they run in the tasks that hit their hooks, "
            "so the process's own time never shows it; n/a for runs before it was "
-           "measured). RSS: resident at the end of the load; peak: the agent's ru_maxrss.",
+           "measured). RSS: resident at the end of the load; peak: the agent's own VmHWM "
+           "(n/a for runs that recorded ru_maxrss, which was the forking runner's peak: "
+           "docs/lab.md, \"Scoring\").",
            "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
            "that attribution's time minus the first moment a request sent during the fault "

@@ -50,6 +50,17 @@ OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
                 "attribution": "attributions.jsonl", "span": "spans.jsonl"}
 
 
+def _peak_rss_kib() -> int | None:
+    """This process's peak RSS (``VmHWM``), KiB. Not ``ru_maxrss``: Linux carries that
+    over ``execve`` from the image it replaced, so an agent started by a big parent
+    (the lab's runner, forking) would report the parent's peak as its own."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
 class JsonlOutputs:
     """One JSONL file per record kind in ``directory``, flushed after each batch."""
 
@@ -183,7 +194,7 @@ class Agent:
             "span_processes": self.span_processes.counters,
             "pod_watch": ({**self.kube_pods.counters, "error": self.kube_pods.error}
                           if self.kube_pods else None),
-            "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kib": _peak_rss_kib(),
             "bpf": {sig: {prog: {"run_time_ns": t, "run_cnt": n} for prog, (t, n) in progs.items()}
                     for sig, progs in run_stats.items()},
         }

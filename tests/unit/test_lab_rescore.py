@@ -129,10 +129,11 @@ def test_recorded_scores_the_live_attributions_again(
         "status": 200, "tokens": 128}) for i, s in enumerate((0.5, 4.5, 9.9))) + "\n")
     live = {"scenario": "dns_latency", "params": {"dns.delay_ms": 100}, "reps": 1,
             "macro_f1": 1.0, "overhead": {"cpu_pct": 0.8, "rss_mb": 70.0,
-                                          "bpf_ns_per_run": 300.0},
+                                          "rss_peak_mb": 181.0, "bpf_ns_per_run": 300.0},
             "correlation": {"precision": 1.0, "recall": 0.99}, "latency_overhead_pct": 0.3,
             "ci95": {"agent_cpu_pct": {"mean": 0.8, "lo": None, "hi": None}}}
     (run / "summary.json").write_text(json.dumps(live))
+    (rep / "agent-stats.json").write_text('{"max_rss_kib": 185344}')  # the runner's peak
     (run / "provenance.json").write_text(json.dumps({"commit": "abc", "command": "x"}))
     out = tmp_path / "again"
     assert main(["lab", "rescore", "--run", str(run), "--recorded", "--out", str(out)]) == 0
@@ -140,7 +141,8 @@ def test_recorded_scores_the_live_attributions_again(
     summary = json.loads((out / "summary.json").read_text())
     dns = summary["per_class"]["network_dns"]
     assert (dns["precision"], dns["recall"], dns["support"]) == (1.0, 2 / 3, 3)
-    assert summary["overhead"] == live["overhead"]
+    # The peak only from the agent's own VmHWM: this run recorded ru_maxrss alone.
+    assert summary["overhead"] == {**live["overhead"], "rss_peak_mb": None}
     # An old run's "correlation" was ProbeEvent -> pod; without a truth log, span
     # joins are not judged.
     assert summary["identity"] == live["correlation"]

@@ -206,8 +206,11 @@ def test_overhead_charges_the_agent_its_bpf_programs_and_peak_memory(tmp_path: P
 
 
 def test_peak_rss_comes_from_the_agents_own_stats(tmp_path: Path) -> None:
-    (tmp_path / "agent-stats.json").write_text('{"max_rss_kib": 83456}')
+    (tmp_path / "agent-stats.json").write_text('{"peak_rss_kib": 83456}')
     assert peak_rss_mib(read_agent_stats(tmp_path)) == pytest.approx(81.5)
+    # older runs' ru_maxrss was the forking runner's peak: not the agent's, not used
+    (tmp_path / "agent-stats.json").write_text('{"max_rss_kib": 183456}')
+    assert peak_rss_mib(read_agent_stats(tmp_path)) is None
     (tmp_path / "agent-stats.json").write_text("not json")
     assert read_agent_stats(tmp_path) == {} and peak_rss_mib({}) is None
 

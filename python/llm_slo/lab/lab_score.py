@@ -136,7 +136,7 @@ class RepResult(msgspec.Struct, kw_only=True):
     cpu_pct: float  # the agent process's own CPU, % of the machine's CPUs
     bpf_cpu_pct: float | None  # its BPF programs' run time, which runs in other tasks
     rss_mb: float  # MiB resident at the end of the load
-    rss_peak_mb: float | None  # MiB, the agent's peak (its own ru_maxrss)
+    rss_peak_mb: float | None  # MiB, the agent's peak (its VmHWM)
     bpf_ns_per_run: float | None
     ttft_p99_ms: float | None
     requests: int
@@ -385,8 +385,10 @@ def read_agent_stats(rep_dir: Path) -> dict[str, Any]:
 
 
 def peak_rss_mib(agent_stats: Mapping[str, Any]) -> float | None:
-    """The agent's peak RSS in MiB, from its own ``agent-stats.json`` (ru_maxrss)."""
-    kib = agent_stats.get("max_rss_kib")
+    """The agent's peak RSS in MiB, from its own ``agent-stats.json`` (its VmHWM). Runs
+    before 2026-12-04 recorded ``max_rss_kib`` (ru_maxrss) instead, which Linux carries
+    over exec from the forking runner: the runner's peak, not the agent's; not used."""
+    kib = agent_stats.get("peak_rss_kib")
     return kib / 1024 if isinstance(kib, int | float) and kib > 0 else None
 
 

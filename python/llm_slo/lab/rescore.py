@@ -212,10 +212,11 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
         # Before span joins were judged, "correlation" meant ProbeEvent -> pod.
         summary["identity"] = live["correlation"]
     summary["ci95"]["agent_cpu_pct"] = live.get("ci95", {}).get("agent_cpu_pct")
-    # Runs from before the peak was reported recorded it all the same (agent-stats.json).
+    # The peak from each agent's own VmHWM (agent-stats.json); runs that recorded only
+    # ru_maxrss, the forking runner's peak as much as the agent's, get none.
     peaks = [p for rep in reps if (p := peak_rss_mib(read_agent_stats(rep))) is not None]
-    if isinstance(summary.get("overhead"), dict) and peaks:
-        summary["overhead"].setdefault("rss_peak_mb", max(peaks))
+    if isinstance(summary.get("overhead"), dict):
+        summary["overhead"]["rss_peak_mb"] = max(peaks) if peaks else None
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance["rescored"] = {"from": str(run_dir), "commit": git_output("rev-parse", "HEAD"),
                               "dirty": bool(git_output("status", "--porcelain",
