@@ -173,6 +173,7 @@ def main() -> int:
         print(f"bench_lab: {why}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    interrupted = False
     for name in names:
         run_dir = raw / name
         print(f"== {name}", file=sys.stderr, flush=True)
@@ -181,9 +182,17 @@ def main() -> int:
         paired = [] if name != "none" else ["--paired-no-agent", str(raw / "none-no-agent")]
         if paired:
             shutil.rmtree(raw / "none-no-agent", ignore_errors=True)
-        code = subprocess.call([sys.executable, "-m", "llm_slo.cli", "lab", "run",
-                                "--scenario", name, "--reps", str(args.reps),
-                                "--phases", args.phases, "--out", str(run_dir), *paired])
+        proc = subprocess.Popen([sys.executable, "-m", "llm_slo.cli", "lab", "run",
+                                 "--scenario", name, "--reps", str(args.reps),
+                                 "--phases", args.phases, "--out", str(run_dir), *paired])
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # The run got the same Ctrl-C from the terminal: let it clean up, then stop.
+            proc.wait()
+            interrupted = True
+            print(f"bench_lab: interrupted in {name}; its run is not kept", file=sys.stderr)
+            break
         if code != 0:
             failed.append(f"| {name} | run failed (exit {code}) |" + " |" * 13)
             continue
@@ -236,8 +245,9 @@ def main() -> int:
     runs = out / "RUNS.md"  # hand-kept: which run, commit and host each row came from
     if runs.is_file():
         doc += ["", "## Runs (RUNS.md)", "", runs.read_text().rstrip()]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text("\n".join(doc) + "\n")
-    return 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 if __name__ == "__main__":

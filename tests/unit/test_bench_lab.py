@@ -60,3 +60,27 @@ def test_runs_only_this_checkouts_committed_code(monkeypatch, tmp_path: Path) ->
     monkeypatch.setattr(bench.llm_slo, "__file__", str(other))
     why = bench._unfit_checkout() or ""
     assert str(tmp_path / "clone") in why and "not from this checkout" in why
+
+
+def test_ctrl_c_lets_the_run_clean_up_then_stops(monkeypatch, tmp_path: Path) -> None:
+    bench = _bench_lab()
+    waits: list[str] = []
+
+    class Run:  # a lab run that gets the terminal's Ctrl-C while the bench waits on it
+        def __init__(self, argv: list[str]) -> None:
+            self.name = argv[argv.index("--scenario") + 1]
+
+        def wait(self) -> int:
+            waits.append(self.name)
+            if len(waits) == 1:
+                raise KeyboardInterrupt
+            return 130
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Run)
+    monkeypatch.setattr(bench, "_unfit_checkout", lambda: None)
+    monkeypatch.setattr("sys.argv", ["bench_lab.py", "--scenarios", "dns_latency,tls_slow",
+                                     "--out", str(tmp_path / "docs"),
+                                     "--raw", str(tmp_path / "raw")])
+    assert bench.main() == 130
+    assert waits == ["dns_latency", "dns_latency"]  # waited for it; tls_slow never ran
+    assert (tmp_path / "docs/README.md").is_file() and not (tmp_path / "docs/RUNS.md").exists()
