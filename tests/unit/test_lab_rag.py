@@ -239,6 +239,9 @@ def test_load_at_20rps_gives_the_engines_slis(lab: Lab) -> None:
         (loop_tid,) = {x.attributes["thread.id"] for x in spans if x not in resolves}
         assert loop_tid not in {t["tid"] for t in lookups}
         assert server.attributes["network.local.port"] == lab.rag.port
+        first = one(spans, SPAN_KIND_INTERNAL, "first token ")
+        assert {k: v for k, v in first.attributes.items() if k.startswith("network.")} == {
+            k: v for k, v in server.attributes.items() if k.startswith("network.")}
 
     # The engine counts one TTFT per request: the first-token span's, as it came first.
     engine = SloEngine()

@@ -27,9 +27,9 @@ the engine counts the first TTFT of a request id and drops the repeat. A provide
 TTFT on the CLIENT span would be a different, smaller value for the same request, so
 that span carries none. Each libc lookup is an INTERNAL span ``resolve <host>``, timed
 as it ran on its pool thread. Every span names the thread it ran on (``thread.id``: the
-lookups their pool thread, the rest the event loop's) and the SERVER and CLIENT spans
-their connection (``network.local.*``, ``network.peer.*``), so the agent's pod+pid join
-keeps each span to its own work. All spans of one request share ``llm.request.id``.
+lookups their pool thread, the rest the event loop's) and the others their connection
+(``network.local.*``, ``network.peer.*``; the first-token span the SERVER span's), so
+the agent's pod+pid join keeps each span to its own work. All spans of one request share ``llm.request.id``.
 
 With ``truth_path`` the service also writes what each request really did, for the lab's
 scorer only (the agent never reads it): a ``resolve`` line per libc lookup (the thread
@@ -611,7 +611,7 @@ class RagService:
                     tokens += 1
                     if tokens == 1:  # the first token is now on its way to the client
                         self._first_token(span, ctx, request_id, start_ns,
-                                          time.monotonic_ns() - t0)
+                                          time.monotonic_ns() - t0, _served_on(request))
         except UpstreamError as exc:
             _fail(span, exc.error_type, str(exc))
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
@@ -643,20 +643,21 @@ class RagService:
         return response
 
     def _first_token(self, span: Span, ctx: Context, request_id: str, start_ns: int,
-                     ttft_ns: int) -> None:
+                     ttft_ns: int, served: dict[str, Any]) -> None:
         """Record TTFT on the SERVER span, and end a ``first token`` span right now.
 
         The SERVER span is exported only when the whole answer has streamed, seconds
         later; the short span reaches the agent at once, so a slow first token is judged
-        when it happens. The engine counts one TTFT per ``llm.request.id``.
+        when it happens. The engine counts one TTFT per ``llm.request.id``. It names the
+        SERVER span's thread and connection (``served``): it is the same work, so
+        another request's connects and retransmits are not its own.
         """
         ttft_ms, first_ns = ttft_ns / 1e6, start_ns + ttft_ns
         span.add_event("gen_ai.first_token", timestamp=first_ns)
         span.set_attribute("llm.slo.ttft_ms", ttft_ms)
         self._tracer.start_span(
             f"first token {self.config.model}", context=ctx, start_time=start_ns,
-            attributes={"llm.request.id": request_id, "llm.slo.ttft_ms": ttft_ms,
-                        "thread.id": threading.get_native_id()},
+            attributes={"llm.request.id": request_id, "llm.slo.ttft_ms": ttft_ms, **served},
         ).end(end_time=first_ns)
 
     def _connected(self, span: Span, resp: aiohttp.ClientResponse) -> Ends | None:
