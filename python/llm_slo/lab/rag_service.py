@@ -29,7 +29,8 @@ that span carries none. Each libc lookup is an INTERNAL span ``resolve <host>``,
 as it ran on its pool thread. Every span names the thread it ran on (``thread.id``: the
 lookups their pool thread, the rest the event loop's) and the others their connection
 (``network.local.*``, ``network.peer.*``; the first-token span the SERVER span's), so
-the agent's pod+pid join keeps each span to its own work. All spans of one request share ``llm.request.id``.
+the agent's pod+pid join keeps each span to its own work. All spans of one request
+share ``llm.request.id``.
 
 With ``truth_path`` the service also writes what each request really did, for the lab's
 scorer only (the agent never reads it): a ``resolve`` line per libc lookup (the thread
