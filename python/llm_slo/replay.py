@@ -21,7 +21,9 @@ from llm_slo.probe_event import ProbeEvent
 from llm_slo.spans import Span
 
 
-def _read(path: str, kind: type[Any]) -> Iterator[Any]:
+def read_structs(path: str, kind: type[Any]) -> Iterator[Any]:
+    """Each line of the JSONL file at ``path`` as a ``kind``; a clear ConfigError naming
+    the file (and line) when it cannot be read or a line is not one."""
     dec = msgspec.json.Decoder(kind)
     try:
         with open(path, "rb") as f:
@@ -45,8 +47,8 @@ def replay(spans_path: str, signals_path: str, out_dir: str, config: EngineConfi
     are the probes that ran (as the live agent declares them); without them, the signals
     present in the recording.
     """
-    spans = sorted(_read(spans_path, Span), key=lambda s: s.end_unix_nano)
-    signals = sorted(_read(signals_path, ProbeEvent), key=lambda e: e.ts_unix_nano)
+    spans = sorted(read_structs(spans_path, Span), key=lambda s: s.end_unix_nano)
+    signals = sorted(read_structs(signals_path, ProbeEvent), key=lambda e: e.ts_unix_nano)
     merged = heapq.merge(((s.end_unix_nano, 1, s) for s in spans),
                          ((e.ts_unix_nano, 0, e) for e in signals), key=lambda t: t[:2])
     engine = SloEngine(config, cgroup_of_pid=cgroup_of_pid)

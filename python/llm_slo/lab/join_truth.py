@@ -32,10 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from llm_slo.correlator import CorrelationConfig, Correlator, canonical_ip
 from llm_slo.probe_event import ProbeEvent
+from llm_slo.replay import read_structs
 from llm_slo.scoring import CorrelationScore, correlation_scores
 from llm_slo.spans import Span
 
@@ -129,15 +128,8 @@ def run_truth(run_dir: Path) -> RequestTruth | None:
 
 
 def _read(path: Path, kind: type[Any]) -> Iterator[Any]:
-    dec = msgspec.json.Decoder(kind)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return
-    with f:
-        for line in f:
-            if line.strip():
-                yield dec.decode(line)
+    """A repetition's recorded ``kind``s; none when it recorded no such file."""
+    return read_structs(str(path), kind) if path.is_file() else iter(())
 
 
 def judge_joins(spans_path: Path, events_path: Path, truth: RequestTruth,
@@ -145,7 +137,7 @@ def judge_joins(spans_path: Path, events_path: Path, truth: RequestTruth,
     """Precision/recall of the correlator's enriching joins over judged events."""
     events = sorted(_read(events_path, ProbeEvent), key=lambda e: e.ts_unix_nano)
     request = {id(ev): t for ev in events if (t := truth.request_of(ev)) is not None}
-    true_pairs = {(key, t) for key, t in request.items()}
+    true_pairs = set(request.items())
     correlator = Correlator(config)
     correlator.add(events)
     spans = list(_read(spans_path, Span))
