@@ -328,26 +328,35 @@ class _EndsResponse(aiohttp.ClientResponse):
     ends: Ends | None = None
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
-        transport = connection.transport
-        if transport is not None:
-            local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
-            if local and peer:
-                self.ends = (str(local[0]), int(local[1])), (str(peer[0]), int(peer[1]))
+        self.ends = _ends(connection.transport)
         return await super().start(connection)
+
+
+def _ends(transport: asyncio.BaseTransport | None) -> Ends | None:
+    """(local, peer) addresses of a socket transport, as the socket reports them."""
+    if transport is None:
+        return None
+    local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+    if not local or not peer:
+        return None
+    return (str(local[0]), int(local[1])), (str(peer[0]), int(peer[1]))
+
+
+def _network_attrs(ends: Ends | None) -> dict[str, Any]:
+    """A connection as OpenTelemetry's (opt-in) ``network.local.*`` and ``network.peer.*``,
+    which the agent's connection joins read; none when it is unknown."""
+    if ends is None:
+        return {}
+    (local, lport), (peer, pport) = ends
+    return {"network.local.address": local, "network.local.port": lport,
+            "network.peer.address": peer, "network.peer.port": pport}
 
 
 def _served_on(request: web.Request) -> dict[str, Any]:
     """The SERVER span's thread (the event loop's) and connection: the agent's pod+pid
     join keeps a span to its own thread and connection, so the loop's spans do not take
     the lookups of the resolver threads or the connects of other requests."""
-    attrs: dict[str, Any] = {"thread.id": threading.get_native_id()}
-    transport = request.transport
-    local = transport.get_extra_info("sockname") if transport is not None else None
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if local and peer:
-        attrs.update({"network.local.address": str(local[0]), "network.local.port": int(local[1]),
-                      "network.peer.address": str(peer[0]), "network.peer.port": int(peer[1])})
-    return attrs
+    return {"thread.id": threading.get_native_id(), **_network_attrs(_ends(request.transport))}
 
 
 async def _open_stream(request: web.Request, request_id: str) -> web.StreamResponse:
@@ -571,19 +580,21 @@ class RagService:
         start_ns = time.time_ns()
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         model = self.config.model
+        served = _served_on(request)
         span = self._tracer.start_span(
             f"chat {model}", kind=SpanKind.SERVER, start_time=start_ns, attributes={
                 "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
                 "llm.request.id": request_id, "http.request.method": "POST",
-                "url.path": "/chat", **_served_on(request)})
+                "url.path": "/chat", **served})
         _REQUEST.set((span, request_id))
         try:
-            return await self._serve_chat(request, span, request_id, t0, start_ns)
+            return await self._serve_chat(request, span, request_id, t0, start_ns, served)
         finally:
             span.end()
 
     async def _serve_chat(self, request: web.Request, span: Span, request_id: str,
-                          t0: int, start_ns: int) -> web.StreamResponse:
+                          t0: int, start_ns: int, served: dict[str, Any]
+                          ) -> web.StreamResponse:
         try:
             chat = msgspec.json.decode(await request.read(), type=ChatRequest)
             if chat.max_tokens < 1:
@@ -612,7 +623,7 @@ class RagService:
                     tokens += 1
                     if tokens == 1:  # the first token is now on its way to the client
                         self._first_token(span, ctx, request_id, start_ns,
-                                          time.monotonic_ns() - t0, _served_on(request))
+                                          time.monotonic_ns() - t0, served)
         except UpstreamError as exc:
             _fail(span, exc.error_type, str(exc))
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
@@ -666,10 +677,7 @@ class RagService:
         ``network.local.*``, which the agent's pod+connection tier joins by); return
         them for the truth log."""
         ends = resp.ends if isinstance(resp, _EndsResponse) else None
-        if ends is not None:
-            (local, lport), (peer, pport) = ends
-            span.set_attributes({"network.local.address": local, "network.local.port": lport,
-                                 "network.peer.address": peer, "network.peer.port": pport})
+        span.set_attributes(_network_attrs(ends))
         return ends
 
     def _log_conn(self, ends: Ends | None, start_ns: int) -> None:
