@@ -3,9 +3,20 @@
 Tiers (the original ladder, configurable): ``trace_id_exact`` 1.00, ``pod_pid_100ms``
 0.90, ``pod_conn_250ms`` 0.80, ``service_node_500ms`` 0.65. A global gate ``window_ms``
 bounds every tier. Only joins at or above ``threshold`` enrich a span (at most
-``max_fanout``: best confidence, then smallest |Δt|, then kernel-flagged first, then
-earliest).
+``max_fanout`` of each signal: best confidence, then smallest |Δt|, then kernel-flagged
+first, then earliest).
 Spans that nothing enriches get their nearest below-threshold joins as ``diagnostics``.
+
+Fan-out. The bound is per signal, not per span as in the original: a provider call on
+the event loop's thread takes dozens of that thread's run-queue waits, and with one
+bound for all they pushed out the retransmits on the call's own connection (the lab's
+span joins, egress_loss: recall 0.47 with 3 per span, 1.00 with 3 per signal). The
+default stays 3: past the first few of a signal (flagged ones first) more joins add
+little to the span's attributes and cost ~0.6 µs each (scripts/bench_correlator.py:
+17–18 % fewer spans joined per CPU second at 8 than at 3). What 3 leaves out: one lookup of a
+short name under Kubernetes' default resolv.conf (ndots:5, three search domains) sends
+up to eight queries, and its span keeps the flagged resolver-level wait and two of them
+(dns_latency joins: recall 0.84 at 3, 0.98 at 8; docs/lab.md).
 
 Time. Δt runs from the signal's timestamp to the span's *interval* ``[start, end]`` (0
 inside, negative before, positive after), not to its start: an LLM span lasts seconds
@@ -64,9 +75,6 @@ ATTRIBUTES: dict[str, str] = {  # signal name -> span attribute (the original's 
     "cfs_throttled_ms": "llm.ebpf.cpu.cfs_throttled_ms",
     "mem_reclaim_latency_ms": "llm.ebpf.mm.reclaim_latency_ms",
 }
-# Among equally close joins the fan-out keeps those the kernel flagged, so a long span
-# full of routine signals still carries its one slow DNS lookup.
-_SEVERITY = {"error": 2, "warning": 1}
 _NULL_TRACE = "0" * 32
 _NONE: frozenset[int] = frozenset()
 Ms = Annotated[float, msgspec.Meta(ge=0)]
@@ -85,7 +93,7 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     pod_conn_confidence: Conf = 0.8
     service_node_confidence: Conf = 0.65
     threshold: Conf = 0.7
-    max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 3
+    max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 3  # per span and signal
 
 
 class Match(msgspec.Struct, frozen=True, gc=False):
@@ -101,7 +109,7 @@ class EnrichedSpan(msgspec.Struct):
     """A span, its enriching matches and the ``llm.ebpf.*`` attributes they give.
 
     ``diagnostics``: for a span without enriching matches, its nearest joins below the
-    threshold (≤ max_fanout); never merged into ``attributes``.
+    threshold (≤ max_fanout per signal); never merged into ``attributes``.
     """
 
     span: Span
@@ -130,7 +138,7 @@ class CorrelatorStats(msgspec.Struct):
     enriched: int = 0
     low_confidence: int = 0  # joined, but only below the threshold
     unmatched: int = 0  # no join at any tier
-    fanout_dropped: int = 0  # enriching joins beyond max_fanout
+    fanout_dropped: int = 0  # enriching joins beyond max_fanout (per signal)
     unsupported_type: int = 0  # kept matches whose signal has no llm.ebpf attribute
     by_tier: dict[str, int] = msgspec.field(default_factory=dict)  # kept matches
 
@@ -210,8 +218,18 @@ _KEY_LIMIT = 1 << (62 - _TS_BITS)  # key ids stay below this (ids are reused)
 _SEAL_NS = 1_000_000_000  # chunks merge until they cover a second...
 _SEAL_ROWS = 1 << 19  # ...or hold this many signals
 _FREE = np.iinfo(np.int64).max  # "newest signal" of an id that is free
+# Among equally close joins the fan-out keeps those the kernel flagged, so a long span
+# full of routine signals still carries its one slow DNS lookup.
 _SEVERITY_OF = {"ok": 0, "warning": 1, "error": 2}
 _CONN_CACHE = 1 << 16  # canonical flow keys kept (cleared when full)
+_SIGNAL_CODES: dict[str, int] = {}  # signal name -> small int, for the fan-out per signal
+
+
+def _signal_codes(names: list[str]) -> np.ndarray:
+    codes = list(map(_SIGNAL_CODES.get, names))
+    if None in codes:  # a name not seen before
+        codes = [_SIGNAL_CODES.setdefault(n, len(_SIGNAL_CODES)) for n in names]
+    return np.array(codes, np.int64)
 
 
 @contextmanager
@@ -301,15 +319,15 @@ class _Chunk:
     ``by_key[kind]``: (composite keys sorted, their rows).
     """
 
-    __slots__ = ("by_key", "gone", "key", "node", "sev", "signals", "t_max", "t_min", "tid",
-                 "ts", "uid0")
+    __slots__ = ("by_key", "gone", "key", "node", "sev", "sig", "signals", "t_max", "t_min",
+                 "tid", "ts", "uid0")
 
     def __init__(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                 node: np.ndarray, tid: np.ndarray, key: dict[str, np.ndarray], uid0: int,
-                 gone: int = 0,
+                 sig: np.ndarray, node: np.ndarray, tid: np.ndarray,
+                 key: dict[str, np.ndarray], uid0: int, gone: int = 0,
                  by_key: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.signals, self.ts, self.sev, self.node, self.key = signals, ts, sev, node, key
-        self.tid = tid
+        self.sig, self.tid = sig, tid
         self.uid0, self.gone = uid0, gone  # gone: rows already counted as evicted
         self.t_min, self.t_max = int(ts.min()), int(ts.max())
         if by_key is None:
@@ -343,6 +361,7 @@ class _Chunk:
             by_key[kind] = (comp[o], np.concatenate([rows, rows2 + len(self)])[o])
         return _Chunk(self.signals + later.signals, np.concatenate([self.ts, later.ts]),
                       np.concatenate([self.sev, later.sev]),
+                      np.concatenate([self.sig, later.sig]),
                       np.concatenate([self.node, later.node]),
                       np.concatenate([self.tid, later.tid]),
                       {k: np.concatenate([v, later.key[k]]) for k, v in self.key.items()},
@@ -385,13 +404,14 @@ class _Candidates(msgspec.Struct, frozen=True):
     tier: np.ndarray  # position in the correlator's ladder
     ts: np.ndarray
     sev: np.ndarray
+    sig: np.ndarray  # the signal's name, as a code (``_signal_codes``)
     uid: np.ndarray  # the signal's identity: one signal can be found by several tiers
     ref: np.ndarray  # chunk number << 32 | row, to fetch the ProbeEvent
 
     @classmethod
     def none(cls) -> _Candidates:
         e = np.empty(0, np.int64)
-        return cls(e, e, e, e, e, e)
+        return cls(e, e, e, e, e, e, e)
 
     @classmethod
     def concat(cls, parts: list[_Candidates]) -> _Candidates:
@@ -501,6 +521,7 @@ class SignalIndex:
             if conn_rows:
                 key["conn"][pod_rows[conn_rows]] = self.keys["conn"].assign(conn_keys)[0]
         sev = np.fromiter(map(_SEVERITY_OF.__getitem__, [g.status for g in batch]), np.int8, n)
+        sig = _signal_codes([g.signal for g in batch])
         nodes = self._nodes
         node = np.fromiter([nodes.get(x) or nodes.setdefault(x, len(nodes) + 1)
                             for x in [g.node for g in batch]], np.int32, n)
@@ -510,15 +531,17 @@ class SignalIndex:
             for part in np.split(order, np.flatnonzero(np.diff(slot)) + 1):
                 part = np.sort(part)
                 self._append([batch[i] for i in part.tolist()], ts[part], sev[part],
-                              node[part], tid[part], {k: v[part] for k, v in key.items()})
+                              sig[part], node[part], tid[part],
+                              {k: v[part] for k, v in key.items()})
         else:
-            self._append(batch, ts, sev, node, tid, key)
+            self._append(batch, ts, sev, sig, node, tid, key)
         self.size += n
         return n
 
     def _append(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                node: np.ndarray, tid: np.ndarray, key: dict[str, np.ndarray]) -> None:
-        ch = _Chunk(signals, ts, sev, node, tid, key, self._uid)
+                sig: np.ndarray, node: np.ndarray, tid: np.ndarray,
+                key: dict[str, np.ndarray]) -> None:
+        ch = _Chunk(signals, ts, sev, sig, node, tid, key, self._uid)
         self._uid += len(signals)
         for kind, (comp, rows) in ch.by_key.items():
             self.keys[kind].saw(comp, ts[rows])
@@ -645,12 +668,12 @@ class SignalIndex:
                 r, q = r[same], q[same]
             if work is not None:
                 r, q = work.admit(ch, r, q, span)
-            parts.append((span[q], ch.ts[r], ch.sev[r], ch.uid0 + r, (ci << 32) | r))
+            parts.append((span[q], ch.ts[r], ch.sev[r], ch.sig[r], ch.uid0 + r,
+                          (ci << 32) | r))
         if not parts:
             return _Candidates.none()
         cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
-        return _Candidates(cols[0], np.full(len(cols[0]), tier, np.int64), cols[1], cols[2],
-                          cols[3], cols[4])
+        return _Candidates(cols[0], np.full(len(cols[0]), tier, np.int64), *cols[1:])
 
 
 class Correlator:
@@ -697,8 +720,8 @@ class Correlator:
         Per span: every signal that fits a tier (its key, within the tier's window of the
         span's interval) belongs to the most confident tier it fits. Enriching joins are
         ordered by confidence, then |Δt|, then severity (flagged first), then time, and
-        the first ``max_fanout`` kept. Spans without one get their diagnostic joins so
-        ordered instead.
+        the first ``max_fanout`` of each signal kept. Spans without one get their
+        diagnostic joins so ordered instead.
         """
         with _young_garbage():
             return self._correlate_many(spans)
@@ -795,7 +818,7 @@ class Correlator:
                 np.array(q_node, np.int32))
 
     def _best(self, cand: _Candidates, s: np.ndarray, e: np.ndarray) -> _Candidates:
-        """Each span's first ``max_fanout`` candidates, in match order.
+        """Each span's first ``max_fanout`` candidates of each signal, in match order.
 
         One int64 sort key per candidate, most significant first: span, confidence
         rank, then inside the span (Δt 0) severity and time since the span's start, or
@@ -813,24 +836,29 @@ class Correlator:
                        (1 << 35) | (np.minimum(np.where(ts < s_q, s_q - ts, ts - e_q),
                                                (1 << 33) - 1) << 2) | worse)
         order = np.argsort((q << 38) | (self._rank[cand.tier] << 36) | low, kind="stable")
-        qs = q[order]
-        first = np.searchsorted(qs, qs, "left")  # each span's first row
-        keep = order[np.arange(len(qs)) - first < self.config.max_fanout]
-        return cand.take(keep)
+        # Each row's place among its span's joins of the same signal, in that order.
+        group = (q[order] << 24) | cand.sig[order]
+        by_group = np.argsort(group, kind="stable")
+        grouped = group[by_group]
+        nth = np.empty(len(order), np.int64)
+        nth[by_group] = np.arange(len(grouped)) - np.searchsorted(grouped, grouped, "left")
+        return cand.take(order[nth < self.config.max_fanout])
 
     def _assemble(self, spans: list[Span], joins: np.ndarray, best: _Candidates,
                   diags: _Candidates | None, s: np.ndarray, e: np.ndarray
                   ) -> list[EnrichedSpan]:
         st, chunks = self.stats, self.index.chunks
-        names = [(t[0], t[1]) for t in self._tiers]
+        tier_names, confidences = [t[0] for t in self._tiers], [t[1] for t in self._tiers]
 
         def matches(cand: _Candidates) -> dict[int, list[Match]]:
             """Per span, its Matches (candidates come sorted by span)."""
             q, ts = cand.span, cand.ts
             delta = np.where(ts < s[q], ts - s[q], np.where(ts > e[q], ts - e[q], 0)) / 1e6
-            ms = [Match(chunks[ref >> 32].signals[ref & 0xFFFFFFFF], *names[tier], d)
-                  for tier, d, ref in zip(cand.tier.tolist(), delta.tolist(),
-                                          cand.ref.tolist(), strict=True)]
+            lists = [ch.signals for ch in chunks]
+            ms = [Match(lists[c][r], tier_names[tier], confidences[tier], d)
+                  for tier, d, c, r in zip(cand.tier.tolist(), delta.tolist(),
+                                           (cand.ref >> 32).tolist(),
+                                           (cand.ref & 0xFFFFFFFF).tolist(), strict=True)]
             if not ms:
                 return {}
             cut = (np.flatnonzero(np.diff(q)) + 1).tolist()
@@ -841,11 +869,15 @@ class Correlator:
         low = matches(diags) if diags is not None else {}
         st.spans += len(spans)
         st.fanout_dropped += int(joins.sum()) - len(best.span)
-        by_tier = st.by_tier
-        for m in (x for ms in got.values() for x in ms):
-            by_tier[m.tier] = by_tier.get(m.tier, 0) + 1
-            if m.signal.signal not in ATTRIBUTES:
-                st.unsupported_type += 1
+        for tier, kept in zip(tier_names, np.bincount(best.tier, minlength=len(tier_names))
+                              .tolist(), strict=True):
+            if kept:
+                st.by_tier[tier] = st.by_tier.get(tier, 0) + kept
+        if len(best.sig):
+            named = [code for name, code in _SIGNAL_CODES.items() if name in ATTRIBUTES]
+            unsupported = np.ones(len(_SIGNAL_CODES), bool)
+            unsupported[named] = False
+            st.unsupported_type += int(unsupported[best.sig].sum())
         out = []
         for i, span in enumerate(spans):
             if (ms := got.get(i)) is not None:

@@ -171,12 +171,26 @@ def test_threshold_and_confidence_attribute():
 def test_fanout_bound_and_order():
     signals = [sig(60 + i * 10, pid=42, value=i) for i in range(5)]  # 10..50 ms after end
     signals += [sig(1, trace_id=TRACE, pod="", value=0.5), sig(300, conn=CONN, value=99)]
-    es, cor = run(signals, span(attrs=CONN_ATTRS))
+    es, cor = run(signals, span(attrs=CONN_ATTRS), CorrelationConfig(max_fanout=3))
     assert tiers(es) == [TRACE_ID_EXACT, POD_PID, POD_PID]
     assert [m.delta_ms for m in es.matches] == [0.0, 10.0, 20.0]
     assert cor.stats.fanout_dropped == 4 and cor.stats.by_tier == {TRACE_ID_EXACT: 1, POD_PID: 2}
     es, cor = run(signals, span(attrs=CONN_ATTRS), CorrelationConfig(max_fanout=10))
     assert len(es.matches) == 7 and cor.stats.fanout_dropped == 0
+
+
+def test_fanout_is_bounded_per_signal():
+    # A provider call on the event loop's thread: more of that thread's run-queue waits
+    # than the bound, nearer and more confident than the retransmits on the call's own
+    # connection. Each signal has its own bound, so the retransmits still enrich it.
+    waits = [sig(i, pid=42, tid=42, signal="runqueue_delay_ms") for i in range(1, 6)]
+    retrans = [sig(20 + i, conn=CONN, signal="tcp_retransmits_total") for i in range(3)]
+    es, cor = run(waits + retrans, span(attrs={**CONN_ATTRS, "thread.id": 42}),
+                  CorrelationConfig(max_fanout=2))
+    assert tiers(es) == [POD_PID, POD_PID, POD_CONN, POD_CONN]
+    assert [m.signal for m in es.matches] == waits[:2] + retrans[:2]
+    assert es.attributes["llm.ebpf.tcp.retransmits"] == 1
+    assert cor.stats.fanout_dropped == 4
 
 
 def test_fanout_prefers_flagged_signals_among_ties():
@@ -362,7 +376,9 @@ def _tier_of(c: CorrelationConfig) -> dict[str, tuple[float, float]]:
 def test_match_invariants(signals, sp, cfg):
     es, cor = run(signals, sp, cfg)
     tier_of = _tier_of(cfg)
-    assert len(es.matches) <= cfg.max_fanout and len(es.diagnostics) <= cfg.max_fanout
+    for name in {m.signal.signal for m in es.matches + es.diagnostics}:
+        assert sum(m.signal.signal == name for m in es.matches) <= cfg.max_fanout
+        assert sum(m.signal.signal == name for m in es.diagnostics) <= cfg.max_fanout
     for m in es.matches + es.diagnostics:
         conf, window = tier_of[m.tier]
         assert m.confidence == conf
@@ -392,8 +408,10 @@ def test_unrelated_signals_never_remove_a_match(signals, noise, sp, cfg):
     assert more.attributes == base.attributes
 
 
-def _oracle(signals: list[ProbeEvent], sp: Span, c: CorrelationConfig) -> tuple[list, list]:
-    """Brute force over every signal: its best tier, then the (confidence, |Δt|) order."""
+def _oracle(signals: list[ProbeEvent], sp: Span, c: CorrelationConfig
+            ) -> tuple[list, list, int]:
+    """Brute force over every signal: its best tier, then the (confidence, |Δt|) order;
+    the enriching and diagnostic joins kept, and how many enriching joins there were."""
     s, e = sp.start_unix_nano, sp.end_unix_nano
     keys = span_keys(sp)
     enrich, diag = [], []
@@ -422,9 +440,23 @@ def _oracle(signals: list[ProbeEvent], sp: Span, c: CorrelationConfig) -> tuple[
                 ok.append(c.service_node_confidence)
         if ok:
             (enrich if max(ok) >= c.threshold else diag).append((-max(ok), round(d, 6), g))
-    # Enriching: inside the span, flagged signals win ties.
-    return (sorted(_key(conf, d, g) for conf, d, g in enrich),
-            sorted((conf, d) for conf, d, _ in diag))
+    # Enriching: inside the span, flagged signals win ties; the bound is per signal.
+    return (_first_per_signal(sorted((_key(conf, d, g), g.signal) for conf, d, g in enrich),
+                              c.max_fanout),
+            _first_per_signal(sorted(((conf, d), g.signal) for conf, d, g in diag),
+                              c.max_fanout),
+            len(enrich))
+
+
+def _first_per_signal(ranked: list[tuple[Any, str]], k: int) -> list[Any]:
+    """The first ``k`` keys of each signal name, in rank order."""
+    seen: dict[str, int] = {}
+    kept = []
+    for key, name in ranked:
+        if (n := seen.get(name, 0)) < k:
+            kept.append(key)
+        seen[name] = n + 1
+    return kept
 
 
 def _key(neg_conf: float, abs_d: float, g: ProbeEvent) -> tuple[float, float, int]:
@@ -438,14 +470,13 @@ SEVERITY = {"ok": 0, "warning": 1, "error": 2}
 @given(st.lists(signal_st(), max_size=40), spans_st, configs)
 def test_agrees_with_brute_force(signals, sp, cfg):
     es, cor = run(signals, sp, cfg)
-    enrich, diag = _oracle(signals, sp, cfg)
-    k = cfg.max_fanout
+    enrich, diag, joins = _oracle(signals, sp, cfg)
     got = [_key(-m.confidence, round(abs(m.delta_ms), 6), m.signal) for m in es.matches]
-    assert sorted(got) == enrich[:k]
+    assert sorted(got) == enrich
     # Diagnostics are searched only for spans without an enriching join.
-    want = [] if enrich else diag[:k]
+    want = [] if joins else diag
     assert [(-m.confidence, round(abs(m.delta_ms), 6)) for m in es.diagnostics] == want
-    assert cor.stats.fanout_dropped == max(0, len(enrich) - k)
+    assert cor.stats.fanout_dropped == joins - len(enrich)
 
 
 def test_correlator_keeps_an_index_that_is_still_empty():
@@ -462,7 +493,7 @@ def test_overlapping_keys_with_flagged_ties():
     both = [sig(i, pid=42, conn=CONN) for i in (1, 2)]
     conn_only = [sig(10 + i, pid=43, conn=CONN, status="warning" if i == 4 else "ok")
                  for i in range(5)]
-    es, cor = run(both + conn_only, span(attrs=CONN_ATTRS))
+    es, cor = run(both + conn_only, span(attrs=CONN_ATTRS), CorrelationConfig(max_fanout=3))
     assert tiers(es) == [POD_PID, POD_PID, POD_CONN]
     assert es.matches[2].signal.status == "warning"
     assert cor.stats.fanout_dropped == 4  # 7 joins, each signal counted once
