@@ -469,28 +469,19 @@ def enable_run_time_stats() -> int | None:
     return int(fd) if fd >= 0 else None
 
 
-_btf_cache: dict[str | None, Any] = {}
-
-
 @functools.lru_cache(maxsize=256)
 def kernel_btf_has(name: str, kind: int = BTF_KIND_TYPEDEF, btf_path: str | None = None) -> bool:
     """Whether the kernel BTF (or ``btf_path``) defines ``name`` of ``kind``.
 
-    tp_btf programs attach to the typedef ``btf_trace_<tracepoint>``. The parsed BTF
-    (~10 ms for vmlinux) is kept until :func:`release_btf`, so start-up parses it once.
+    tp_btf programs attach to the typedef ``btf_trace_<tracepoint>``. Each question
+    parses the BTF and frees it (~10 ms for vmlinux): kept, the parse stood beside the
+    one libbpf makes while it loads each object, and was the agent's peak RSS.
     """
-    btf = _btf_cache.get(btf_path)
-    if btf is None:
-        btf = (lib().btf__parse(btf_path.encode(), ffi.NULL) if btf_path
-               else lib().btf__load_vmlinux_btf())
-        if btf == ffi.NULL:
-            return False
-        _btf_cache[btf_path] = btf
-    return int(lib().btf__find_by_name_kind(btf, name.encode(), kind)) > 0
-
-
-def release_btf() -> None:
-    """Free parsed BTF kept by :func:`kernel_btf_has` (answers stay cached)."""
-    for btf in _btf_cache.values():
+    btf = (lib().btf__parse(btf_path.encode(), ffi.NULL) if btf_path
+           else lib().btf__load_vmlinux_btf())
+    if btf == ffi.NULL:
+        return False
+    try:
+        return int(lib().btf__find_by_name_kind(btf, name.encode(), kind)) > 0
+    finally:
         lib().btf__free(btf)
-    _btf_cache.clear()

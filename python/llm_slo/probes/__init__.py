@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from llm_slo.bpf.libbpf import enable_run_time_stats, release_btf
+from llm_slo.bpf.libbpf import enable_run_time_stats
 from llm_slo.errors import ConfigError, LlmSloError
 from llm_slo.events import SIGNALS
 from llm_slo.probes.base import AttachPoint, Probe, ProbeOptions
@@ -68,7 +68,6 @@ class ProbeSet:
             self.probes[signal] = probe
             for gap in probe.gaps:
                 log.warning("probe degraded", signal=signal, gap=gap)
-        release_btf()  # parsed vmlinux BTF is only needed while probes open
 
     def poll(self, now_ns: int) -> list[Any]:
         """Records from every open probe since the last poll; a probe whose read fails
