@@ -3,12 +3,17 @@
  * runqueue_delay_ms: time a runnable task waits for a CPU, charged to the cgroup of the
  * task that waited (not to `current`, which at wakeup is the waker and at switch is prev).
  *
- * tp_btf hooks (typed arguments, no tracefs): a task becomes runnable at sched_wakeup /
- * sched_wakeup_new, or stays runnable when preempted (sched_switch with prev still
- * TASK_RUNNING); its wait ends when sched_switch picks it as `next`. With tp_btf the
- * enqueue time lives in task storage (no pid-keyed hash to overflow); the raw_tp
- * twins, for kernels without BTF, get untrusted task pointers that task storage
- * refuses, so they use a pid-keyed hash instead.
+ * A wait ends when sched_switch picks the task as `next`, and that one hook is enough:
+ * the scheduler's own bookkeeping (CONFIG_SCHED_INFO, behind delay accounting and
+ * /proc/<pid>/schedstat) stamps `sched_info.last_queued` with the run queue's clock when
+ * a task is queued (woken, new, or preempted) and clears it only after this tracepoint,
+ * so the wait is that clock now minus the stamp. No wakeup hook runs and no per-task
+ * state is kept. A wait cut by a migration counts from the move: the kernel folds the
+ * part before it into `run_delay`.
+ *
+ * The run queue is reached through `next->se.cfs_rq->rq` (CONFIG_FAIR_GROUP_SCHED, which
+ * sets it for tasks of every class): the per-CPU `runqueues` ksym would need
+ * CONFIG_KALLSYMS_ALL, which many kernels (the one this was written on) lack.
  */
 #include "common.bpf.h"
 
@@ -16,29 +21,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 BTF_EXPORT(runq_event);
 
-#define TASK_RUNNING 0
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct runq_config);
 } settings SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} enqueued_at SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, __u32); /* pid (thread id) */
-	__type(value, __u64);
-} enqueued_by_pid SEC(".maps");
 
 /* Per-CPU histograms: sched_switch is the hottest hook on the node, no shared lines. */
 struct {
@@ -62,22 +50,8 @@ struct {
 
 static const struct hist zero_hist;
 
-/* task_struct::state was renamed __state in 5.14 (commit 2f064a59a11f). */
-struct task_struct___o {
-	volatile long state;
-} __attribute__((preserve_access_index));
-
-static __always_inline long task_state(struct task_struct *t, const bool btf)
-{
-	struct task_struct___o *old = (void *)t;
-
-	if (bpf_core_field_exists(old->state))
-		return BPF_CORE_READ(old, state);
-	return btf ? t->__state : BPF_CORE_READ(t, __state);
-}
-
 /*
- * sched_switch is the hottest hook on the node: with tp_btf the pointer chain is
+ * sched_switch is the hottest hook on the node: with tp_btf the pointer chains are
  * walked with direct (probe-mem) loads instead of one bpf_probe_read_kernel() call
  * per hop, which make bench showed to dominate the program's cost.
  */
@@ -86,42 +60,23 @@ static __always_inline __u64 cgroup_of(struct task_struct *t, const bool btf)
 	return btf ? t->cgroups->dfl_cgrp->kn->id : task_cgroup_id(t);
 }
 
-/* `btf` is a constant per program: each flavour compiles only its own branch. */
-static __always_inline void mark_enqueued(struct task_struct *t, const bool btf)
+/*
+ * How long `next` waited, -1 if unknown. A wait can be 0: when a wakeup preempts,
+ * __schedule() skips its clock update, so the stamp and the clock agree. `btf` is a
+ * constant per program: each flavour compiles only its own branch.
+ */
+static __always_inline __s64 waited(struct task_struct *next, const bool btf)
 {
-	__u32 pid = btf ? t->pid : BPF_CORE_READ(t, pid);
-	__u64 now, *ts;
+	__u64 queued, clock;
+	__s64 delay;
 
-	if (!pid)
-		return; /* idle task */
-	now = bpf_ktime_get_ns();
-	if (btf) {
-		ts = bpf_task_storage_get(&enqueued_at, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (ts)
-			*ts = now;
-	} else if (bpf_map_update_elem(&enqueued_by_pid, &pid, &now, BPF_ANY)) {
-		count(COUNTER_MAP_FULL);
-	}
-}
-
-static __always_inline __u64 take_enqueued(struct task_struct *t, __u32 pid, const bool btf)
-{
-	__u64 *ts, v = 0;
-
-	if (btf) {
-		ts = bpf_task_storage_get(&enqueued_at, t, 0, 0);
-		if (ts) {
-			v = *ts;
-			*ts = 0;
-		}
-	} else {
-		ts = bpf_map_lookup_elem(&enqueued_by_pid, &pid);
-		if (ts) {
-			v = *ts;
-			bpf_map_delete_elem(&enqueued_by_pid, &pid);
-		}
-	}
-	return v;
+	queued = btf ? next->sched_info.last_queued : BPF_CORE_READ(next, sched_info.last_queued);
+	if (!queued)
+		return -1;
+	/* The clock the stamp was taken with, updated by __schedule() before the pick. */
+	clock = btf ? next->se.cfs_rq->rq->clock : BPF_CORE_READ(next, se.cfs_rq, rq, clock);
+	delay = clock - queued;
+	return delay > 0 ? delay : 0;
 }
 
 static __always_inline void emit_slow(struct task_struct *next, __u64 pid_tgid,
@@ -150,20 +105,17 @@ static __always_inline void switch_in(struct task_struct *prev, struct task_stru
 	__u32 zero = 0, pid, tgid;
 	struct runq_config *cfg;
 	struct hist *h;
-	__u64 ts, now, delay, cgroup_id;
+	__u64 now, delay, cgroup_id;
+	__s64 wait;
 
-	if (task_state(prev, btf) == TASK_RUNNING)
-		mark_enqueued(prev, btf);
 	pid = btf ? next->pid : BPF_CORE_READ(next, pid);
 	if (!pid)
 		return;
-	ts = take_enqueued(next, pid, btf);
-	if (!ts)
+	wait = waited(next, btf);
+	if (wait < 0)
 		return;
+	delay = wait;
 	now = bpf_ktime_get_ns();
-	delay = now - ts;
-	if ((__s64)delay < 0)
-		return;
 	cgroup_id = cgroup_of(next, btf);
 	h = lookup_or_init(&runq_hists, &cgroup_id, &zero_hist);
 	if (h) {
@@ -183,20 +135,6 @@ static __always_inline void switch_in(struct task_struct *prev, struct task_stru
 	emit_slow(next, (__u64)tgid << 32 | pid, cgroup_id, prev, delay, now);
 }
 
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(runq_wakeup, struct task_struct *p)
-{
-	mark_enqueued(p, true);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(runq_wakeup_new, struct task_struct *p)
-{
-	mark_enqueued(p, true);
-	return 0;
-}
-
 SEC("tp_btf/sched_switch")
 int BPF_PROG(runq_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
@@ -204,21 +142,7 @@ int BPF_PROG(runq_switch, bool preempt, struct task_struct *prev, struct task_st
 	return 0;
 }
 
-/* raw_tp twins for kernels without BTF (CO-RE then relocates against --btf FILE). */
-
-SEC("raw_tp/sched_wakeup")
-int BPF_PROG(runq_wakeup_raw, struct task_struct *p)
-{
-	mark_enqueued(p, false);
-	return 0;
-}
-
-SEC("raw_tp/sched_wakeup_new")
-int BPF_PROG(runq_wakeup_new_raw, struct task_struct *p)
-{
-	mark_enqueued(p, false);
-	return 0;
-}
+/* The raw_tp twin for kernels without BTF (CO-RE then relocates against --btf FILE). */
 
 SEC("raw_tp/sched_switch")
 int BPF_PROG(runq_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)

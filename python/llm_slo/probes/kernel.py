@@ -93,7 +93,7 @@ class RunqueueDelay(BpfProbe):
 
     signal = "runqueue_delay_ms"
     object_name = "runqueue_delay"
-    tracepoints = ("sched_wakeup", "sched_wakeup_new", "sched_switch")
+    tracepoints = ("sched_switch",)  # the wait's start: the kernel's sched_info stamp
     bcc_tracepoints = ("sched/sched_wakeup", "sched/sched_wakeup_new", "sched/sched_switch")
     rings = {"events": abi.RUNQ_EVENT}  # noqa: RUF012
 
