@@ -212,7 +212,8 @@ def _add_lab(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--scenario", required=True, help="see `sloctl lab list`")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
-                     help="override a fault parameter (repeatable)")
+                     help="override a fault or workload parameter (repeatable; `sloctl lab "
+                     "list` shows them)")
     run.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
     run.add_argument("--phases", default="baseline=20s,fault=20s,recovery=10s",
                      help="phase lengths (default baseline=20s,fault=20s,recovery=10s)")
@@ -293,10 +294,13 @@ def _lab(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_slo.lab import cleanup_all
-    from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params
+    from llm_slo.lab.faults import FAULTS, SCENARIOS, WORKLOAD, parse_sets, resolve_params
     from llm_slo.lab.topology import clean_netns_etc
 
     if args.lab_command == "list":
+        print("workload (every scenario)")
+        for name, p in WORKLOAD.items():
+            print(f"{'':<22}--set {name}={p.default:g}  ({p.help}; {p.lo:g}..{p.hi:g})")
         for sc in SCENARIOS.values():
             steps = " -> ".join("+".join(step) for step in sc.steps) or "(no fault)"
             domains = {FAULTS[f].domain for step in sc.steps for f in step}

@@ -59,11 +59,14 @@ def test_mixed_scenario_names_each_fault(tmp_path: Path, lab_leftovers) -> None:
 def test_paired_no_agent_alternates_on_the_same_load(tmp_path: Path, lab_leftovers) -> None:
     """`--paired-no-agent`: each repetition once with the agent and once with a plain
     span sink, on the same planned load, the first of the pair alternating; the TTFT
-    p99 comparison is written from both sides' client results."""
+    p99 comparison is written from both sides' client results. The workload's own
+    parameters reach the load generator and the provider (`--set load.rps`,
+    `provider.ttft_ms`)."""
     on, off = tmp_path / "none", tmp_path / "none-no-agent"
     proc = subprocess.run(
         [sys.executable, "-m", "llm_slo.cli", "lab", "run", "--scenario", "none",
          "--reps", "2", "--phases", "baseline=6s", "--out", str(on),
+         "--set", "load.rps=15", "--set", "provider.ttft_ms=300",
          "--paired-no-agent", str(off)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -78,7 +81,10 @@ def test_paired_no_agent_alternates_on_the_same_load(tmp_path: Path, lab_leftove
         assert (on / rep / "agent.json").is_file() and not (off / rep / "agent.json").exists()
         sent = [[r["seq"] for r in map(json.loads, (d / rep / "requests.jsonl").open())]
                 for d in (on, off)]
-        assert sent[0] == sent[1] and len(sent[0]) > 50, rep  # the same planned requests
+        assert sent[0] == sent[1] and len(sent[0]) == 6 * 15, rep  # the same planned load
+        ttft = sorted(r["ttft_ms"] for r in map(json.loads, (on / rep / "requests.jsonl").open())
+                      if r["ttft_ms"] is not None)
+        assert ttft[len(ttft) // 2] >= 300, rep  # the provider's first token, --set
     overhead = json.loads((on / "summary.json").read_text())["latency_overhead"]
     assert overhead["no_agent_run"] == str(off)
     assert overhead["ttft_p99_ms_agent"] > 0 and overhead["ttft_p99_ms_no_agent"] > 0

@@ -379,6 +379,18 @@ def test_loadgen_cli_writes_jsonl(lab: Lab, tmp_path: Path) -> None:
     assert summary["ok"] == summary["requests"] == 5
     write_jsonl(results, tmp_path / "copy.jsonl")
     assert read_jsonl(tmp_path / "copy.jsonl") == results
+    # --rate keeps the profile's mix and spacing rule at another rate: 0.25 s at 40/s.
+    proc = subprocess.run([sys.executable, "-m", "llm_slo.lab.loadgen", "--url", lab.url,
+                           "--rate", "40", "--duration", "0.25", "--seed", "9", "--out",
+                           str(out)], capture_output=True, text=True, timeout=30, check=True)
+    fast = msgspec.structs.replace(PROFILE, rate_rps=40.0)
+    assert [(r.seq, r.size) for r in read_jsonl(out)] == [
+        (p.seq, p.size) for p in plan(fast, 0.25, 9)]
+    assert len(read_jsonl(out)) == 10
+    bad = subprocess.run([sys.executable, "-m", "llm_slo.lab.loadgen", "--url", lab.url,
+                          "--rate", "0", "--duration", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--rate: must be above 0" in bad.stderr
 
 
 def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:

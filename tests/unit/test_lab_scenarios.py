@@ -7,7 +7,14 @@ import pytest
 from llm_slo.cli import main
 from llm_slo.errors import LabError
 from llm_slo.incident import FAULT_DOMAINS
-from llm_slo.lab.faults import FAULTS, SCENARIOS, parse_sets, resolve_params, undo_all
+from llm_slo.lab.faults import (
+    FAULTS,
+    SCENARIOS,
+    WORKLOAD,
+    parse_sets,
+    resolve_params,
+    undo_all,
+)
 from llm_slo.lab.lab_score import build_cases, slo_break_delays
 from llm_slo.lab.loadgen import RequestResult
 from llm_slo.lab.runner import Phases
@@ -25,8 +32,10 @@ def test_every_fault_of_the_issue_exists_with_a_known_domain() -> None:
 
 def test_set_overrides_are_validated_against_the_scenario() -> None:
     sc = SCENARIOS["dns_latency"]
-    assert resolve_params(sc, {}) == {"dns.delay_ms": 100}
-    assert resolve_params(sc, parse_sets(["dns.delay_ms=150"])) == {"dns.delay_ms": 150.0}
+    workload = {name: p.default for name, p in WORKLOAD.items()}
+    assert resolve_params(sc, {}) == {**workload, "dns.delay_ms": 100}
+    assert resolve_params(sc, parse_sets(["dns.delay_ms=150"])) == {
+        **workload, "dns.delay_ms": 150.0}
     with pytest.raises(LabError, match=r"no such parameter.*dns\.delay_ms"):
         resolve_params(sc, {"egress.loss_pct": "10"})
     with pytest.raises(LabError, match=r"within 1\.\.10000"):
@@ -212,6 +221,8 @@ def test_the_fault_on_now_is_the_row_when_two_touched_the_requests() -> None:
 def test_lab_list_shows_every_scenario_with_its_parameters_and_defaults(capsys) -> None:
     assert main(["lab", "list"]) == 0
     out = capsys.readouterr().out
+    for name, p in WORKLOAD.items():
+        assert f"--set {name}={p.default:g}" in out
     for sc in SCENARIOS.values():
         assert sc.name in out and sc.description in out
         for name, p in sc.params().items():
@@ -239,3 +250,26 @@ def test_provider_faults_pass_retry_after_and_status_and_restore_them() -> None:
         assert calls == [on, off], fault
     with pytest.raises(LabError, match=r"within 500\.\.599"):
         resolve_params(SCENARIOS["provider_error"], {"provider.error_status": "429"})
+
+
+def test_workload_parameters_apply_to_every_scenario() -> None:
+    for sc in (SCENARIOS["none"], SCENARIOS["mixed"]):
+        got = resolve_params(sc, parse_sets(["load.rps=10", "provider.ttft_ms=300"]))
+        assert got["load.rps"] == 10 and got["provider.ttft_ms"] == 300
+        assert got["vectordb.base_latency_ms"] == 5
+    with pytest.raises(LabError, match=r"load\.rps=0: must be within 0\.1\.\.200"):
+        resolve_params(SCENARIOS["none"], {"load.rps": "0"})
+
+
+def test_retrieval_slowdown_goes_back_to_the_base_latency() -> None:
+    calls: list[dict[str, float]] = []
+
+    class Lab:
+        def vectordb_set(self, **knobs: float) -> None:
+            calls.append(knobs)
+
+    sc = SCENARIOS["retrieval_slowdown"]
+    undo = FAULTS["retrieval_slowdown"].inject(
+        Lab(), resolve_params(sc, parse_sets(["vectordb.base_latency_ms=40"])))
+    undo()
+    assert calls == [{"latency_ms": 800}, {"latency_ms": 40}]

@@ -53,6 +53,16 @@ class Param(msgspec.Struct, frozen=True):
 
 Inject = Callable[[LabControl, Mapping[str, float]], Callable[[], None]]
 
+#: The workload's own settings, the same for every scenario: the load offered and the
+#: backends' behaviour outside a fault (a fault's undo goes back to these).
+WORKLOAD: dict[str, Param] = {
+    "load.rps": Param(20, 0.1, 200, "requests offered per second, evenly spaced; the "
+                      "prompt mix of profile rag_mixed_20rps"),
+    "vectordb.base_latency_ms": Param(5, 0, 60_000, "the vector DB's search latency, ms"),
+    "provider.ttft_ms": Param(120, 0, 60_000, "the provider's time to first token, ms"),
+    "provider.tokens_per_s": Param(50, 1, 100_000, "the provider's token rate, per s"),
+}
+
 
 class Fault(msgspec.Struct, frozen=True):
     """A fault: the domain it is ground truth for, what it does, its parameters."""
@@ -133,7 +143,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "the vector DB answers searches late",
           {"vectordb.latency_ms": Param(800, 1, 60_000, "search latency, ms")},
           lambda lab, p: _setting(lab.vectordb_set, {"latency_ms": p["vectordb.latency_ms"]},
-                                  {"latency_ms": 5.0})),
+                                  {"latency_ms": p["vectordb.base_latency_ms"]})),
 )}
 
 
@@ -168,8 +178,9 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def resolve_params(scenario: Scenario, overrides: Mapping[str, str]) -> dict[str, float]:
-    """Defaults of ``scenario``'s parameters with ``--set`` overrides applied."""
-    params = scenario.params()
+    """Defaults of the workload's and ``scenario``'s parameters with ``--set`` overrides
+    applied."""
+    params = {**WORKLOAD, **scenario.params()}
     values = {name: p.default for name, p in params.items()}
     for name, text in overrides.items():
         if name not in params:

@@ -305,8 +305,21 @@ async def _main_async(args: argparse.Namespace) -> LoadRun:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop the schedule, keep what we have
         loop.add_signal_handler(sig, stop.set)
-    return await run_load(args.url, args.profile, args.duration, args.seed,
+    profile = PROFILES[args.profile]
+    if args.rate is not None:
+        profile = msgspec.structs.replace(profile, rate_rps=args.rate)
+    return await run_load(args.url, profile, args.duration, args.seed,
                           max_in_flight=args.max_in_flight, stop=stop)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Seeded open-loop load for the lab RAG service.")
     p.add_argument("--url", required=True, help="the RAG service's /chat URL")
     p.add_argument("--profile", default="rag_mixed_20rps", choices=sorted(PROFILES))
+    p.add_argument("--rate", type=_positive, metavar="RPS",
+                   help="requests per second instead of the profile's (same prompt mix)")
     p.add_argument("--duration", type=float, required=True, help="seconds of schedule")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="JSONL file, one result per request")

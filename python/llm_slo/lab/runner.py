@@ -30,7 +30,7 @@ import msgspec
 from llm_slo.bpf.libbpf import held_prog_ids, prog_run_time_ns
 from llm_slo.errors import LabError
 from llm_slo.lab import cleanup_all
-from llm_slo.lab.faults import FAULTS, Scenario, undo_all
+from llm_slo.lab.faults import FAULTS, WORKLOAD, Scenario, undo_all
 from llm_slo.lab.join_truth import run_truth
 from llm_slo.lab.lab_score import (
     RepResult,
@@ -287,7 +287,8 @@ class LabRun:
                               if self.paired_no_agent else ""))
         try:
             with Topology(self.out / "lab") as topo:
-                services = LabServices(topo, seed=self.seed, max_s=max_s)
+                services = LabServices(topo, seed=self.seed, max_s=max_s,
+                                       workload=self.params)
                 services.start(self.out / "lab")
                 for rep in range(1, self.reps + 1):
                     if self.paired_no_agent is None:
@@ -351,6 +352,7 @@ class LabRun:
             loadgen = topo.spawn("loadgen", [
                 sys.executable, "-m", "llm_slo.lab.loadgen", "--url", services.rag_url,
                 "--duration", str(total), "--seed", str(self.seed + rep),
+                "--rate", repr(self.params.get("load.rps", WORKLOAD["load.rps"].default)),
                 "--out", str(rep_dir / "requests.jsonl")],
                 stdout=subprocess.PIPE, stderr=(rep_dir / "loadgen.log").open("wb"))
             services.pids["loadgen"].add(loadgen.pid)

@@ -14,12 +14,13 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from llm_slo.errors import LabError
 from llm_slo.lab.dns_server import dns_server_argv
+from llm_slo.lab.faults import WORKLOAD
 from llm_slo.lab.join_truth import RAG_TRUTH
 from llm_slo.lab.nft import NftDrop
 from llm_slo.lab.processes import read_ready_line
@@ -41,10 +42,13 @@ _HOG = ("import time\nend = time.monotonic() + {max_s}\n"
 class LabServices:
     """Start with :meth:`start`; everything stops with the topology."""
 
-    def __init__(self, topo: Topology, *, seed: int, max_s: float) -> None:
+    def __init__(self, topo: Topology, *, seed: int, max_s: float,
+                 workload: Mapping[str, float] | None = None) -> None:
         self.topo = topo
         self.seed = seed
         self.max_s = max_s
+        given = workload or {}
+        self.workload = {name: given.get(name, p.default) for name, p in WORKLOAD.items()}
         self.cert_dir = topo.run_dir / "certs"
         self.dns: subprocess.Popen[bytes] | None = None
         self.rag: subprocess.Popen[bytes] | None = None
@@ -80,9 +84,12 @@ class LabServices:
         backends = [
             ("provider", provider_argv(pods["provider"].addr, PROVIDER_PORT,
                                        cert_dir=str(self.cert_dir), max_s=self.max_s,
-                                       seed=self.seed)),
+                                       seed=self.seed,
+                                       ttft_ms=self.workload["provider.ttft_ms"],
+                                       tokens_per_s=self.workload["provider.tokens_per_s"])),
             ("vectordb", vectordb_argv(pods["vectordb"].addr, VECTORDB_PORT,
-                                       max_s=self.max_s, seed=self.seed)),
+                                       max_s=self.max_s, seed=self.seed,
+                                       latency_ms=self.workload["vectordb.base_latency_ms"])),
         ]
         for role, argv in backends:
             proc = self._spawn(role, argv, stdout=subprocess.PIPE,
