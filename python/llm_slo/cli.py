@@ -246,8 +246,9 @@ def _add_lab(sub: Any) -> None:
     rescore.add_argument("--recorded", action="store_true",
                          help="replay nothing: score the live agent's own attributions "
                          "again with this version's scoring (after a change of the "
-                         "scoring); overhead and correlation are carried over from the "
-                         "run's summary.json, and the report is written again in --out")
+                         "scoring); span joins are judged again where the run kept the "
+                         "rag's truth log, overhead is carried over from the run's "
+                         "summary.json, and the report is written again in --out")
     lab_sub.add_parser("clean", help="remove every namespace, cgroup, nftables table and "
                        "process a lab run left behind (also of crashed runs)")
 

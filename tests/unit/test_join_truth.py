@@ -77,6 +77,16 @@ def test_a_lookup_judged_only_inside_its_interval_and_thread(tmp_path: Path) -> 
     assert s.precision is None and s.recall is None
 
 
+def test_an_event_inside_a_lookup_is_that_lookups_before_the_next_ones_slack(
+        tmp_path: Path) -> None:
+    # The thread's next lookup (B) starts 0.1 ms after A's last answer; A holds it.
+    truth = read_truth(write(tmp_path, [lookup(A, 0, 60), lookup(B, 60.2, 90)], [], [])[0])
+    assert truth is not None
+    assert truth.request_of(event(59.9, tid=DNS_TID)) == A
+    assert truth.request_of(event(60.1, tid=DNS_TID)) == B  # in neither: within B's slack
+    assert truth.request_of(event(61, tid=DNS_TID)) == B
+
+
 def test_events_without_a_request_are_not_judged(tmp_path: Path) -> None:
     # An aggregate (no thread) and the provider's side of the rag's connection join or
     # not; neither has a request in the truth, so neither counts either way.

@@ -63,12 +63,18 @@ class _Intervals:
     def find(self, key: Any, ts_ns: int) -> str | None:
         """The trace whose interval holds ``ts_ns``. A thread runs one lookup at a time
         and a connection carries one call (no keep-alive), so a key's intervals do not
-        overlap: only the last two to start by then can hold it, within the slack."""
+        overlap: only the last two to start by then can hold it, within the slack. One
+        that holds it exactly wins over one that needs the slack: a lookup's last answer
+        comes a few µs before it ends, and the thread's next lookup starts right after."""
         spans = self._by_key.get(key)
         if not spans:
             return None
         i = bisect.bisect_right(self._starts[key], ts_ns + CLOCK_SLACK_NS)
-        for start, end, trace in reversed(spans[max(0, i - 2):i]):
+        near = spans[max(0, i - 2):i]
+        for start, end, trace in near:
+            if start <= ts_ns <= end:
+                return trace or None
+        for start, end, trace in reversed(near):
             if start - CLOCK_SLACK_NS <= ts_ns <= end + CLOCK_SLACK_NS:
                 return trace or None
         return None
