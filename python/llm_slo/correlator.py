@@ -12,11 +12,13 @@ the event loop's thread takes dozens of that thread's run-queue waits, and with 
 bound for all they pushed out the retransmits on the call's own connection (the lab's
 span joins, egress_loss: recall 0.47 with 3 per span, 1.00 with 3 per signal). The
 default stays 3: past the first few of a signal (flagged ones first) more joins add
-little to the span's attributes and cost ~0.6 µs each (scripts/bench_correlator.py:
-17–18 % fewer spans joined per CPU second at 8 than at 3). What 3 leaves out: one lookup of a
-short name under Kubernetes' default resolv.conf (ndots:5, three search domains) sends
-up to eight queries, and its span keeps the flagged resolver-level wait and two of them
-(dns_latency joins: recall 0.84 at 3, 0.98 at 8; docs/lab.md).
+little to the span's attributes, and each costs a Match (~0.6 µs). Even 3 per signal
+is dearer than 3 per span where a span fits many signals: scripts/bench_correlator.py's
+synthetic load keeps 9.1 joins a span instead of 3.0 (docs/benchmarks/correlator.md;
+docs/contracts.md, "Correlation tiers"). What 3
+leaves out: one lookup of a short name under Kubernetes' default resolv.conf (ndots:5,
+three search domains) sends up to eight queries, and its span keeps the flagged
+resolver-level wait and two of them (dns_latency joins: recall 0.85 at 3, 1.00 at 8).
 
 Time. Δt runs from the signal's timestamp to the span's *interval* ``[start, end]`` (0
 inside, negative before, positive after), not to its start: an LLM span lasts seconds
