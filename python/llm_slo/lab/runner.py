@@ -30,7 +30,7 @@ import msgspec
 from llm_slo.bpf.libbpf import held_prog_ids, prog_run_time_ns
 from llm_slo.errors import LabError
 from llm_slo.lab import cleanup_all
-from llm_slo.lab.faults import FAULTS, WORKLOAD, Scenario, undo_all
+from llm_slo.lab.faults import FAULTS, Scenario, undo_all
 from llm_slo.lab.join_truth import run_truth
 from llm_slo.lab.lab_score import (
     RepResult,
@@ -352,7 +352,7 @@ class LabRun:
             loadgen = topo.spawn("loadgen", [
                 sys.executable, "-m", "llm_slo.lab.loadgen", "--url", services.rag_url,
                 "--duration", str(total), "--seed", str(self.seed + rep),
-                "--rate", repr(self.params.get("load.rps", WORKLOAD["load.rps"].default)),
+                "--rate", repr(services.workload["load.rps"]),
                 "--out", str(rep_dir / "requests.jsonl")],
                 stdout=subprocess.PIPE, stderr=(rep_dir / "loadgen.log").open("wb"))
             services.pids["loadgen"].add(loadgen.pid)
