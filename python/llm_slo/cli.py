@@ -63,7 +63,8 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
-def _positive(text: str) -> float:
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
     try:
         v = float(text)
     except ValueError:
@@ -121,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     watch.add_argument("--signals", metavar="A,B", help="comma-separated signals (default: all)")
-    watch.add_argument("--duration", type=_positive, metavar="S",
+    watch.add_argument("--duration", type=positive_number, metavar="S",
                        help="stop after S seconds (default: run until Ctrl-C)")
-    watch.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+    watch.add_argument("--interval", type=positive_number, default=1.0, metavar="S",
                        help="poll and aggregate interval in seconds (default 1)")
     watch.add_argument("--output", choices=("text", "jsonl"), default="text")
     watch.add_argument("--node", default=os.environ.get("NODE_NAME") or socket.gethostname(),
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--listen", metavar="HOST:PORT",
                        help="OTLP/HTTP trace receiver address (default 127.0.0.1:4318)")
     agent.add_argument("--signals", metavar="A,B", help="comma-separated signals (default: all)")
-    agent.add_argument("--interval", type=_positive, metavar="S",
+    agent.add_argument("--interval", type=positive_number, metavar="S",
                        help="probe poll and evaluation tick in seconds (default 1)")
     agent.add_argument("--node", help="node name (default: $NODE_NAME or hostname)")
 
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", required=True, metavar="DIR")
     replay.add_argument("--config", metavar="FILE", help="agent config whose engine section "
                         "to use")
-    replay.add_argument("--tick", type=_positive, default=1.0, metavar="S",
+    replay.add_argument("--tick", type=positive_number, default=1.0, metavar="S",
                         help="evaluation tick in seconds of recorded time (default 1)")
     _add_lab(sub)
     return p

@@ -390,7 +390,7 @@ def test_loadgen_cli_writes_jsonl(lab: Lab, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "llm_slo.lab.loadgen", "--url", lab.url,
                           "--rate", "0", "--duration", "1", "--out", str(out)],
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "--rate: must be above 0" in bad.stderr
+    assert bad.returncode == 2 and "--rate: must be > 0" in bad.stderr
 
 
 def test_subprocess_serves_and_flushes_spans_on_sigterm(lab: Lab) -> None:

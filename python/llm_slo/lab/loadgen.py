@@ -312,25 +312,16 @@ async def _main_async(args: argparse.Namespace) -> LoadRun:
                           max_in_flight=args.max_in_flight, stop=stop)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m llm_slo.lab.loadgen``: run, write ``--out`` JSONL, print a summary."""
-    from llm_slo.cli import configure_logging  # deferred: the CLI module is heavier
+    # deferred: the CLI module is heavier
+    from llm_slo.cli import configure_logging, positive_number
 
     p = argparse.ArgumentParser(prog="python -m llm_slo.lab.loadgen",
                                 description="Seeded open-loop load for the lab RAG service.")
     p.add_argument("--url", required=True, help="the RAG service's /chat URL")
     p.add_argument("--profile", default="rag_mixed_20rps", choices=sorted(PROFILES))
-    p.add_argument("--rate", type=_positive, metavar="RPS",
+    p.add_argument("--rate", type=positive_number, metavar="RPS",
                    help="requests per second instead of the profile's (same prompt mix)")
     p.add_argument("--duration", type=float, required=True, help="seconds of schedule")
     p.add_argument("--seed", type=int, default=1)
