@@ -41,9 +41,9 @@ CLIENT = textwrap.dedent("""
     got = 0
     while got < nbytes:
         got += len(s.recv(65536))
-    # tcp_info.tcpi_total_retrans (offset 96): what the kernel itself counted.
+    # tcp_info.tcpi_total_retrans (offset 100): what the kernel itself counted.
     info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    print("echoed", got, "retrans", int.from_bytes(info[96:100], "little"), flush=True)
+    print("echoed", got, "retrans", int.from_bytes(info[100:104], "little"), flush=True)
 """)
 
 
@@ -189,5 +189,9 @@ def test_data_retransmits_charged_to_socket_cgroup(open_probe, collect, cgroup: 
                   f"counted {kernel_retrans}; records: {records}")
     assert all(r.cgroup_id == cg_id for r in flow), (cg_id, flow)
     seen = sum(r.count for r in flow if not r.syn)
-    assert seen >= 3, (f"{seen} data retransmits recorded for :{src_port}; the kernel "
-                       f"counted {kernel_retrans} (tcpi_total_retrans); records: {flow}")
+    # The probe counts retransmitted skbs; the kernel's total counts segments, and one
+    # GSO skb re-sent carries many (measured: 4-83 skbs for 96-684 segments at 20 %
+    # loss), so the kernel's count bounds ours from above, not a fixed share of it.
+    assert 1 <= seen <= kernel_retrans, (
+        f"{seen} data retransmits recorded for :{src_port}; the kernel counted "
+        f"{kernel_retrans} segments (tcpi_total_retrans); records: {flow}")
