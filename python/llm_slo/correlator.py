@@ -43,8 +43,8 @@ other's). Signals with no thread (tid 0) or no connection are not excluded.
 
 Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). In
 Python the cost is per object touched, so the hot paths touch each signal a few times
-in list comprehensions and leave the rest to numpy; Matches are built only for the kept
-joins, and span attributes only when read. ``correlate`` on one span pays the per-chunk
+in list comprehensions and leave the rest to numpy; a span's Matches and attributes
+are built only when read (the engine reads only the joined cgroups, a column). ``correlate`` on one span pays the per-chunk
 overhead alone: callers with many spans use ``correlate_many``.
 """
 
@@ -107,26 +107,81 @@ class Match(msgspec.Struct, frozen=True, gc=False):
     delta_ms: float
 
 
-class EnrichedSpan(msgspec.Struct):
+class _Joins:
+    """One batch's kept joins of one kind (enriching or diagnostic), sorted by span.
+
+    Matches are built only when read: the engine wants just the joined cgroups, and a
+    Match per join cost 5.2 of 13.5 CPU seconds at a fan-out of 8 in
+    scripts/bench_correlator.py. ``signals`` are the index's chunk lists at the time of
+    the join (a later merge builds new lists; these stay as they were)."""
+
+    __slots__ = ("cgroup", "chunk", "confidences", "delta", "row", "signals", "tier",
+                 "tier_names")
+
+    def __init__(self, signals: list[list[ProbeEvent]], tier_names: list[str],
+                 confidences: list[float], cand: _Candidates, delta: np.ndarray) -> None:
+        self.signals, self.tier_names, self.confidences = signals, tier_names, confidences
+        self.tier, self.delta, self.cgroup = cand.tier, delta, cand.cgroup
+        self.chunk, self.row = cand.ref >> 32, cand.ref & 0xFFFFFFFF
+
+    def matches(self, a: int, b: int) -> list[Match]:
+        lists, names, confs = self.signals, self.tier_names, self.confidences
+        return [Match(lists[c][r], names[t], confs[t], d)
+                for t, d, c, r in zip(self.tier[a:b].tolist(), self.delta[a:b].tolist(),
+                                      self.chunk[a:b].tolist(), self.row[a:b].tolist(),
+                                      strict=True)]
+
+
+class EnrichedSpan:
     """A span, its enriching matches and the ``llm.ebpf.*`` attributes they give.
 
     ``diagnostics``: for a span without enriching matches, its nearest joins below the
-    threshold (≤ max_fanout per signal); never merged into ``attributes``.
+    threshold (≤ max_fanout per signal); never merged into ``attributes``. Both lists
+    are built on first read (see ``_Joins``); ``cgroup_ids`` needs neither.
     """
 
-    span: Span
-    matches: list[Match]
-    diagnostics: list[Match] = msgspec.field(default_factory=list)
+    __slots__ = ("_a", "_b", "_built", "_enriching", "_joins", "span")
+
+    def __init__(self, span: Span, joins: _Joins | None = None, a: int = 0, b: int = 0,
+                 enriching: bool = True) -> None:
+        self.span, self._joins, self._a, self._b = span, joins, a, b
+        self._enriching = enriching
+        self._built: list[Match] | None = None
+
+    def _read(self) -> list[Match]:
+        if self._built is None:
+            j = self._joins
+            self._built = j.matches(self._a, self._b) if j is not None else []
+        return self._built
+
+    @property
+    def matches(self) -> list[Match]:
+        """Enriching joins, most confident first (see ``Correlator.correlate_many``)."""
+        return self._read() if self._enriching else []
+
+    @property
+    def diagnostics(self) -> list[Match]:
+        return [] if self._enriching else self._read()
+
+    @property
+    def cgroup_ids(self) -> set[int]:
+        """The cgroups of the enriching matches' signals (0, none named, left out)."""
+        if not self._enriching or self._joins is None:
+            return set()
+        got = set(self._joins.cgroup[self._a:self._b].tolist())
+        got.discard(0)
+        return got
 
     @property
     def attributes(self) -> dict[str, float]:
         """``llm.ebpf.*`` from the matches: per attribute the highest value (higher is
         worse for every one), and the best match's confidence. Built when asked: the
         engine reads only the matches, and a dict per span costs ~1 µs at 50k spans/s."""
-        if not self.matches:
+        matches = self.matches
+        if not matches:
             return {}
-        attrs = {CONFIDENCE_ATTR: self.matches[0].confidence}  # sorted: the first is the max
-        for m in self.matches:
+        attrs = {CONFIDENCE_ATTR: matches[0].confidence}  # sorted: the first is the max
+        for m in matches:
             name = ATTRIBUTES.get(m.signal.signal)
             if name is not None and m.signal.value > attrs.get(name, float("-inf")):
                 attrs[name] = m.signal.value
@@ -321,15 +376,15 @@ class _Chunk:
     ``by_key[kind]``: (composite keys sorted, their rows).
     """
 
-    __slots__ = ("by_key", "gone", "key", "node", "sev", "sig", "signals", "t_max", "t_min",
-                 "tid", "ts", "uid0")
+    __slots__ = ("by_key", "cgroup", "gone", "key", "node", "sev", "sig", "signals", "t_max",
+                 "t_min", "tid", "ts", "uid0")
 
     def __init__(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                 sig: np.ndarray, node: np.ndarray, tid: np.ndarray,
+                 sig: np.ndarray, node: np.ndarray, tid: np.ndarray, cgroup: np.ndarray,
                  key: dict[str, np.ndarray], uid0: int, gone: int = 0,
                  by_key: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.signals, self.ts, self.sev, self.node, self.key = signals, ts, sev, node, key
-        self.sig, self.tid = sig, tid
+        self.sig, self.tid, self.cgroup = sig, tid, cgroup
         self.uid0, self.gone = uid0, gone  # gone: rows already counted as evicted
         self.t_min, self.t_max = int(ts.min()), int(ts.max())
         if by_key is None:
@@ -366,6 +421,7 @@ class _Chunk:
                       np.concatenate([self.sig, later.sig]),
                       np.concatenate([self.node, later.node]),
                       np.concatenate([self.tid, later.tid]),
+                      np.concatenate([self.cgroup, later.cgroup]),
                       {k: np.concatenate([v, later.key[k]]) for k, v in self.key.items()},
                       self.uid0, self.gone + later.gone, by_key)
 
@@ -409,11 +465,12 @@ class _Candidates(msgspec.Struct, frozen=True):
     sig: np.ndarray  # the signal's name, as a code (``_signal_codes``)
     uid: np.ndarray  # the signal's identity: one signal can be found by several tiers
     ref: np.ndarray  # chunk number << 32 | row, to fetch the ProbeEvent
+    cgroup: np.ndarray  # the signal's cgroup id (0: none)
 
     @classmethod
     def none(cls) -> _Candidates:
         e = np.empty(0, np.int64)
-        return cls(e, e, e, e, e, e, e)
+        return cls(e, e, e, e, e, e, e, np.empty(0, np.uint64))
 
     @classmethod
     def concat(cls, parts: list[_Candidates]) -> _Candidates:
@@ -480,6 +537,7 @@ class SignalIndex:
         # signal and field (measured by scripts/bench_correlator.py).
         ts = np.fromiter([g.ts_unix_nano for g in batch], np.int64, n)
         tid = np.fromiter([g.tid for g in batch], np.int64, n)
+        cgroup = np.fromiter([g.cgroup_id for g in batch], np.uint64, n)
         pods = [g.pod for g in batch]
         tids = [g.trace_id for g in batch]
         traced = [i for i, t in enumerate(tids) if t and t.lower() != _NULL_TRACE]
@@ -496,7 +554,8 @@ class SignalIndex:
             ix = keep.tolist()
             batch, pods, tids = [batch[i] for i in ix], [pods[i] for i in ix], \
                 [tids[i] for i in ix]
-            ts, tid, kind_of, n = ts[keep], tid[keep], kind_of[keep], len(ix)
+            ts, tid, cgroup, kind_of, n = ts[keep], tid[keep], cgroup[keep], kind_of[keep], \
+                len(ix)
             pod_rows = np.flatnonzero(kind_of == 1)
             traced_rows = np.flatnonzero(kind_of == 2)
         else:
@@ -533,17 +592,17 @@ class SignalIndex:
             for part in np.split(order, np.flatnonzero(np.diff(slot)) + 1):
                 part = np.sort(part)
                 self._append([batch[i] for i in part.tolist()], ts[part], sev[part],
-                              sig[part], node[part], tid[part],
+                              sig[part], node[part], tid[part], cgroup[part],
                               {k: v[part] for k, v in key.items()})
         else:
-            self._append(batch, ts, sev, sig, node, tid, key)
+            self._append(batch, ts, sev, sig, node, tid, cgroup, key)
         self.size += n
         return n
 
     def _append(self, signals: list[ProbeEvent], ts: np.ndarray, sev: np.ndarray,
-                sig: np.ndarray, node: np.ndarray, tid: np.ndarray,
+                sig: np.ndarray, node: np.ndarray, tid: np.ndarray, cgroup: np.ndarray,
                 key: dict[str, np.ndarray]) -> None:
-        ch = _Chunk(signals, ts, sev, sig, node, tid, key, self._uid)
+        ch = _Chunk(signals, ts, sev, sig, node, tid, cgroup, key, self._uid)
         self._uid += len(signals)
         for kind, (comp, rows) in ch.by_key.items():
             self.keys[kind].saw(comp, ts[rows])
@@ -671,7 +730,7 @@ class SignalIndex:
             if work is not None:
                 r, q = work.admit(ch, r, q, span)
             parts.append((span[q], ch.ts[r], ch.sev[r], ch.sig[r], ch.uid0 + r,
-                          (ci << 32) | r))
+                          (ci << 32) | r, ch.cgroup[r]))
         if not parts:
             return _Candidates.none()
         cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
@@ -851,30 +910,28 @@ class Correlator:
                   ) -> list[EnrichedSpan]:
         st, chunks = self.stats, self.index.chunks
         tier_names, confidences = [t[0] for t in self._tiers], [t[1] for t in self._tiers]
+        lists = [ch.signals for ch in chunks]
 
-        def matches(cand: _Candidates) -> dict[int, list[Match]]:
-            """Per span, its Matches (candidates come sorted by span)."""
+        def spread(cand: _Candidates) -> tuple[_Joins, dict[int, tuple[int, int]]]:
+            """The joins, and per span its rows [a, b) (candidates come sorted by span)."""
             q, ts = cand.span, cand.ts
             delta = np.where(ts < s[q], ts - s[q], np.where(ts > e[q], ts - e[q], 0)) / 1e6
-            lists = [ch.signals for ch in chunks]
-            ms = [Match(lists[c][r], tier_names[tier], confidences[tier], d)
-                  for tier, d, c, r in zip(cand.tier.tolist(), delta.tolist(),
-                                           (cand.ref >> 32).tolist(),
-                                           (cand.ref & 0xFFFFFFFF).tolist(), strict=True)]
-            if not ms:
-                return {}
+            j = _Joins(lists, tier_names, confidences, cand, delta)
+            if not len(q):
+                return j, {}
             cut = (np.flatnonzero(np.diff(q)) + 1).tolist()
-            starts, ends = [0, *cut], [*cut, len(ms)]
-            return {i: ms[a:b] for i, a, b in zip(q[starts].tolist(), starts, ends, strict=True)}
+            starts, ends = [0, *cut], [*cut, len(q)]
+            return j, dict(zip(q[starts].tolist(), zip(starts, ends, strict=True),
+                               strict=True))
 
-        got = matches(best)
-        low = matches(diags) if diags is not None else {}
+        kept, got = spread(best)
+        below, low = spread(diags) if diags is not None else (None, {})
         st.spans += len(spans)
         st.fanout_dropped += int(joins.sum()) - len(best.span)
-        for tier, kept in zip(tier_names, np.bincount(best.tier, minlength=len(tier_names))
-                              .tolist(), strict=True):
-            if kept:
-                st.by_tier[tier] = st.by_tier.get(tier, 0) + kept
+        for tier, n_kept in zip(tier_names, np.bincount(best.tier, minlength=len(tier_names))
+                                .tolist(), strict=True):
+            if n_kept:
+                st.by_tier[tier] = st.by_tier.get(tier, 0) + n_kept
         if len(best.sig):
             named = [code for name, code in _SIGNAL_CODES.items() if name in ATTRIBUTES]
             unsupported = np.ones(len(_SIGNAL_CODES), bool)
@@ -882,12 +939,12 @@ class Correlator:
             st.unsupported_type += int(unsupported[best.sig].sum())
         out = []
         for i, span in enumerate(spans):
-            if (ms := got.get(i)) is not None:
-                out.append(EnrichedSpan(span, ms))
-            elif (dg := low.get(i)) is not None:
-                out.append(EnrichedSpan(span, [], dg))
+            if (rows := got.get(i)) is not None:
+                out.append(EnrichedSpan(span, kept, *rows))
+            elif (rows := low.get(i)) is not None:
+                out.append(EnrichedSpan(span, below, *rows, enriching=False))
             else:
-                out.append(EnrichedSpan(span, []))
+                out.append(EnrichedSpan(span))
         st.enriched += len(got)
         st.low_confidence += sum(1 for i in low if i not in got)
         st.unmatched += len(spans) - len(got) - sum(1 for i in low if i not in got)

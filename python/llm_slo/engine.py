@@ -230,10 +230,7 @@ class SloEngine:
             return
         self._pending = [span for span in self._pending if span.end_unix_nano > due_ns]
         for es in self.correlator.correlate_many(due):  # together: one pass per chunk
-            work = self._workloads[es.span.service]
-            for m in es.matches:
-                if m.signal.cgroup_id:
-                    work.cgroups.add(m.signal.cgroup_id)
+            self._workloads[es.span.service].cgroups.update(es.cgroup_ids)
 
     def tick(self, now_ns: int) -> list[IncidentAttribution]:
         """Explain violations since the last tick; learn baselines from calm windows."""

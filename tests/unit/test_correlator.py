@@ -37,13 +37,14 @@ CONN = ConnTuple("10.0.0.5", "10.0.0.9", 41000, 443, "tcp")
 def sig(t_ms: float = 0.0, *, signal: str = "dns_latency_ms", value: float = 1.0,
         pod: str = "api-0", pid: int = 0, conn: ConnTuple | None = None,
         trace_id: str | None = None, node: str = "n1", status: str = "ok",
-        ts: int | None = None, tid: int | None = None) -> ProbeEvent:
+        ts: int | None = None, tid: int | None = None, cgroup: int = 0) -> ProbeEvent:
     """A ProbeEvent at ``t_ms`` after T0 (exact integer ns via ``ts`` when given); its
     thread is the process's main thread unless ``tid`` says otherwise."""
     return ProbeEvent(ts_unix_nano=ts if ts is not None else T0 + round(t_ms * MS),
                       signal=signal, node=node, namespace="ns", pod=pod, container="c",
                       pid=pid, tid=pid if tid is None else tid, value=value, unit="ms",
-                      status=status, conn_tuple=conn, trace_id=trace_id)  # type: ignore[arg-type]
+                      status=status, conn_tuple=conn, trace_id=trace_id,  # type: ignore[arg-type]
+                      cgroup_id=cgroup)
 
 
 def span(dur_ms: float = 50.0, *, trace_id: str = TRACE, pod: str = "api-0", pid: int = 42,
@@ -330,6 +331,21 @@ def test_config_validation_and_defaults():
         msgspec.convert({"max_fanout": 0}, CorrelationConfig)
 
 
+def test_matches_read_later_are_those_of_the_join():
+    """Matches are built when first read: chunk merges and eviction after the join must
+    not change what the span joined."""
+    idx = SignalIndex()
+    cor = Correlator(index=idx)
+    first = sig(10, pid=42, cgroup=7)
+    idx.add([first])
+    es = cor.correlate(span())
+    for k in range(40):  # chunks merge into new signal lists
+        idx.add([sig(20 + k, pid=42)])
+    idx.evict(T0 + 60_000 * MS)
+    assert len(idx) == 0
+    assert [m.signal for m in es.matches] == [first] and es.cgroup_ids == {7}
+
+
 # --- properties ----------------------------------------------------------------------------
 
 PODS = ["api-0", "api-1", "db-0", ""]
@@ -346,7 +362,8 @@ def signal_st(draw: Any, pods: list[str] = PODS) -> ProbeEvent:
                conn=draw(st.sampled_from(CONNS)), trace_id=draw(st.sampled_from(TRACES)),
                node=draw(st.sampled_from(["n1", "n2"])), value=draw(st.floats(0, 1000)),
                status=draw(st.sampled_from(["ok", "warning", "error"])),
-               signal=draw(st.sampled_from(["dns_latency_ms", "runqueue_delay_ms"])))
+               signal=draw(st.sampled_from(["dns_latency_ms", "runqueue_delay_ms"])),
+               cgroup=draw(st.sampled_from([0, 11, 12])))
 
 
 configs = st.builds(CorrelationConfig,
@@ -387,6 +404,7 @@ def test_match_invariants(signals, sp, cfg):
     assert all(m.confidence < cfg.threshold for m in es.diagnostics)
     keys = [(-m.confidence, abs(m.delta_ms)) for m in es.matches]
     assert keys == sorted(keys)
+    assert es.cgroup_ids == {m.signal.cgroup_id for m in es.matches} - {0}
     if es.matches:
         assert es.attributes[CONFIDENCE_ATTR] == max(m.confidence for m in es.matches)
     else:
