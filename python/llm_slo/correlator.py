@@ -11,14 +11,12 @@ Fan-out. The bound is per signal, not per span as in the original: a provider ca
 the event loop's thread takes dozens of that thread's run-queue waits, and with one
 bound for all they pushed out the retransmits on the call's own connection (the lab's
 span joins, egress_loss: recall 0.47 with 3 per span, 1.00 with 3 per signal). The
-default stays 3: past the first few of a signal (flagged ones first) more joins add
-little to the span's attributes, and each costs a Match (~0.6 µs). Even 3 per signal
-is dearer than 3 per span where a span fits many signals: scripts/bench_correlator.py's
-synthetic load keeps 9.1 joins a span instead of 3.0 (docs/benchmarks/correlator.md;
-docs/contracts.md, "Correlation tiers"). What 3
-leaves out: one lookup of a short name under Kubernetes' default resolv.conf (ndots:5,
-three search domains) sends up to eight queries, and its span keeps the flagged
-resolver-level wait and two of them (dns_latency joins: recall 0.85 at 3, 1.00 at 8).
+default is 8, one lookup of a short name under Kubernetes' default resolv.conf (ndots:5,
+three search domains: up to eight queries); at 3 such a span kept the flagged
+resolver-level wait and two of them (the lab's dns_latency joins: recall 0.85 at 3,
+1.00 at 8, replayed on the same recordings). Joins are cheap since Matches are built
+only when read: scripts/bench_correlator.py's synthetic load keeps ~15 joins a span at
+8 (docs/benchmarks/correlator.md; docs/contracts.md, "Correlation tiers").
 
 Time. Δt runs from the signal's timestamp to the span's *interval* ``[start, end]`` (0
 inside, negative before, positive after), not to its start: an LLM span lasts seconds
@@ -44,8 +42,9 @@ other's). Signals with no thread (tid 0) or no connection are not excluded.
 Cost is measured by scripts/bench_correlator.py (docs/benchmarks/correlator.md). In
 Python the cost is per object touched, so the hot paths touch each signal a few times
 in list comprehensions and leave the rest to numpy; a span's Matches and attributes
-are built only when read (the engine reads only the joined cgroups, a column). ``correlate`` on one span pays the per-chunk
-overhead alone: callers with many spans use ``correlate_many``.
+are built only when read (the engine reads only the joined cgroups, a column).
+``correlate`` on one span pays the per-chunk overhead alone: callers with many spans use
+``correlate_many``.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     pod_conn_confidence: Conf = 0.8
     service_node_confidence: Conf = 0.65
     threshold: Conf = 0.7
-    max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 3  # per span and signal
+    max_fanout: Annotated[int, msgspec.Meta(ge=1)] = 8  # per span and signal
 
 
 class Match(msgspec.Struct, frozen=True, gc=False):

@@ -194,6 +194,15 @@ def test_fanout_is_bounded_per_signal():
     assert cor.stats.fanout_dropped == 4
 
 
+def test_default_fanout_keeps_a_whole_search_path_lookup():
+    """ndots:5 and three search domains: one short name is up to eight queries (A and AAAA
+    per candidate name), all inside the request's span; the default keeps every one."""
+    queries = [sig(5 + 2 * k, pid=42, signal="dns_latency_ms") for k in range(8)]
+    es, cor = run(queries, span(), CorrelationConfig())
+    assert [m.signal for m in es.matches] == queries
+    assert cor.stats.fanout_dropped == 0
+
+
 def test_fanout_prefers_flagged_signals_among_ties():
     signals = [sig(i, pid=42, value=1) for i in range(1, 6)] + [sig(40, pid=42, value=300,
                                                                    status="error")]
@@ -324,7 +333,7 @@ def test_config_validation_and_defaults():
     assert (c.window_ms, c.pod_pid_window_ms, c.pod_conn_window_ms,
             c.service_node_window_ms) == (2000, 100, 250, 500)
     assert (c.trace_id_confidence, c.pod_pid_confidence, c.pod_conn_confidence,
-            c.service_node_confidence, c.threshold, c.max_fanout) == (1.0, 0.9, 0.8, 0.65, 0.7, 3)
+            c.service_node_confidence, c.threshold, c.max_fanout) == (1.0, 0.9, 0.8, 0.65, 0.7, 8)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"threshold": 1.5}, CorrelationConfig)
     with pytest.raises(msgspec.ValidationError):
@@ -369,7 +378,7 @@ def signal_st(draw: Any, pods: list[str] = PODS) -> ProbeEvent:
 configs = st.builds(CorrelationConfig,
                     window_ms=st.sampled_from([50.0, 300.0, 2000.0]),
                     threshold=st.sampled_from([0.6, 0.7, 0.85]),
-                    max_fanout=st.integers(1, 5),
+                    max_fanout=st.integers(1, 9),
                     # Other confidences reorder the ladder (any tier may claim first).
                     pod_pid_confidence=st.sampled_from([0.9, 0.75, 0.95]),
                     pod_conn_confidence=st.sampled_from([0.8, 0.95, 0.6]),
