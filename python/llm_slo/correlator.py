@@ -112,7 +112,8 @@ class _Joins:
     Matches are built only when read: the engine wants just the joined cgroups, and a
     Match per join cost 5.2 of 13.5 CPU seconds at a fan-out of 8 in
     scripts/bench_correlator.py. ``signals`` are the index's chunk lists at the time of
-    the join (a later merge builds new lists; these stay as they were)."""
+    the join (a later merge builds new lists; these stay as they were), so an
+    EnrichedSpan kept keeps its batch's signals alive: read what is needed, then drop it."""
 
     __slots__ = ("cgroup", "chunk", "confidences", "delta", "row", "signals", "tier",
                  "tier_names")
@@ -175,7 +176,7 @@ class EnrichedSpan:
     def attributes(self) -> dict[str, float]:
         """``llm.ebpf.*`` from the matches: per attribute the highest value (higher is
         worse for every one), and the best match's confidence. Built when asked: the
-        engine reads only the matches, and a dict per span costs ~1 µs at 50k spans/s."""
+        engine reads only the cgroups, and a dict per span costs ~1 µs at 50k spans/s."""
         matches = self.matches
         if not matches:
             return {}
