@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from llm_slo.cli import main
+from llm_slo.config import AgentConfig
 from llm_slo.errors import LabError
 from llm_slo.incident import FAULT_DOMAINS
 from llm_slo.lab.faults import (
@@ -17,7 +19,7 @@ from llm_slo.lab.faults import (
 )
 from llm_slo.lab.lab_score import build_cases, slo_break_delays
 from llm_slo.lab.loadgen import RequestResult
-from llm_slo.lab.runner import Phases
+from llm_slo.lab.runner import Phases, agent_config
 from llm_slo.scoring import FaultEpisode
 
 
@@ -28,6 +30,14 @@ def test_every_fault_of_the_issue_exists_with_a_known_domain() -> None:
     assert wanted <= set(SCENARIOS)
     assert all(f.domain in FAULT_DOMAINS and f.domain != "unknown" for f in FAULTS.values())
     assert any(len(step) == 2 for step in SCENARIOS["mixed_multi"].steps)
+
+
+def test_the_lab_runs_the_agent_at_its_shipped_interval(tmp_path) -> None:
+    # What the lab measures (CPU, detection delay) is the agent as it ships: the
+    # interval paces polls and ticks, a sixth of the agent's CPU at 0.5 s.
+    cfg = msgspec.convert(agent_config(tmp_path, "127.0.0.1:0", tmp_path / "pods.json"),
+                          AgentConfig)
+    assert cfg.interval_s == AgentConfig().interval_s == 1.0
 
 
 def test_set_overrides_are_validated_against_the_scenario() -> None:
