@@ -183,6 +183,32 @@ def test_a_judged_slis_truth_is_the_faults_its_bad_requests_ran_through() -> Non
             "provider_throttle"]
 
 
+def test_a_slow_whole_request_is_judged_by_the_fault_it_ran_through() -> None:
+    # Memory pressure stalls requests for the whole fault: those sent at its start end
+    # just over 3 s after it, and so does the agent's request-latency attribution of
+    # them. By the faults active then (3 s grace) that was a false positive.
+    t0 = 1_800_000_000.0
+    phases = [{"name": "baseline", "start": t0, "end": t0 + 10},
+              {"name": "fault", "start": t0 + 10, "end": t0 + 30},
+              {"name": "recovery", "start": t0 + 30, "end": t0 + 40}]
+    faults = [{"name": "memory_pressure", "domain": "memory_pressure", "start": t0 + 10,
+               "end": t0 + 30}]
+    requests = [_req(t0 + 1.0, 120.0, 7900.0),  # under the 8 s objective: not bad
+                _req(t0 + 10.2, 150.0, 22_900.0)]  # ends at 33.1 s
+
+    def att(s: float) -> dict:
+        import datetime
+        ts = datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
+        return {**_att(ts, "memory_pressure"), "slo_impact": {"sli": "request_latency_ms"}}
+
+    cases, _ = build_cases([att(8.9), att(33.3), att(36.5)], faults, phases, grace_s=3.0,
+                           requests=requests)
+    assert [c.actual for c in cases if c.case_id] == ["none", "memory_pressure", "none"]
+    # The slow request broke the SLO at its end, 22.9 s in; no late first token did.
+    episode = FaultEpisode(domain="memory_pressure", start=t0 + 10, end=t0 + 30)
+    assert slo_break_delays([episode], requests)[0] == pytest.approx(23.1)
+
+
 def test_a_fault_counts_only_for_what_it_did_before_the_attribution() -> None:
     t0 = 1_800_000_000.0
     phases = [{"name": "baseline", "start": t0, "end": t0 + 10},

@@ -67,7 +67,7 @@ def test_burn_rate_error_is_against_the_clients_own_bad_share() -> None:
     requests = [RequestResult(seq=i, request_id=f"r{i}", size="short", max_tokens=16,
                               offset_s=0.0, start_unix_nano=round((t0 + i * 0.5) * 1e9),
                               ttft_ms=900.0 if i < 2 else None if i == 5 else 130.0,
-                              total_ms=400.0, tokens=16,
+                              total_ms=9000.0 if i in (3, 4) else 400.0, tokens=16,
                               status=200 if i != 5 else 429,
                               error="" if i != 5 else "http_429")
                 for i in range(100)]
@@ -79,10 +79,12 @@ def test_burn_rate_error_is_against_the_clients_own_bad_share() -> None:
 
     # 100 requests, one every 0.5 s, all finished by the alerts at 60 s
     errors = burn_rate_errors([alert("ttft_ms", 2.5), alert("error_rate", 1.0),
+                               alert("request_latency_ms", 3.0),
                                alert("retrieval_latency_ms", 9.0)], requests)
     # TTFT: 2 late of the 99 with a first token (the 429 has none) = 2.02x the 1 % budget;
-    # errors: 1 of 100 = 1x; retrieval: not judged
-    assert errors == pytest.approx([abs(2.5 - 2 / 0.99) / (2 / 0.99), 0.0])
+    # errors: 1 of 100 = 1x; whole requests: 2 of 100 took 8 s or more = 2x;
+    # retrieval: not judged
+    assert errors == pytest.approx([abs(2.5 - 2 / 0.99) / (2 / 0.99), 0.0, 0.5])
 
 
 def test_scoring_the_file_gives_the_runs_own_score(tmp_path: Path) -> None:

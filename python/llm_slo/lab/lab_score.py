@@ -4,12 +4,13 @@ Cases (scored with the shared :mod:`llm_slo.scoring`):
 
 * every attribution the agent emitted is a case at its timestamp. When its SLI is one
   the client's own results judge (``ttft_ms``: first token 700 ms or more after sending;
-  ``error_rate``: a failed request), its truth is every fault that overlapped a request
-  bad on that SLI (from its sending until it was decided bad, and not after the
-  attribution), sent by then and still running at most ``grace_s`` before; ``none`` if
-  there is no such request. A burn-rate alert carried by bad requests of an earlier
-  fault is about that fault; one with no bad request near it is about nothing. The
-  fault still on comes first (the confusion matrix's row). For other SLIs, and runs
+  ``error_rate``: a failed request; ``request_latency_ms``: sent to last token 8 s or
+  more), its truth is every fault that overlapped a request bad on that SLI (from its
+  sending until it was decided bad, and not after the attribution), sent by then and
+  still running at most ``grace_s`` before; ``none`` if there is no such request. A
+  burn-rate alert carried by bad requests of an earlier fault is about that fault; one
+  with no bad request near it is about nothing. The fault still on comes first (the
+  confusion matrix's row). For other SLIs, and runs
   without the client's results, its truth is every fault active at that instant or
   ended at most ``grace_s`` before (the evidence window and correlation delay still
   look at the fault), else ``none``;
@@ -57,7 +58,9 @@ from llm_slo.scoring import (
 )
 
 GRACE_S = 3.0  # engine window (1 s) + correlation delay (0.5 s) + span export and ticks
-TTFT_BREACH_MS = 700.0  # the lab's objectives (runner.agent_config), judged on the client
+# The lab's objectives (runner.agent_config), judged on the client.
+TTFT_BREACH_MS = 700.0
+REQUEST_LATENCY_BREACH_MS = 8000.0
 ERROR_BUDGET = 0.01  # both lab objectives target 99 %
 
 
@@ -81,10 +84,12 @@ def _bad_on(sli: str, r: RequestResult) -> bool:
         return False
     if sli == "ttft_ms":
         return r.ttft_ms is not None and r.ttft_ms >= TTFT_BREACH_MS
+    if sli == "request_latency_ms":
+        return r.total_ms >= REQUEST_LATENCY_BREACH_MS
     return sli == "error_rate" and not r.ok
 
 
-CLIENT_JUDGED_SLIS = ("ttft_ms", "error_rate")
+CLIENT_JUDGED_SLIS = ("ttft_ms", "error_rate", "request_latency_ms")
 # summary.json's ``truth_rule``: "requests" when the client's results judged the
 # CLIENT_JUDGED_SLIS (build_cases), "active_faults" when they were missing. Runs without
 # the key were scored before the requests rule existed: every truth by active faults.
@@ -94,7 +99,7 @@ TRUTH_RULES = ("requests", "active_faults")
 def _bad_requests(requests: list[RequestResult], sli: str
                   ) -> list[tuple[float, float, float]]:
     """(sent, bad by, ended) of each request bad on ``sli``, Unix s. A late first token
-    was decided by its arrival; a failure, by the request's end."""
+    was decided by its arrival; a failure or a slow whole request, by its end."""
     out = []
     for r in requests:
         if _bad_on(sli, r):
@@ -109,7 +114,8 @@ def slo_break_delays(episodes: list[FaultEpisode], requests: list[RequestResult]
                      ) -> list[float | None]:
     """Per episode: seconds from its start until the first request sent during it was
     seen to break the SLO: at its first token if that came ``TTFT_BREACH_MS`` or more
-    after sending, at its end if it failed. None if no request broke it.
+    after sending, at its end if it failed or took ``REQUEST_LATENCY_BREACH_MS`` or
+    more. None if no request broke it.
 
     That is the earliest a detector reading the service's telemetry can know (a span
     ends at the token, or with the failure); the detection delay minus this is the time
@@ -325,7 +331,8 @@ def burn_rate_errors(attributions: list[dict[str, Any]],
     results give for the same SLI and window (requests finished by the attribution).
 
     ``ttft_ms``: bad = first token at or after the breach threshold, among requests
-    that got one; ``error_rate``: bad = an error, among requests sent (the service
+    that got one; ``error_rate``: bad = an error, and ``request_latency_ms``: bad = sent
+    to last token at or over its breach threshold, among requests sent (the service
     never saw one the load generator dropped). Other SLIs are not judged.
     """
     done = sorted(((r.start_unix_nano / 1e9 + r.total_ms / 1000, r) for r in requests

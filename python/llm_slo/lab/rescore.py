@@ -10,9 +10,10 @@ setting have said about these faults" in seconds instead of a rerun.
 With ``recorded=True`` (``--recorded``) nothing is replayed: the live agent's own
 attributions are scored again with this version's scoring, which is what a change of
 the scoring (not of the agent) does to a finished run. The figures that do not depend
-on the scoring (overhead, identity, burn-rate error, the client's) are carried over
-from the run's summary.json, and the run's report is written again beside it. Span
-joins are judged again (both ways) when the run kept the rag's truth log.
+on the scoring (overhead, identity, the client's) are carried over from the run's
+summary.json, and the run's report is written again beside it. Span joins are judged
+again (both ways) when the run kept the rag's truth log, and burn-rate errors against
+the client's results, whose judged SLIs are the scoring's.
 
 A replay is an approximation of the live agent, and says so in its output: the engine ticks
 every ``interval_s`` of recorded time instead of also waking on a breach, records count
@@ -38,6 +39,7 @@ from llm_slo.lab.lab_score import (
     RepResult,
     abstentions,
     build_cases,
+    burn_rate_errors,
     calm_by_phase,
     fault_episodes,
     fpr_by_phase,
@@ -187,8 +189,8 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{rep}: {e}") from e
         requests = read_requests(rep)
-        cases, rows = build_cases(read_records(rep / "attributions.jsonl"), faults, phases,
-                                  requests=requests)
+        attributions = read_records(rep / "attributions.jsonl")
+        cases, rows = build_cases(attributions, faults, phases, requests=requests)
         episodes = fault_episodes(faults)
         results.append(RepResult(
             rep=int(rep.name.removeprefix("rep-")), rep_dir=rep, cases=cases,
@@ -201,10 +203,11 @@ def rescore_recorded(run_dir: Path, out_dir: Path) -> dict[str, Any]:
             rss_mb=0.0, rss_peak_mb=None,
             bpf_ns_per_run=None, ttft_p99_ms=None, requests=0, errors=0,
             slo_break_delays=slo_break_delays(episodes, requests or []),
+            burn_rate_errors=burn_rate_errors(attributions, requests or []),
             truth_rule=truth_rule(requests), calm_by_phase=calm_by_phase(cases, phases)))
     summary = summarize(results, scenario=live.get("scenario", "?"),
                         params=live.get("params") or {})
-    for kept in ("overhead", "identity", "burn_rate_error", "client",
+    for kept in ("overhead", "identity", "client",
                  "latency_overhead_pct", "request_latency_overhead_pct"):
         if kept in live:
             summary[kept] = live[kept]
