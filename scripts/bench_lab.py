@@ -231,10 +231,12 @@ def main() -> int:
            "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
            "that attribution's time minus the first moment a request sent during the fault "
-           "visibly broke the SLO (its first token 700 ms or more after sending, or its "
-           "failure), per episode: span export plus what the agent adds. Truths by: how "
-           "an attribution's truth was set (docs/lab.md, \"Scoring\"): `requests` (TTFT and "
-           "error attributions by the faults their bad requests ran through) or "
+           "visibly broke the SLO (its first token 700 ms or more after sending, its "
+           "failure, or its end 8 s or more after sending), per episode: span export plus "
+           "what the agent adds. Truths by: how an attribution's truth was set "
+           "(docs/lab.md, \"Scoring\"): `requests` (TTFT, error and, since dc43518, "
+           "whole-request latency attributions by the faults their bad requests ran "
+           "through) or "
            "`active_faults` (every attribution by the faults on at its time; all runs "
            "scored before 2026-12-03).", "",
            _pooled_single_fault(out), "",
