@@ -58,7 +58,8 @@ from llm_slo.scoring import (
 )
 
 GRACE_S = 3.0  # engine window (1 s) + correlation delay (0.5 s) + span export and ticks
-# The lab's objectives (runner.agent_config), judged on the client.
+# The lab's objectives: the agent's breach thresholds (runner.agent_config), and what
+# the client's own results are judged by.
 TTFT_BREACH_MS = 700.0
 REQUEST_LATENCY_BREACH_MS = 8000.0
 ERROR_BUDGET = 0.01  # both lab objectives target 99 %

@@ -33,6 +33,8 @@ from llm_slo.lab import cleanup_all
 from llm_slo.lab.faults import FAULTS, Scenario, undo_all
 from llm_slo.lab.join_truth import run_truth
 from llm_slo.lab.lab_score import (
+    REQUEST_LATENCY_BREACH_MS,
+    TTFT_BREACH_MS,
     RepResult,
     latency_overhead,
     pooled_score,
@@ -95,8 +97,9 @@ def agent_config(rep_dir: Path, listen: str, pods_file: Path) -> dict[str, Any]:
             # The lab's objectives: TTFT is ~135 ms when healthy; a whole answer of up
             # to 128 tokens at the provider's 50 tokens/s takes ~3 s by design.
             "thresholds": {"services": {"rag": {
-                "ttft_ms": {"warning": 400.0, "breach": 700.0},
-                "request_latency_ms": {"warning": 5000.0, "breach": 8000.0}}}},
+                "ttft_ms": {"warning": 400.0, "breach": TTFT_BREACH_MS},
+                "request_latency_ms": {"warning": 5000.0,
+                                       "breach": REQUEST_LATENCY_BREACH_MS}}}},
         },
     }
 
