@@ -212,7 +212,11 @@ def canonical_ip(addr: str) -> str | None:
     return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
 
 
-@lru_cache(maxsize=1 << 16)
+# Small: a connection is usually one call, so a span rarely finds its key here, and
+# every entry pins its five arguments. At 1 << 16, a client opening a connection per
+# call (the lab's rag, 40 a second) would fill it for 27 minutes: about half of the
+# agent's growth, ~0.9 MiB a minute, in a 7-minute `none` run (docs/lab.md).
+@lru_cache(maxsize=1 << 12)
 def canonical_conn(src: str, sport: Any, dst: str, dport: Any, proto: str = "tcp") -> str | None:
     """``src:port->dst:port/proto`` (src = local side), both ends canonical; None if invalid."""
     s, d = canonical_ip(str(src)), canonical_ip(str(dst))
