@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import msgspec
 import pytest
 
@@ -78,9 +80,11 @@ def test_undo_all_runs_every_undo_and_reports_failures() -> None:
     assert done == ["c", "a"] and undos == []
 
 
-def _att(ts: str, domain: str, abstain: bool = False) -> dict:
+def _sli_att(at_s: float, sli: str, domain: str, abstain: bool = False) -> dict:
+    """An attribution of ``sli`` at Unix time ``at_s``."""
+    ts = datetime.datetime.fromtimestamp(at_s, datetime.UTC).isoformat()
     return {"incident_id": f"inc-{ts}", "timestamp": ts, "predicted_fault_domain": domain,
-            "abstain": abstain, "confidence": 0.9, "slo_impact": {"sli": "ttft_ms"},
+            "abstain": abstain, "confidence": 0.9, "slo_impact": {"sli": sli},
             "fault_hypotheses": [{"domain": domain}]}
 
 
@@ -92,14 +96,12 @@ def test_cases_truth_grace_calm_seconds_and_missed_episodes() -> None:
     faults = [{"name": "dns_latency", "domain": "network_dns", "start": t0 + 10,
                "end": t0 + 20}]
 
-    def iso(s: float) -> str:
-        import datetime
-        return datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
-
-    atts = [_att(iso(2.5), "network_egress"),  # false alarm in baseline
-            _att(iso(4.5), "unknown", abstain=True),  # abstention: not a false alarm
-            _att(iso(11.2), "network_dns"),
-            _att(iso(21.0), "network_dns")]  # within the grace after the fault: correct
+    atts = [_sli_att(t0 + 2.5, "ttft_ms", "network_egress"),  # false alarm in baseline
+            # abstention: not a false alarm
+            _sli_att(t0 + 4.5, "ttft_ms", "unknown", abstain=True),
+            _sli_att(t0 + 11.2, "ttft_ms", "network_dns"),
+            # within the grace after the fault: correct
+            _sli_att(t0 + 21.0, "ttft_ms", "network_dns")]
     cases, rows = build_cases(atts, faults, phases, grace_s=3.0)
     attributed = [c for c in cases if c.case_id]
     assert [(c.actual, c.predicted) for c in attributed] == [
@@ -156,16 +158,12 @@ def test_a_judged_slis_truth_is_the_faults_its_bad_requests_ran_through() -> Non
     requests = [_req(t0 + 19.0, 900.0, 3000.0),  # late in the neighbour's last second
                 _req(t0 + 31.0, None, 50.0, error="http_429")]
 
-    def att(s: float, sli: str, domain: str, abstain: bool = False) -> dict:
-        import datetime
-        ts = datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
-        return {**_att(ts, domain, abstain), "slo_impact": {"sli": sli}}
-
-    atts = [att(21.0, "ttft_ms", "cpu_contention"),  # its late request ends at 22 s
-            att(24.5, "ttft_ms", "unknown", abstain=True),  # past burn, but 2.5 s after it
-            att(32.0, "ttft_ms", "unknown", abstain=True),  # past burn in the 429s
-            att(32.0, "error_rate", "provider_throttle"),
-            att(33.0, "retrieval_latency_ms", "unknown", abstain=True)]  # not judged
+    atts = [_sli_att(t0 + 21.0, "ttft_ms", "cpu_contention"),  # its late request ends at 22 s
+            # past burn, but 2.5 s after it
+            _sli_att(t0 + 24.5, "ttft_ms", "unknown", abstain=True),
+            _sli_att(t0 + 32.0, "ttft_ms", "unknown", abstain=True),  # past burn in the 429s
+            _sli_att(t0 + 32.0, "error_rate", "provider_throttle"),
+            _sli_att(t0 + 33.0, "retrieval_latency_ms", "unknown", abstain=True)]  # not judged
     cases, _ = build_cases(atts, faults, phases, grace_s=3.0, requests=requests)
     assert [(c.actual, c.predicted) for c in cases if c.case_id] == [
         ("cpu_contention", "cpu_contention"), ("cpu_contention", "unknown"),
@@ -196,13 +194,9 @@ def test_a_slow_whole_request_is_judged_by_the_fault_it_ran_through() -> None:
     requests = [_req(t0 + 1.0, 120.0, 7900.0),  # under the 8 s objective: not bad
                 _req(t0 + 10.2, 150.0, 22_900.0)]  # ends at 33.1 s
 
-    def att(s: float) -> dict:
-        import datetime
-        ts = datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
-        return {**_att(ts, "memory_pressure"), "slo_impact": {"sli": "request_latency_ms"}}
-
-    cases, _ = build_cases([att(8.9), att(33.3), att(36.5)], faults, phases, grace_s=3.0,
-                           requests=requests)
+    atts = [_sli_att(t0 + at, "request_latency_ms", "memory_pressure")
+            for at in (8.9, 33.3, 36.5)]
+    cases, _ = build_cases(atts, faults, phases, grace_s=3.0, requests=requests)
     assert [c.actual for c in cases if c.case_id] == ["none", "memory_pressure", "none"]
     # The slow request broke the SLO at its end, 22.9 s in; no late first token did.
     episode = FaultEpisode(domain="memory_pressure", start=t0 + 10, end=t0 + 30)
@@ -221,14 +215,11 @@ def test_a_fault_counts_only_for_what_it_did_before_the_attribution() -> None:
     requests = [_req(t0 + 19.0, 900.0, 7000.0),
                 _req(t0 + 24.0, None, 100.0, error="dropped")]  # never sent: not judged
 
-    def att(s: float, sli: str, domain: str) -> dict:
-        import datetime
-        ts = datetime.datetime.fromtimestamp(t0 + s, datetime.UTC).isoformat()
-        return {**_att(ts, domain), "slo_impact": {"sli": sli}}
-
-    atts = [att(20.5, "ttft_ms", "network_dns"),  # the neighbour had not started yet
-            att(22.0, "ttft_ms", "cpu_contention"),  # neighbour on, first token was before
-            att(24.5, "error_rate", "cpu_contention")]  # the dropped request is no failure
+    atts = [_sli_att(t0 + 20.5, "ttft_ms", "network_dns"),  # the neighbour had not started
+            # neighbour on, the first token was before
+            _sli_att(t0 + 22.0, "ttft_ms", "cpu_contention"),
+            # the dropped request is no failure
+            _sli_att(t0 + 24.5, "error_rate", "cpu_contention")]
     cases, _ = build_cases(atts, faults, phases, grace_s=3.0, requests=requests)
     assert [(c.truths, c.actual) for c in cases if c.case_id] == [
         (("network_dns",), "network_dns"), (("network_dns",), "network_dns"),
@@ -246,9 +237,7 @@ def test_the_fault_on_now_is_the_row_when_two_touched_the_requests() -> None:
               {"name": "cpu_contention", "domain": "cpu_contention", "start": t0 + 20.5,
                "end": t0 + 30}]
     requests = [_req(t0 + 19.0, 900.0, 3000.0), _req(t0 + 20.6, 800.0, 3000.0)]
-    import datetime
-    ts = datetime.datetime.fromtimestamp(t0 + 21.5, datetime.UTC).isoformat()
-    cases, _ = build_cases([{**_att(ts, "unknown", True), "slo_impact": {"sli": "ttft_ms"}}],
+    cases, _ = build_cases([_sli_att(t0 + 21.5, "ttft_ms", "unknown", abstain=True)],
                            faults, [], grace_s=3.0, requests=requests)
     assert cases[0].truths == ("cpu_contention", "network_dns")
     assert cases[0].actual == "cpu_contention"

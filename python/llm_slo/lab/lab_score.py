@@ -10,10 +10,9 @@ Cases (scored with the shared :mod:`llm_slo.scoring`):
   still running at most ``grace_s`` before; ``none`` if there is no such request. A
   burn-rate alert carried by bad requests of an earlier fault is about that fault; one
   with no bad request near it is about nothing. The fault still on comes first (the
-  confusion matrix's row). For other SLIs, and runs
-  without the client's results, its truth is every fault active at that instant or
-  ended at most ``grace_s`` before (the evidence window and correlation delay still
-  look at the fault), else ``none``;
+  confusion matrix's row). For other SLIs, and runs without the client's results, its
+  truth is every fault active at that instant or ended at most ``grace_s`` before (the
+  evidence window and correlation delay still look at the fault), else ``none``;
 * a fault episode without any attribution case whose truth holds its domain, from its
   start on, is a missed case (predicted ``none``);
 * every whole second of calm (no fault within ``grace_s``, and no attribution in it
