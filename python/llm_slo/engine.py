@@ -52,8 +52,7 @@ T = TypeVar("T")
 V = TypeVar("V")
 # A feature's deviation from the workload's baseline: (feature, value, trials, windows).
 Deviation = Callable[[str, float, int | None, float | None], float | None]
-_SIGNAL_TS = operator.attrgetter("ts_unix_nano")
-_SAMPLE_TS = operator.itemgetter(0)
+_TS = operator.attrgetter("ts_unix_nano")  # of a ProbeEvent or a _Judged
 # A streamed record's value, an aggregate's slowest bucket, says how long ago (ms) its
 # operation began; what was lost or starved since then is its cause.
 _LIFETIME_SIGNALS = frozenset({"connect_latency_ms", "tls_handshake_ms"})
@@ -108,6 +107,21 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                                  f"{rule.short_window_s}")
 
 
+class _Judged(msgspec.Struct, frozen=True, gc=False):
+    """What the retention keeps of a judged SLI sample: what windows, lookbacks and
+    application evidence read, and nothing that names the request. Two minutes of a
+    busy service are tens of thousands of samples; a whole SliSample with its ids and
+    identity strings costs about four times as much, and they made up most of the
+    agent's growth to its steady RSS. No GC tracking: it holds no containers."""
+
+    ts_unix_nano: int
+    start_unix_nano: int
+    sli_name: str
+    value: float
+    detail: str
+    bad: bool  # a bad event for the error budget (burn_rate.is_bad)
+
+
 class _Workload:
     """What the engine knows of one service: its cgroups and its recent evidence."""
 
@@ -116,7 +130,7 @@ class _Workload:
         self.namespace = namespace
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
-        self.samples: _Timeline[tuple[int, SliSample, str]] = _Timeline(_SAMPLE_TS)
+        self.samples: _Timeline[_Judged] = _Timeline(_TS)
         self.violations: list[SliSample] = []  # breaches since the last tick
         self.last_violation_ns = 0  # last breach or alert, attributed or not
 
@@ -135,7 +149,7 @@ class SloEngine:
         self.cgroup_of_pid = cgroup_of_pid if cgroup_of_pid is not None else {}
         self._pending: list[Span] = []
         self._by_cgroup: dict[int, _Timeline[ProbeEvent]] = defaultdict(
-            lambda: _Timeline(_SIGNAL_TS))
+            lambda: _Timeline(_TS))
         self._workloads: dict[str, _Workload] = {}
         self._quiet_until: dict[tuple[str, str], int] = {}  # (service, SLI) -> Unix ns
         self._last_window_ns = 0
@@ -191,7 +205,9 @@ class SloEngine:
                     judged[key] = self._now_ns or sample.ts_unix_nano  # before a tick
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
-                work.samples.add((sample.ts_unix_nano, sample, status))
+                work.samples.add(_Judged(sample.ts_unix_nano, sample.start_unix_nano,
+                                         sample.sli_name, sample.value, sample.detail,
+                                         is_bad(sample, status)))
                 if status == "breach":
                     work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
@@ -285,9 +301,9 @@ class SloEngine:
                         functools.partial(self.baseline.score, self._key(service, work)))
             for sli, sample in due:
                 bad = good = 0
-                for _, s, status in lookback:
-                    if s.sli_name == sli:
-                        if is_bad(s, status):
+                for j in lookback:
+                    if j.sli_name == sli:
+                        if j.bad:
                             bad += 1
                         else:
                             good += 1
@@ -341,7 +357,7 @@ class SloEngine:
         return [ev for t in self._timelines(work) for ev in t.window(start_ns, end_ns)]
 
     def _evidence_start(self, signals: list[ProbeEvent],
-                        samples: list[tuple[int, SliSample, str]], slis: set[str],
+                        samples: list[_Judged], slis: set[str],
                         breaches_began: list[int], start_ns: int, now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
         the breaches of ``slis`` being explained (``breaches_began``: late ones may have
@@ -357,15 +373,14 @@ class SloEngine:
         no bad request in the window, but its slow connects still say when they began.
         """
         began = list(breaches_began)
-        began += [s.start_unix_nano for _, s, status in samples
-                  if s.sli_name in slis and is_bad(s, status)]
+        began += [j.start_unix_nano for j in samples if j.sli_name in slis and j.bad]
         began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in signals
                   if ev.signal in _LIFETIME_SIGNALS]
         floor = min(start_ns, now_ns - int(self.config.evidence_lookback_s * NS))
         return max(floor, min(start_ns, *began)) if began else start_ns
 
     def _features(self, work: _Workload, signals: list[ProbeEvent],
-                  samples: list[tuple[int, SliSample, str]], span_ns: int) -> WindowFeatures:
+                  samples: list[_Judged], span_ns: int) -> WindowFeatures:
         """Features of ``span_ns`` worth of ``signals`` and SLI ``samples``; sums scaled to
         one window's worth when that is longer than a window."""
         active = self.active_signals or {  # replay: every signal seen (whole retention)
@@ -472,13 +487,13 @@ def _latency_ms(ev: ProbeEvent) -> float:
     return ev.value if ev.count is None else detail_values(ev.detail).get("max", ev.value)
 
 
-def _app_evidence(window: list[tuple[int, SliSample, str]]) -> AppEvidence:
-    provider = [s for _, s, _ in window if s.sli_name == "provider_error_rate"]
-    retrieval = sorted(s.value for _, s, _ in window if s.sli_name == "retrieval_latency_ms")
+def _app_evidence(window: list[_Judged]) -> AppEvidence:
+    provider = [j for j in window if j.sli_name == "provider_error_rate"]
+    retrieval = sorted(j.value for j in window if j.sli_name == "retrieval_latency_ms")
     return AppEvidence(
         provider_requests=len(provider),
-        provider_429=sum(s.detail == "429" for s in provider),
-        provider_5xx=sum(s.detail == "5xx" for s in provider),
+        provider_429=sum(j.detail == "429" for j in provider),
+        provider_5xx=sum(j.detail == "5xx" for j in provider),
         retrieval_count=len(retrieval),
         retrieval_mean_ms=sum(retrieval) / len(retrieval) if retrieval else 0.0,
         retrieval_p99_ms=retrieval[min(len(retrieval) - 1, int(0.99 * len(retrieval)))]
