@@ -24,7 +24,13 @@ from typing import Any
 
 import structlog
 
-from llm_slo.bpf.libbpf import BPF_DIR, FdMap, LinkOwner, prog_run_stats
+from llm_slo.bpf.libbpf import (
+    BPF_DIR,
+    FdMap,
+    LinkOwner,
+    prog_recursion_misses,
+    prog_run_stats,
+)
 from llm_slo.errors import AttachPointMissing, ProbeError
 from llm_slo.mounts import read_mounts
 
@@ -177,6 +183,9 @@ class BccProgram:
 
     def run_stats(self) -> tuple[int, int]:
         return prog_run_stats(self._owner.bpf.funcs[self.name.encode()].fd)
+
+    def recursion_misses(self) -> int:
+        return prog_recursion_misses(self._owner.bpf.funcs[self.name.encode()].fd)
 
 
 class _BccMaps:

@@ -33,6 +33,7 @@ BPF_ANY = 0
 _PROG_INFO_SIZE = 232  # struct bpf_prog_info in 5.x-6.x UAPI
 _RUN_TIME_NS_OFF = 192
 _RUN_CNT_OFF = 200
+_RECURSION_MISSES_OFF = 208  # kernel 5.12+; older kernels leave our zeroes there
 # struct bpf_map_info: type, id, key_size (8), value_size (12), max_entries (16), ...
 _MAP_INFO_SIZE = 80
 _LOG_BUF = 1 << 20
@@ -199,6 +200,9 @@ class Program:
         """``(run_time_ns, run_cnt)`` from the kernel's per-program statistics."""
         return prog_run_stats(self.fd)
 
+    def recursion_misses(self) -> int:
+        return prog_recursion_misses(self.fd)
+
 
 def _obj_info(fd: int, size: int) -> bytes:
     """``bpf_obj_get_info_by_fd`` as raw bytes (the UAPI layouts are append-only)."""
@@ -216,6 +220,15 @@ def prog_run_stats(fd: int) -> tuple[int, int]:
     run_time = int.from_bytes(raw[_RUN_TIME_NS_OFF : _RUN_TIME_NS_OFF + 8], "little")
     run_cnt = int.from_bytes(raw[_RUN_CNT_OFF : _RUN_CNT_OFF + 8], "little")
     return run_time, run_cnt
+
+
+def prog_recursion_misses(fd: int) -> int:
+    """How often the kernel skipped the program behind ``fd`` because it was already
+    running on that CPU: a hook that fires in softirq or a timer (a connect ending, a
+    retransmit) while the program runs in task context on the same CPU is not traced,
+    and whatever it would have recorded is lost."""
+    raw = _obj_info(fd, _PROG_INFO_SIZE)
+    return int.from_bytes(raw[_RECURSION_MISSES_OFF : _RECURSION_MISSES_OFF + 8], "little")
 
 
 def held_prog_ids(pid: int) -> set[int]:

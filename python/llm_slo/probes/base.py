@@ -99,7 +99,8 @@ class Probe:
         return []
 
     def counters(self) -> dict[str, int]:
-        """Health counters: records dropped, rate-limited, map-full, bad."""
+        """Health counters: records dropped, rate-limited, map-full, bad, and hook hits
+        the kernel skipped (a program already running on that CPU)."""
         return {}
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
@@ -229,6 +230,8 @@ class BpfProbe(Probe):
         out["bad_records"] = sum(self.stats.bad_records.values()) + sum(
             r.bad_records for r in self.ring_readers.values()
         )
+        out["recursion_missed"] = sum(p.recursion_misses() for p in self.obj.programs.values()
+                                      if p.autoload)
         return out
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
