@@ -282,7 +282,8 @@ _FREE = np.iinfo(np.int64).max  # "newest signal" of an id that is free
 # Among equally close joins the fan-out keeps those the kernel flagged, so a long span
 # full of routine signals still carries its one slow DNS lookup.
 _SEVERITY_OF = {"ok": 0, "warning": 1, "error": 2}
-_CONN_CACHE = 1 << 16  # canonical flow keys kept (cleared when full)
+_FLOW_GENERATION_NS = 30_000_000_000  # of eviction bound: a silent flow's key is kept 30-60 s
+_FLOW_GENERATION_MAX = 1 << 15  # ...and a generation ends early at this many flows
 _SIGNAL_CODES: dict[str, int] = {}  # signal name -> small int, for the fan-out per signal
 
 
@@ -523,7 +524,7 @@ class SignalIndex:
         self._service_pods: dict[str, set[str]] = {}
         self._unmapped: set[str] = set()  # pods whose service is not known yet
         self.size = self.unindexed = self.late = self.evicted = 0
-        self._conn_canon: dict[tuple[Any, ...], str] = {}  # see _canonical_conns
+        self._flow_keys = _FlowKeys()
 
     def __len__(self) -> int:
         return self.size
@@ -623,20 +624,9 @@ class SignalIndex:
             chunks[-2:] = [a.merge(b)]
 
     def _canonical_conns(self, tuples: list[ConnTuple]) -> list[str]:
-        """Each flow's canonical key ("" for one no span can name), cached by its plain
-        field tuple: a flow emits many signals, and a tuple of its fields hashes in a
-        third of the time a frozen Struct does (the lru_cache on the Struct that this
-        replaces cost ~0.8 us a signal)."""
-        cache = self._conn_canon
-        raw = [(c.src_ip, c.src_port, c.dst_ip, c.dst_port, c.protocol) for c in tuples]
-        got = list(map(cache.get, raw))
-        if None in got:
-            if len(cache) > _CONN_CACHE:  # flows come and go: start over, not an LRU
-                cache.clear()
-            for i, g in enumerate(got):
-                if g is None:
-                    got[i] = cache[raw[i]] = canonical_conn(*raw[i]) or ""
-        return got  # type: ignore[return-value]
+        """Each flow's canonical key ("" for one no span can name)."""
+        return self._flow_keys.lookup(
+            [(c.src_ip, c.src_port, c.dst_ip, c.dst_port, c.protocol) for c in tuples])
 
     def _new_pod_key(self, pod: str, pid_id: int, sample: ProbeEvent) -> None:
         if (ids := self._pod_ids.get(pod)) is None:
@@ -670,6 +660,7 @@ class SignalIndex:
                     self._drop_pod_key(pod, pid_id)
         self.size -= gone
         self.evicted += gone
+        self._flow_keys.age(self.bound)
         return gone
 
     def _drop_pod_key(self, pod: str, pid_id: int) -> None:
@@ -739,6 +730,57 @@ class SignalIndex:
             return _Candidates.none()
         cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
         return _Candidates(cols[0], np.full(len(cols[0]), tier, np.int64), *cols[1:])
+
+
+class _FlowKeys:
+    """Canonical flow keys by their plain field tuple, for the flows seen lately: a flow
+    emits many signals, and a tuple of its fields hashes in a third of the time a frozen
+    Struct does (an lru_cache on the Struct cost ~0.8 us a signal).
+
+    Two generations: a key found only in the older one moves to the current one, and
+    the older is dropped when the index's eviction bound has moved a generation on (or
+    the current one is full). A busy flow is never recomputed; a silent one is forgotten
+    within two generations. Flows are many and short (a connect, a handshake, a DNS
+    query: each its own port); one cache that kept any flow until it held 65,536 would
+    have grown for hours toward ~20 MB on the lab's calm node, at ~2 new flows a
+    second."""
+
+    __slots__ = ("_ends_at", "_old", "_young")
+
+    def __init__(self) -> None:
+        self._young: dict[tuple[Any, ...], str] = {}
+        self._old: dict[tuple[Any, ...], str] = {}
+        self._ends_at: int | None = None  # eviction bound at which this generation ends
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+    def lookup(self, raw: list[tuple[Any, ...]]) -> list[str]:
+        young = self._young
+        got = list(map(young.get, raw))
+        if None in got:
+            old = self._old
+            for i, g in enumerate(got):
+                if g is None:
+                    key = raw[i]
+                    g = old.get(key)
+                    if g is None:
+                        g = canonical_conn(*key) or ""
+                    got[i] = young[key] = g
+            if len(young) > _FLOW_GENERATION_MAX:
+                self._next_generation()
+        return got  # type: ignore[return-value]
+
+    def age(self, bound_ns: int) -> None:
+        """The index evicted up to ``bound_ns``: end the generation if it is due."""
+        if self._ends_at is None:
+            self._ends_at = bound_ns + _FLOW_GENERATION_NS
+        elif bound_ns >= self._ends_at:
+            self._next_generation()
+            self._ends_at = bound_ns + _FLOW_GENERATION_NS
+
+    def _next_generation(self) -> None:
+        self._old, self._young = self._young, {}
 
 
 class Correlator:

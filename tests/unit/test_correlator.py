@@ -262,16 +262,16 @@ def test_conn_tier_across_representations():
 
 
 def test_flow_keys_stay_right_when_their_cache_starts_over(monkeypatch):
-    """Canonical flow keys are cached per field tuple and the cache is cleared when
-    full: flows seen before and after a clear, and one no span can name, join (or not)
-    as without a cache."""
-    monkeypatch.setattr("llm_slo.correlator._CONN_CACHE", 2)
+    """Canonical flow keys are cached per field tuple, and a generation of the cache
+    ends early when full: flows seen before and after, and one no span can name, join
+    (or not) as without a cache."""
+    monkeypatch.setattr("llm_slo.correlator._FLOW_GENERATION_MAX", 2)
     flows = [ConnTuple("10.0.0.5", "10.0.0.9", 41000 + i, 443, "tcp") for i in range(5)]
     bad = ConnTuple("10.0.0.5", "not-an-ip", 1, 443, "tcp")
     idx = SignalIndex()
-    idx.add([sig(1, conn=f) for f in flows[:3]] + [sig(1, conn=bad)])  # 4 cached
-    idx.add([sig(2, conn=f) for f in flows[2:]])  # misses: cleared, then 3 and 4 cached
-    assert len(idx._conn_canon) == 2
+    idx.add([sig(1, conn=f) for f in flows[:3]] + [sig(1, conn=bad)])  # 4 > 2: full
+    idx.add([sig(2, conn=f) for f in flows[2:]])  # 2 from the older, 3 and 4 new: full
+    assert len(idx._flow_keys) == 3  # the older generation went; 2, 3 and 4 in the new
     idx.add([sig(3, conn=f) for f in flows[:2]] + [sig(3, conn=bad)])
     cor = Correlator(index=idx)
     joined = []
@@ -281,6 +281,25 @@ def test_flow_keys_stay_right_when_their_cache_starts_over(monkeypatch):
         assert set(tiers(es)) == {POD_CONN}
         joined.append(len(es.matches))
     assert joined == [2, 2, 2, 1, 1]
+
+
+def test_flow_keys_of_silent_flows_are_forgotten_as_the_index_evicts():
+    """A flow per DNS query: the cache holds the flows of the last one or two
+    generations (30 s of eviction each), however many went before, and a flow that
+    keeps signalling keeps its key."""
+    idx = SignalIndex()
+    busy = ConnTuple("10.0.0.5", "10.0.0.9", 40000, 443, "tcp")
+    sizes = []
+    for sec in range(600):  # ten minutes, 20 new flows a second
+        t = sec * 1000
+        idx.add([sig(t, conn=ConnTuple("10.0.0.5", "10.0.0.53", 1024 + (sec * 20 + k) % 60000,
+                                       53, "udp")) for k in range(20)] + [sig(t, conn=busy)])
+        idx.evict(T0 + t * MS)
+        sizes.append(len(idx._flow_keys))
+    assert max(sizes) <= 2 * 30 * 20 + 2 * 20 + 2  # two generations and a tick's worth
+    assert min(sizes[120:]) >= 30 * 20  # the last generation's flows stay
+    assert (busy.src_ip, busy.src_port, busy.dst_ip, busy.dst_port, busy.protocol) \
+        in idx._flow_keys._young
 
 
 def test_span_keys():
