@@ -12,6 +12,7 @@ Pure: no clock, every time is an argument. Events are counted in fixed buckets
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from fractions import Fraction
@@ -104,10 +105,12 @@ class BurnRateAlert(msgspec.Struct, frozen=True, kw_only=True):
 class BurnRateTracker:
     """Good/bad event counts of one (service, SLO), and the burn rates they give.
 
-    Buckets are kept as parallel lists of bucket index and *cumulative* totals, so any
+    Buckets are kept as parallel arrays of bucket index and *cumulative* totals, so any
     window's counts are two binary searches and a subtraction. Buckets older than the
     longest rule window (counted back from the newest event) are dropped, so memory is at
-    most ``longest_window / bucket_s + 1`` buckets whatever the stream length. An
+    most ``longest_window / bucket_s + 1`` buckets whatever the stream length: with the
+    default rules three days, 25,920 buckets of 24 bytes (machine integers; lists of
+    Python ints held 2.9 MB per tracker after three days of 20 requests a second). An
     in-order add is O(1) amortised; a late event costs O(buckets after it). Events older
     than the retained range are counted in :attr:`dropped` and ignored.
     """
@@ -127,9 +130,9 @@ class BurnRateTracker:
         self._retain = self.retention_s // bucket_s
         self._budget = 1 - _exact(objective.target)
         self._limits = [_exact(r.threshold) for r in self.rules]
-        self._idx: list[int] = []  # bucket index = ts // bucket, ascending
-        self._cum_total: list[int] = []  # events in all buckets up to and including this one
-        self._cum_bad: list[int] = []
+        self._idx = array("q")  # bucket index = ts // bucket, ascending
+        self._cum_total = array("q")  # events in all buckets up to and including this one
+        self._cum_bad = array("q")
         self._base = (0, 0)  # cumulative (total, bad) of everything already dropped
         self.dropped = 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -291,3 +293,20 @@ def test_memory_bounded_for_long_streams(step_s, seed):
         t.add(at(i), good=(i * 2654435761 + seed) % 7 != 0)
         assert len(t) <= limit
     assert t.burn_rate(1800, at(86400)) is not None
+
+
+def test_three_days_of_buckets_cost_little_memory():
+    """The default rules keep three days of 10 s buckets per (service, objective): an
+    agent on a node with many services keeps them all, for as long as it runs."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        t = tracker()
+        for i in range(0, 3 * 86400 + 600, 10):
+            t.add(at(i), good=i % 70 != 0)
+            t.add(at(i + 5), good=True)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(t) == 3 * 86400 // 10
+    assert held < 1 << 20, f"{held / 2**20:.2f} MiB for {len(t)} buckets"
