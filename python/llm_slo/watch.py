@@ -114,10 +114,12 @@ async def run_watch(
 
 
 def _losses(probes: ProbeSet) -> dict[str, int]:
-    """Records lost so far per signal: full ring, unreadable record, failed read."""
+    """Records lost so far per signal: full ring, a hook hit the kernel skipped (its
+    record or count), unreadable record, failed read."""
     out = {}
     for sig, c in probes.counters().items():
-        n = c.get("ringbuf_dropped", 0) + c.get("bad_records", 0) + probes.read_errors.get(sig, 0)
+        n = (c.get("ringbuf_dropped", 0) + c.get("recursion_missed", 0)
+             + c.get("bad_records", 0) + probes.read_errors.get(sig, 0))
         if n:
             out[sig] = n
     return out

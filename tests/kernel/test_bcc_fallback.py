@@ -66,7 +66,7 @@ def test_every_probe_opens_on_bcc(bcc_headers: str | None) -> None:
                                                                  BccObject)]
         assert len(bcc) == 6
         probes.poll(0)
-        assert all(set(c) >= {"ringbuf_dropped", "rate_limited", "map_full"}
+        assert all(set(c) >= {"ringbuf_dropped", "rate_limited", "map_full", "recursion_missed"}
                    for s, c in probes.counters().items() if s in bcc)
         assert set(probes.run_stats()) >= set(bcc)
 

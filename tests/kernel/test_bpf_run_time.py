@@ -14,9 +14,8 @@ from llm_slo.bpf.libbpf import (
     BpfObject,
     enable_run_time_stats,
     held_prog_ids,
-    prog_recursion_misses,
-    prog_run_stats,
     prog_run_time_ns,
+    prog_stats,
 )
 from llm_slo.probes.base import BpfProbe
 from llm_slo.probes.kernel import ConnectLatency
@@ -58,10 +57,13 @@ def _fdinfo(fd: int) -> dict[str, str]:
 
 
 def test_program_statistics_read_where_the_kernel_keeps_them(open_probe) -> None:
-    """The run time, run count and skipped-recursion count we read from the program's
-    info (fixed offsets in ``struct bpf_prog_info``) are the ones the kernel shows in
-    the program fd's fdinfo, after the hook has run. Other TCP traffic on the machine
-    may run the hook between the reads, so fdinfo must fall between two of ours."""
+    """The run time, run count and skipped-run count we read from the program's info
+    (fixed offsets in ``struct bpf_prog_info``) are the ones the kernel shows in the
+    program fd's fdinfo, after the hook has run. Other TCP traffic on the machine may
+    run the hook between the reads, so fdinfo must fall between two of ours. A skipped
+    run cannot be provoked on purpose, so the skip count is usually 0 on both sides:
+    that still fails an offset that lands on a field the kernel fills (the verified
+    instruction count beside it), not one it leaves 0."""
     stats_fd = enable_run_time_stats()
     assert stats_fd is not None, "BPF_ENABLE_STATS needs CAP_SYS_ADMIN"
     try:
@@ -69,17 +71,13 @@ def test_program_statistics_read_where_the_kernel_keeps_them(open_probe) -> None
         _refused_connects(50)
         assert isinstance(probe, BpfProbe) and isinstance(probe.obj, BpfObject)
         prog = next(p for p in probe.obj.programs.values() if p.autoload)
-
-        def ours() -> tuple[int, int, int]:
-            return (*prog_run_stats(prog.fd), prog_recursion_misses(prog.fd))
-
-        before = ours()
+        before = prog_stats(prog.fd)
         info = _fdinfo(prog.fd)
-        after = ours()
+        after = prog_stats(prog.fd)
         kernel = (int(info["run_time_ns"]), int(info["run_cnt"]), int(info["recursion_misses"]))
-        assert before[1] >= 100, "two state changes a refused connect"
+        assert before.run_cnt >= 100, "two state changes a refused connect"
         assert all(b <= k <= a for b, k, a in zip(before, kernel, after, strict=True)), (
             before, kernel, after)
-        assert probe.counters()["recursion_missed"] >= before[2]
+        assert "recursion_missed" in probe.counters()
     finally:
         os.close(stats_fd)

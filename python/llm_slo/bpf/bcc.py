@@ -24,13 +24,7 @@ from typing import Any
 
 import structlog
 
-from llm_slo.bpf.libbpf import (
-    BPF_DIR,
-    FdMap,
-    LinkOwner,
-    prog_recursion_misses,
-    prog_run_stats,
-)
+from llm_slo.bpf.libbpf import BPF_DIR, FdMap, LinkOwner, ProgStats, prog_stats
 from llm_slo.errors import AttachPointMissing, ProbeError
 from llm_slo.mounts import read_mounts
 
@@ -181,11 +175,8 @@ class BccProgram:
 
         return self._owner._keep(BccLink(f"{kind}:{binary}:{symbol}", detach))
 
-    def run_stats(self) -> tuple[int, int]:
-        return prog_run_stats(self._owner.bpf.funcs[self.name.encode()].fd)
-
-    def recursion_misses(self) -> int:
-        return prog_recursion_misses(self._owner.bpf.funcs[self.name.encode()].fd)
+    def stats(self) -> ProgStats:
+        return prog_stats(self._owner.bpf.funcs[self.name.encode()].fd)
 
 
 class _BccMaps:

@@ -13,7 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import structlog
@@ -196,12 +196,9 @@ class Program:
         ffi.errno = err
         return self._owner._keep(ptr, f"{self.section}:{cgroup_path}", self.name)
 
-    def run_stats(self) -> tuple[int, int]:
-        """``(run_time_ns, run_cnt)`` from the kernel's per-program statistics."""
-        return prog_run_stats(self.fd)
-
-    def recursion_misses(self) -> int:
-        return prog_recursion_misses(self.fd)
+    def stats(self) -> ProgStats:
+        """The kernel's per-program statistics."""
+        return prog_stats(self.fd)
 
 
 def _obj_info(fd: int, size: int) -> bytes:
@@ -214,21 +211,23 @@ def _obj_info(fd: int, size: int) -> bytes:
     return bytes(ffi.buffer(info))
 
 
-def prog_run_stats(fd: int) -> tuple[int, int]:
-    """``(run_time_ns, run_cnt)`` of the program behind ``fd``."""
-    raw = _obj_info(fd, _PROG_INFO_SIZE)
-    run_time = int.from_bytes(raw[_RUN_TIME_NS_OFF : _RUN_TIME_NS_OFF + 8], "little")
-    run_cnt = int.from_bytes(raw[_RUN_CNT_OFF : _RUN_CNT_OFF + 8], "little")
-    return run_time, run_cnt
+class ProgStats(NamedTuple):
+    """A program's statistics as the kernel keeps them (``struct bpf_prog_info``)."""
+
+    run_time_ns: int  # 0 unless run-time statistics are on (see enable_run_time_stats)
+    run_cnt: int
+    # Runs the kernel skipped because the program was already running on that CPU: a
+    # hook that fires in softirq or a timer (a connect ending, a retransmit) while the
+    # program runs in task context there is not traced; what it would have recorded or
+    # counted is lost. Kernel 5.12+; older kernels leave our zeroes.
+    recursion_misses: int
 
 
-def prog_recursion_misses(fd: int) -> int:
-    """How often the kernel skipped the program behind ``fd`` because it was already
-    running on that CPU: a hook that fires in softirq or a timer (a connect ending, a
-    retransmit) while the program runs in task context on the same CPU is not traced,
-    and whatever it would have recorded is lost."""
+def prog_stats(fd: int) -> ProgStats:
+    """The statistics of the program behind ``fd``."""
     raw = _obj_info(fd, _PROG_INFO_SIZE)
-    return int.from_bytes(raw[_RECURSION_MISSES_OFF : _RECURSION_MISSES_OFF + 8], "little")
+    return ProgStats(*(int.from_bytes(raw[off : off + 8], "little")
+                       for off in (_RUN_TIME_NS_OFF, _RUN_CNT_OFF, _RECURSION_MISSES_OFF)))
 
 
 def held_prog_ids(pid: int) -> set[int]:
@@ -253,7 +252,7 @@ def prog_run_time_ns(prog_ids: set[int]) -> dict[int, int]:
         if fd < 0:
             continue  # unloaded since
         try:
-            out[prog_id] = prog_run_stats(fd)[0]
+            out[prog_id] = prog_stats(fd).run_time_ns
         finally:
             os.close(fd)
     return out

@@ -230,14 +230,19 @@ class BpfProbe(Probe):
         out["bad_records"] = sum(self.stats.bad_records.values()) + sum(
             r.bad_records for r in self.ring_readers.values()
         )
-        out["recursion_missed"] = sum(p.recursion_misses() for p in self.obj.programs.values()
-                                      if p.autoload)
+        out["recursion_missed"] = sum(p.stats().recursion_misses
+                                      for p in self.obj.programs.values() if p.autoload)
         return out
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
         if self.obj is None:
             return {}
-        return {p.name: p.run_stats() for p in self.obj.programs.values() if p.autoload}
+        out = {}
+        for p in self.obj.programs.values():
+            if p.autoload:
+                st = p.stats()
+                out[p.name] = (st.run_time_ns, st.run_cnt)
+        return out
 
     def close(self) -> None:
         for r in self.ring_readers.values():
