@@ -283,7 +283,7 @@ _FREE = np.iinfo(np.int64).max  # "newest signal" of an id that is free
 # full of routine signals still carries its one slow DNS lookup.
 _SEVERITY_OF = {"ok": 0, "warning": 1, "error": 2}
 _FLOW_GENERATION_NS = 30_000_000_000  # of eviction bound: a silent flow's key is kept 30-60 s
-_FLOW_GENERATION_MAX = 1 << 15  # ...and a generation ends early at this many flows
+_FLOW_GENERATION_MAX = 1 << 15  # ...and ends early past this many (checked per batch)
 _SIGNAL_CODES: dict[str, int] = {}  # signal name -> small int, for the fan-out per signal
 
 
@@ -737,22 +737,24 @@ class _FlowKeys:
     emits many signals, and a tuple of its fields hashes in a third of the time a frozen
     Struct does (an lru_cache on the Struct cost ~0.8 us a signal).
 
-    Two generations: a key found only in the older one moves to the current one, and
-    the older is dropped when the index's eviction bound has moved a generation on (or
-    the current one is full). A busy flow is never recomputed; a silent one is forgotten
-    within two generations. Flows are many and short (a connect, a handshake, a DNS
-    query: each its own port); one cache that kept any flow until it held 65,536 would
-    have grown for hours toward ~20 MB on the lab's calm node, at ~2 new flows a
-    second."""
+    Two generations: a key found only in the older one is copied into the current one,
+    and the older is dropped when the index's eviction bound has moved a generation on
+    (or the current one is full after a batch; the clock then starts again). A busy flow
+    is recomputed at most once a generation; a silent one is forgotten within two.
+    Flows are many and short (a connect, a handshake, a DNS query: each its own port);
+    one cache that kept any flow until it held 65,536 would have grown for hours toward
+    ~20 MB on the lab's calm node, at ~2 new flows a second."""
 
-    __slots__ = ("_ends_at", "_old", "_young")
+    __slots__ = ("_bound", "_ends_at", "_old", "_young")
 
     def __init__(self) -> None:
         self._young: dict[tuple[Any, ...], str] = {}
         self._old: dict[tuple[Any, ...], str] = {}
-        self._ends_at: int | None = None  # eviction bound at which this generation ends
+        self._bound: int | None = None  # the index's eviction bound, last we heard
+        self._ends_at = 0  # the bound at which the current generation ends
 
     def __len__(self) -> int:
+        """Keys held (a key copied from the older generation counts twice)."""
         return len(self._young) + len(self._old)
 
     def lookup(self, raw: list[tuple[Any, ...]]) -> list[str]:
@@ -773,14 +775,19 @@ class _FlowKeys:
 
     def age(self, bound_ns: int) -> None:
         """The index evicted up to ``bound_ns``: end the generation if it is due."""
-        if self._ends_at is None:
+        if self._bound is None:
+            self._ends_at = bound_ns + _FLOW_GENERATION_NS
+        elif bound_ns >= self._ends_at + _FLOW_GENERATION_NS:  # a jump: both are stale
+            self._old, self._young = {}, {}
             self._ends_at = bound_ns + _FLOW_GENERATION_NS
         elif bound_ns >= self._ends_at:
             self._next_generation()
-            self._ends_at = bound_ns + _FLOW_GENERATION_NS
+        self._bound = bound_ns
 
     def _next_generation(self) -> None:
         self._old, self._young = self._young, {}
+        if self._bound is not None:
+            self._ends_at = self._bound + _FLOW_GENERATION_NS
 
 
 class Correlator:

@@ -18,6 +18,7 @@ from llm_slo.correlator import (
     CorrelationConfig,
     Correlator,
     SignalIndex,
+    _FlowKeys,
     canonical_conn,
     canonical_ip,
     span_keys,
@@ -271,7 +272,7 @@ def test_flow_keys_stay_right_when_their_cache_starts_over(monkeypatch):
     idx = SignalIndex()
     idx.add([sig(1, conn=f) for f in flows[:3]] + [sig(1, conn=bad)])  # 4 > 2: full
     idx.add([sig(2, conn=f) for f in flows[2:]])  # 2 from the older, 3 and 4 new: full
-    assert len(idx._flow_keys) == 3  # the older generation went; 2, 3 and 4 in the new
+    assert len(idx._flow_keys) == 3  # full again: 2, 3 and 4 are the older generation now
     idx.add([sig(3, conn=f) for f in flows[:2]] + [sig(3, conn=bad)])
     cor = Correlator(index=idx)
     joined = []
@@ -297,9 +298,26 @@ def test_flow_keys_of_silent_flows_are_forgotten_as_the_index_evicts():
         idx.evict(T0 + t * MS)
         sizes.append(len(idx._flow_keys))
     assert max(sizes) <= 2 * 30 * 20 + 2 * 20 + 2  # two generations and a tick's worth
-    assert min(sizes[120:]) >= 30 * 20  # the last generation's flows stay
+    assert min(sizes[120:]) >= 29 * 20  # the last generation's flows stay (29-30 s of them)
     assert (busy.src_ip, busy.src_port, busy.dst_ip, busy.dst_port, busy.protocol) \
         in idx._flow_keys._young
+
+
+def test_a_generation_that_ended_full_gets_its_own_time(monkeypatch):
+    """A burst that fills a generation starts the clock again: the flows it retired
+    stay a whole generation, not just until the old clock runs out."""
+    monkeypatch.setattr("llm_slo.correlator._FLOW_GENERATION_MAX", 2)
+    keys = _FlowKeys()
+    keys.age(T0)
+    keys.age(T0 + 29_000 * MS)
+    keys.lookup([("10.0.0.5", 41000 + i, "10.0.0.9", 443, "tcp") for i in range(3)])
+    keys.age(T0 + 31_000 * MS)  # past the first clock, not the restarted one
+    assert len(keys) == 3
+    keys.age(T0 + 59_000 * MS)
+    assert len(keys) == 0
+    keys.lookup([("10.0.0.5", 40999, "10.0.0.9", 443, "tcp")])
+    keys.age(T0 + 600_000 * MS)  # a stalled agent's jump: nothing left is recent
+    assert len(keys) == 0
 
 
 def test_span_keys():
