@@ -166,7 +166,7 @@ class BurnRateTracker:
         self._expire()
 
     def _at(self, pos: int) -> tuple[int, int]:
-        """Cumulative (total, bad) of the buckets before list position ``pos``."""
+        """Cumulative (total, bad) of the buckets before array position ``pos``."""
         if pos == 0:
             return self._base
         return self._cum_total[pos - 1], self._cum_bad[pos - 1]

@@ -43,7 +43,7 @@ from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent, detail_values
 from llm_slo.sli import SliSample, SliThresholds, evaluate, slis_from_span, to_slo_event
-from llm_slo.slo_event import SloEvent
+from llm_slo.slo_event import SliName, SloEvent
 from llm_slo.spans import Span
 
 NS = 1_000_000_000
@@ -107,7 +107,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                                  f"{rule.short_window_s}")
 
 
-class _Judged(msgspec.Struct, frozen=True, gc=False):
+class _Judged(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the retention keeps of a judged SLI sample: what windows, lookbacks and
     application evidence read, and nothing that names the request. Two minutes of a
     busy service are tens of thousands of samples; a whole SliSample with its ids and
@@ -116,7 +116,7 @@ class _Judged(msgspec.Struct, frozen=True, gc=False):
 
     ts_unix_nano: int
     start_unix_nano: int
-    sli_name: str
+    sli_name: SliName
     value: float
     detail: str
     bad: bool  # a bad event for the error budget (burn_rate.is_bad)
@@ -205,9 +205,10 @@ class SloEngine:
                     judged[key] = self._now_ns or sample.ts_unix_nano  # before a tick
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
-                work.samples.add(_Judged(sample.ts_unix_nano, sample.start_unix_nano,
-                                         sample.sli_name, sample.value, sample.detail,
-                                         is_bad(sample, status)))
+                work.samples.add(_Judged(
+                    ts_unix_nano=sample.ts_unix_nano, start_unix_nano=sample.start_unix_nano,
+                    sli_name=sample.sli_name, value=sample.value, detail=sample.detail,
+                    bad=is_bad(sample, status)))
                 if status == "breach":
                     work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
