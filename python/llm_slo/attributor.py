@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import math
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -147,30 +147,61 @@ def _soft(z: float, cfg: AttributionConfig) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
 
 
-def _posterior(groups: dict[str, float], cfg: AttributionConfig
-               ) -> tuple[dict[str, float], dict[str, float], tuple[str, ...]]:
-    """From soft group evidence: the posterior share per domain and ``unknown`` (sums to
-    1), each domain's marginal (the mass of every set containing it: P(it is at fault)),
-    and the most probable set."""
+class _SetTable(NamedTuple):
+    """What the posterior needs of a config whatever the evidence: every candidate set
+    of domains, its log prior, and per group P(elevated | set) (noisy-OR over the set's
+    domains on top of the group's leak, clamped) and its complement."""
+
+    sets: list[tuple[str, ...]]
+    log_prior: list[float]
+    p: dict[str, tuple[list[float], list[float]]]  # group -> (p, 1 - p) per set
+
+
+_TABLES: dict[int, tuple[AttributionConfig, _SetTable]] = {}  # by id(config)
+
+
+def _set_table(cfg: AttributionConfig) -> _SetTable:
+    """The config's table, built once: an attribution weighs ~70 sets against ~10
+    groups, and the noisy-OR per (set, group) was most of its time."""
+    hit = _TABLES.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
     sets: list[tuple[str, ...]] = [(), *((d,) for d in DOMAINS)]
     for k in range(2, cfg.max_concurrent + 1):
         sets.extend(itertools.combinations(DOMAINS, k))
     n_multi = len(sets) - 1 - len(DOMAINS)
     single = 1.0 - cfg.prior_unknown - (cfg.prior_overlap if n_multi else 0.0)
-    log_prior = (math.log(cfg.prior_unknown), math.log(single / len(DOMAINS)),
-                 math.log(cfg.prior_overlap / n_multi) if n_multi and cfg.prior_overlap
-                 else -math.inf)
-    logs = []
-    for s in sets:
-        lp = log_prior[min(len(s), 2)]
-        for g, e in groups.items():
-            leak = cfg.leak[g]
+    by_size = (math.log(cfg.prior_unknown), math.log(single / len(DOMAINS)),
+               math.log(cfg.prior_overlap / n_multi) if n_multi and cfg.prior_overlap
+               else -math.inf)
+    p: dict[str, tuple[list[float], list[float]]] = {}
+    for g, row in cfg.likelihoods.items():
+        leak = cfg.leak[g]
+        col = []
+        for s in sets:
             miss = 1.0 - leak
             for d in s:  # a domain's activation on top of the leak (noisy-OR)
-                miss *= 1.0 - max(cfg.likelihoods[g].get(d, leak) - leak, 0.0) / (1.0 - leak)
-            p = _clamp(1.0 - miss)
-            lp += math.log(e * p + (1.0 - e) * (1.0 - p))
-        logs.append(lp)
+                miss *= 1.0 - max(row.get(d, leak) - leak, 0.0) / (1.0 - leak)
+            col.append(_clamp(1.0 - miss))
+        p[g] = (col, [1.0 - x for x in col])
+    table = _SetTable(sets, [by_size[min(len(s), 2)] for s in sets], p)
+    if len(_TABLES) >= 16:  # configs are few; a test may make many
+        _TABLES.clear()
+    _TABLES[id(cfg)] = (cfg, table)
+    return table
+
+
+def _posterior(groups: dict[str, float], cfg: AttributionConfig
+               ) -> tuple[dict[str, float], dict[str, float], tuple[str, ...]]:
+    """From soft group evidence: the posterior share per domain and ``unknown`` (sums to
+    1), each domain's marginal (the mass of every set containing it: P(it is at fault)),
+    and the most probable set."""
+    table = _set_table(cfg)
+    sets, logs, log = table.sets, table.log_prior, math.log
+    for g, e in groups.items():
+        ps, qs = table.p[g]
+        ne = 1.0 - e
+        logs = [lp + log(e * p + ne * q) for lp, p, q in zip(logs, ps, qs, strict=True)]
     top = max(logs)
     weights = [math.exp(lp - top) if lp > -math.inf else 0.0 for lp in logs]
     total = sum(weights)

@@ -674,6 +674,19 @@ def test_incident_id_is_deterministic() -> None:
     assert c.incident_id != a.incident_id
 
 
+def test_each_config_weighs_with_its_own_priors() -> None:
+    """The attributor builds a config's set likelihoods and priors once and keeps them:
+    they must never answer for another config, before or after it is used."""
+    over = SINGLE[0][2]
+    plain = AttributionConfig(report_threshold=0.0)
+    doubtful = AttributionConfig(report_threshold=0.0, prior_unknown=0.7, prior_overlap=0.1)
+    a, b, c = attribute(over, config=plain), attribute(over, config=doubtful), \
+        attribute(over, config=plain)
+    assert posteriors(a) == posteriors(c)
+    assert posteriors(b)["unknown"] > posteriors(a)["unknown"]
+    assert a.predicted_fault_domain == c.predicted_fault_domain == "network_dns"
+
+
 # ---- properties --------------------------------------------------------------------------
 
 feature_values = st.dictionaries(
