@@ -113,9 +113,9 @@ def _decode_protobuf(body: bytes) -> list[Span]:
                 at[2] = -1
                 for at[2], sp in enumerate(ss.spans):
                     spans.append(Span(
-                        trace_id=_check_id(sp.trace_id.hex(), 32, "traceId"),
-                        span_id=_check_id(sp.span_id.hex(), 16, "spanId"),
-                        parent_span_id=_parent_id(sp.parent_span_id.hex()),
+                        trace_id=_pb_id(sp.trace_id, 16, "traceId"),
+                        span_id=_pb_id(sp.span_id, 8, "spanId"),
+                        parent_span_id=_pb_parent_id(sp.parent_span_id),
                         name=sp.name, kind=sp.kind or SPAN_KIND_INTERNAL,
                         start_unix_nano=sp.start_time_unix_nano,
                         end_unix_nano=sp.end_time_unix_nano, status_code=sp.status.code,
@@ -132,9 +132,17 @@ def _decode_protobuf(body: bytes) -> list[Span]:
     return spans
 
 
+_PB_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
 def _pb_attributes(kvs: Iterable[common_pb2.KeyValue], prefix: str = "") -> Attributes:
     out: Attributes = {}
     for i, kv in enumerate(kvs):
+        v = kv.value
+        which = v.WhichOneof("value")
+        if which in _PB_SCALARS:  # nearly every attribute: no nesting, nothing to check
+            out[kv.key] = getattr(v, which)
+            continue
         try:
             value = _flatten(_pb_value(kv.value, 0))
         except OtlpDecodeError as exc:  # only depth errors: protobuf checked the types
@@ -377,6 +385,20 @@ def _check_id(hex_id: str, width: int, name: str, hint: str = "") -> str:
     if low.count("0") == width:
         raise OtlpDecodeError(f"{name}: all-zero id is invalid")
     return low
+
+
+def _pb_id(raw: bytes, size: int, name: str) -> str:
+    """A protobuf id: ``size`` bytes, not all zero, as lowercase hex (already so)."""
+    if len(raw) != size or not any(raw):
+        return _check_id(raw.hex(), 2 * size, name)  # raises, saying which
+    return raw.hex()
+
+
+def _pb_parent_id(raw: bytes) -> str:
+    """Empty (and, leniently, all-zero) means a root span, as in :func:`_parent_id`."""
+    if not any(raw) and len(raw) in (0, 8):
+        return ""
+    return _pb_id(raw, 8, "parentSpanId")
 
 
 def _parent_id(hex_id: str, hint: str = "") -> str:

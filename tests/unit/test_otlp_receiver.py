@@ -585,3 +585,31 @@ def test_protobuf_and_json_decode_agree(trace: str, span: str, kind: int, status
                      attributes=attrs)]
     assert decode_traces(request.SerializeToString(), PB) == expected
     assert decode_traces(json.dumps(doc, allow_nan=False).encode(), JS) == expected
+
+
+@pytest.mark.parametrize(("trace", "span", "parent", "reason"), [
+    ("ab" * 15, SPAN, "", "spans[0].traceId: expected 32 hex characters (16 bytes)"),
+    ("00" * 16, SPAN, "", "spans[0].traceId: all-zero id"),
+    ("", SPAN, "", "spans[0].traceId: empty"),
+    (TRACE, "00" * 8, "", "spans[0].spanId: all-zero id"),
+    (TRACE, SPAN, "ab" * 7, "spans[0].parentSpanId: expected 16 hex characters"),
+    (TRACE, SPAN, "00" * 8, None),  # an all-zero parent: a root span, leniently
+    (TRACE, SPAN, "", None),
+])
+def test_protobuf_and_json_judge_ids_alike(trace: str, span: str, parent: str,
+                                           reason: str | None):
+    """Protobuf ids are checked as bytes (their hex is lowercase by construction), JSON
+    ids as text: the same id is accepted or refused for the same reason either way."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=bytes.fromhex(trace), span_id=bytes.fromhex(span),
+        parent_span_id=bytes.fromhex(parent), name="s")
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": trace, "spanId": span, "parentSpanId": parent, "name": "s"}]}]}]}
+    for body, ctype in ((request.SerializeToString(), PB), (json.dumps(doc).encode(), JS)):
+        if reason is None:
+            assert decode_traces(body, ctype)[0].parent_span_id == ""
+        else:
+            with pytest.raises(OtlpDecodeError) as err:
+                decode_traces(body, ctype)
+            assert reason in err.value.reason, (ctype, err.value.reason)
