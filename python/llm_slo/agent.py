@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import signal
@@ -48,6 +49,24 @@ log = structlog.get_logger("agent")
 EARLY_POLL_GAP_S = 0.05  # the least time between polls when breaches wake the agent
 OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
                 "attribution": "attributions.jsonl", "span": "spans.jsonl"}
+
+
+class _GcPauses:
+    """The cyclic garbage collector's work in this process, from ``gc.callbacks``:
+    collections per generation and how long they held the event loop."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.pause_s = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.collections[gen] += 1
+            self.pause_s[gen] += time.perf_counter() - self._began
 
 
 def _peak_rss_kib() -> int | None:
@@ -117,6 +136,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # stop, or a breach to explain now
         self.counters = {"probe_events": 0, "slo_events": 0, "attributions": 0}
+        self.gc_pauses = _GcPauses()
 
     def stop(self) -> None:
         self._stop.set()
@@ -195,6 +215,8 @@ class Agent:
             "pod_watch": ({**self.kube_pods.counters, "error": self.kube_pods.error}
                           if self.kube_pods else None),
             "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kib": _peak_rss_kib(),
+            "gc": {"collections": self.gc_pauses.collections,
+                   "pause_s": [round(s, 6) for s in self.gc_pauses.pause_s]},
             "bpf": {sig: {prog: {"run_time_ns": t, "run_cnt": n} for prog, (t, n) in progs.items()}
                     for sig, progs in run_stats.items()},
         }
@@ -228,6 +250,7 @@ class Agent:
                                   f"{e.strerror or e}") from e
             if self.exporter:
                 await self.exporter.start()
+            gc.callbacks.append(self.gc_pauses)
             log.info("agent running", node=self.node, signals=sorted(self.probes.probes),
                      otlp_traces=f"http://{self.config.intake.listen}/v1/traces",
                      jsonl_dir=self.config.outputs.jsonl_dir,
@@ -243,6 +266,8 @@ class Agent:
                 await asyncio.sleep(gap)
             return 0
         finally:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self.gc_pauses)
             if watch is not None:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)  # never raises here
