@@ -110,6 +110,8 @@ class AttributionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         for g, row in self.likelihoods.items():
             if g not in self.leak or set(row) - set(DOMAINS):
                 raise ValueError(f"likelihood row {g!r}: needs a leak and known domains")
+            if not 0.0 <= self.leak[g] < 1.0:
+                raise ValueError(f"leak of {g!r} must be within [0, 1)")
 
 
 class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -157,15 +159,19 @@ class _SetTable(NamedTuple):
     p: dict[str, tuple[list[float], list[float]]]  # group -> (p, 1 - p) per set
 
 
-_TABLES: dict[int, tuple[AttributionConfig, _SetTable]] = {}  # by id(config)
+_TABLES: dict[bytes, _SetTable] = {}  # by the config's contents
 
 
 def _set_table(cfg: AttributionConfig) -> _SetTable:
-    """The config's table, built once: an attribution weighs ~70 sets against ~10
-    groups, and the noisy-OR per (set, group) was most of its time."""
-    hit = _TABLES.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
-        return hit[1]
+    """The config's table, built once per distinct config: an attribution weighs 56 sets
+    against up to 14 groups, and the noisy-OR per (set, group) was most of its time.
+    Keyed by the config's contents, not its identity: its likelihood and leak tables
+    are dicts that a caller could change in place, and callers may build equal configs
+    afresh for each call."""
+    key = msgspec.json.encode(cfg)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
     sets: list[tuple[str, ...]] = [(), *((d,) for d in DOMAINS)]
     for k in range(2, cfg.max_concurrent + 1):
         sets.extend(itertools.combinations(DOMAINS, k))
@@ -187,7 +193,7 @@ def _set_table(cfg: AttributionConfig) -> _SetTable:
     table = _SetTable(sets, [by_size[min(len(s), 2)] for s in sets], p)
     if len(_TABLES) >= 16:  # configs are few; a test may make many
         _TABLES.clear()
-    _TABLES[id(cfg)] = (cfg, table)
+    _TABLES[key] = table
     return table
 
 

@@ -4,6 +4,7 @@ from real ProbeEvent shapes, and fault-domain attribution that never sees a faul
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from llm_slo.attributor import (
     DOMAINS,
     AttributionConfig,
     Violation,
+    _posterior,
     attribute_violation,
     default_leak,
     default_likelihoods,
@@ -676,7 +678,8 @@ def test_incident_id_is_deterministic() -> None:
 
 def test_each_config_weighs_with_its_own_priors() -> None:
     """The attributor builds a config's set likelihoods and priors once and keeps them:
-    they must never answer for another config, before or after it is used."""
+    they must never answer for another config, before or after it is used, nor for
+    the same config once its tables have changed."""
     over = SINGLE[0][2]
     plain = AttributionConfig(report_threshold=0.0)
     doubtful = AttributionConfig(report_threshold=0.0, prior_unknown=0.7, prior_overlap=0.1)
@@ -685,9 +688,54 @@ def test_each_config_weighs_with_its_own_priors() -> None:
     assert posteriors(a) == posteriors(c)
     assert posteriors(b)["unknown"] > posteriors(a)["unknown"]
     assert a.predicted_fault_domain == c.predicted_fault_domain == "network_dns"
+    for row in plain.likelihoods.values():  # its tables are dicts: changed in place
+        row.pop("network_dns", None)
+    assert posteriors(attribute(over, config=plain))["network_dns"] < \
+        posteriors(a)["network_dns"]
 
 
 # ---- properties --------------------------------------------------------------------------
+
+def _posterior_by_the_definition(groups: dict[str, float], cfg: AttributionConfig
+                                 ) -> tuple[list[float], tuple[str, ...]]:
+    """The set posterior written out as docs/attribution.md states it, set by set and
+    group by group with nothing precomputed: the oracle for the attributor's tables."""
+    sets: list[tuple[str, ...]] = [(), *((d,) for d in DOMAINS)]
+    for k in range(2, cfg.max_concurrent + 1):
+        sets.extend(itertools.combinations(DOMAINS, k))
+    n_multi = len(sets) - 1 - len(DOMAINS)
+    single = 1.0 - cfg.prior_unknown - (cfg.prior_overlap if n_multi else 0.0)
+    logs = []
+    for s in sets:
+        lp = (math.log(cfg.prior_unknown) if not s else math.log(single / len(DOMAINS))
+              if len(s) == 1 else math.log(cfg.prior_overlap / n_multi)
+              if cfg.prior_overlap else -math.inf)
+        for g, e in groups.items():
+            leak = cfg.leak[g]
+            miss = 1.0 - leak
+            for d in s:
+                miss *= 1.0 - max(cfg.likelihoods[g].get(d, leak) - leak, 0.0) / (1.0 - leak)
+            p = min(max(1.0 - miss, 0.01), 0.99)
+            lp += math.log(e * p + (1.0 - e) * (1.0 - p))
+        logs.append(lp)
+    return logs, sets[max(range(len(sets)), key=lambda i: (logs[i], -i))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(evidence=st.dictionaries(st.sampled_from(sorted(default_leak())),
+                                st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0.0, 1.0)),
+       concurrent=st.integers(1, 3), overlap=st.sampled_from([0.0, 0.2]))
+def test_the_posterior_is_the_one_the_definition_gives(evidence: dict[str, float],
+                                                       concurrent: int, overlap: float
+                                                       ) -> None:
+    cfg = AttributionConfig(max_concurrent=concurrent, prior_overlap=overlap)
+    logs, best = _posterior_by_the_definition(evidence, cfg)
+    top = max(logs)
+    weights = [math.exp(lp - top) if lp > -math.inf else 0.0 for lp in logs]
+    share, _, got_best = _posterior(evidence, cfg)
+    assert got_best == best
+    assert share["unknown"] == weights[0] / sum(weights)
+
 
 feature_values = st.dictionaries(
     st.sampled_from(sorted(CALM)),
