@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def stage_of(stack: str) -> str:
     frames = stack.split(";")
     for stage, needle in STAGES:
         file, _, func = needle.partition(":")
-        if any(file in f and (not func or f"{func} (" in f) for f in frames):
+        named = re.compile(rf"(^|\.){re.escape(func)} \(") if func else None
+        if any(file in f and (named is None or named.search(f)) for f in frames):
             return stage
     return "other (event loop, start-up, unnamed)"
 
@@ -72,7 +74,8 @@ def summarize(raw: Path) -> str:
 def agent_pid(config: Path, lab: subprocess.Popen[bytes]) -> int | None:
     """The agent's pid once it runs with ``config``; None if the lab ended first."""
     while lab.poll() is None:
-        found = subprocess.run(["pgrep", "-f", f"llm_slo.cli agent --config {config}"],
+        pattern = re.escape(f"llm_slo.cli agent --config {config}")
+        found = subprocess.run(["pgrep", "-f", pattern],
                                capture_output=True, text=True).stdout.split()
         if found:
             return int(found[0])
@@ -103,10 +106,14 @@ def main() -> int:
         sys.exit(f"the lab ended before its agent started (exit {lab.returncode})")
     time.sleep(args.skip_s)
     raw = args.out / "agent.raw"
-    subprocess.run([spy, "record", "--nonblocking", "--rate", str(args.rate), "--format",
-                    "raw", "--output", str(raw), "--pid", str(pid)], check=False)
+    spied = subprocess.run([spy, "record", "--nonblocking", "--rate", str(args.rate),
+                            "--format", "raw", "--output", str(raw), "--pid", str(pid)],
+                           check=False, capture_output=True, text=True)
     if lab.wait():
         sys.exit(f"the lab run failed (exit {lab.returncode})")
+    if not raw.exists() or not raw.stat().st_size:
+        sys.exit(f"py-spy recorded nothing (exit {spied.returncode}): "
+                 f"{spied.stderr.strip()[-500:]}")
     (args.out / "profile.md").write_text(
         f"`scripts/profile_lab_agent.py --scenario {args.scenario} --phases {args.phases}"
         f" --rate {args.rate} --skip-s {args.skip_s:g}`\n\n" + summarize(raw))

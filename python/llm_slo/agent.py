@@ -52,8 +52,9 @@ OUTPUT_FILES = {"probe": "probe-events.jsonl", "slo": "slo-events.jsonl",
 
 
 class _GcPauses:
-    """The cyclic garbage collector's work in this process, from ``gc.callbacks``:
-    collections per generation and how long they held the event loop."""
+    """The cyclic garbage collector's work while the agent runs (start-up and shutdown
+    are not counted), from ``gc.callbacks``: collections per generation and how long
+    they held the event loop."""
 
     def __init__(self) -> None:
         self.collections = [0, 0, 0]

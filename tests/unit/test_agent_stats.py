@@ -31,8 +31,7 @@ def test_peak_rss_is_not_inherited_from_the_parent() -> None:
 
 
 def test_gc_pauses_count_collections_and_their_time() -> None:
-    """agent-stats.json's ``gc``: what the cyclic collector cost the agent (in the lab
-    at dns_latency: 36 young collections in 80 s, 8 ms in all, no full one)."""
+    """agent-stats.json's ``gc``: what the cyclic collector cost the agent."""
     pauses = _GcPauses()
     gc.callbacks.append(pauses)
     try:
