@@ -23,7 +23,7 @@ from typing import Any
 
 import llm_slo
 from llm_slo.lab.faults import SCENARIOS
-from llm_slo.lab.lab_score import read_predictions
+from llm_slo.lab.lab_score import REQUEST_LATENCY_BREACH_MS, TTFT_BREACH_MS, read_predictions
 from llm_slo.lab.runner import git_output
 from llm_slo.scoring import score
 
@@ -231,8 +231,9 @@ def main() -> int:
            "",
            "Delay: fault start to the first attribution naming its domain. After SLO broke: "
            "that attribution's time minus the first moment a request sent during the fault "
-           "visibly broke the SLO (its first token 700 ms or more after sending, its "
-           "failure, or its end 8 s or more after sending), per episode: span export plus "
+           f"visibly broke the SLO (its first token {TTFT_BREACH_MS:g} ms or more after "
+           f"sending, its failure, or its end {REQUEST_LATENCY_BREACH_MS / 1000:g} s or "
+           "more after sending), per episode: span export plus "
            "what the agent adds. Truths by: how an attribution's truth was set "
            "(docs/lab.md, \"Scoring\"): `requests` (TTFT, error and, since dc43518, "
            "whole-request latency attributions by the faults their bad requests ran "
