@@ -122,6 +122,12 @@ class _Judged(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     bad: bool  # a bad event for the error budget (burn_rate.is_bad)
 
 
+def _judged(sample: SliSample, *, bad: bool) -> _Judged:
+    return _Judged(ts_unix_nano=sample.ts_unix_nano, start_unix_nano=sample.start_unix_nano,
+                   sli_name=sample.sli_name, value=sample.value, detail=sample.detail,
+                   bad=bad)
+
+
 class _Workload:
     """What the engine knows of one service: its cgroups and its recent evidence."""
 
@@ -131,6 +137,11 @@ class _Workload:
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
         self.samples: _Timeline[_Judged] = _Timeline(_TS)
+        # Requests bad on TTFT again at the end of their span (stamped with it): a service
+        # that judges TTFT on a short span at the first token still streams the slow
+        # answer afterwards, and its request stays recent for a past burn until it ends,
+        # as it would if the service reported TTFT on the request span alone.
+        self.late_first_token_ends: _Timeline[_Judged] = _Timeline(_TS)
         self.violations: list[SliSample] = []  # breaches since the last tick
         self.last_violation_ns = 0  # last breach or alert, attributed or not
 
@@ -157,6 +168,7 @@ class SloEngine:
         # (service, trace id, request id) -> the tick time it was judged after. Stamped
         # with the engine's clock, not the span's, so insertion order is stamp order.
         self._ttft_judged: dict[tuple[str, str, str], int] = {}
+        self._ttft_bad: set[tuple[str, str, str]] = set()  # those judged bad
         self.counters = {"spans": 0, "signals": 0, "slo_events": 0, "attributions": 0,
                          "abstained": 0, "ttft_repeats": 0}
 
@@ -201,14 +213,16 @@ class SloEngine:
                     key = (sample.service, sample.trace_id, sample.request_id)
                     if key in judged:
                         self.counters["ttft_repeats"] += 1
+                        if key in self._ttft_bad:
+                            work.late_first_token_ends.add(_judged(sample, bad=True))
                         continue
                     judged[key] = self._now_ns or sample.ts_unix_nano  # before a tick
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
-                work.samples.add(_Judged(
-                    ts_unix_nano=sample.ts_unix_nano, start_unix_nano=sample.start_unix_nano,
-                    sli_name=sample.sli_name, value=sample.value, detail=sample.detail,
-                    bad=is_bad(sample, status)))
+                judgement = _judged(sample, bad=is_bad(sample, status))
+                work.samples.add(judgement)
+                if judgement.bad and sample.sli_name == "ttft_ms":
+                    self._ttft_bad.add(key)
                 if status == "breach":
                     work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
@@ -285,8 +299,10 @@ class SloEngine:
             features = self._features(work, signals, samples, window_ns)
             # The SLI's recent events: whether the bad requests an alert is about are
             # recent enough to explain (else a past burn), and where their evidence starts.
-            lookback = work.samples.window(
-                now_ns - self.config.past_burn_windows * window_ns, now_ns) if due else []
+            lookback_ns = now_ns - self.config.past_burn_windows * window_ns
+            lookback = (work.samples.window(lookback_ns, now_ns)
+                        + work.late_first_token_ends.window(lookback_ns, now_ns)
+                        ) if due else []
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
@@ -397,10 +413,12 @@ class SloEngine:
             timeline.expire(horizon)
         for work in self._workloads.values():
             work.samples.expire(horizon)
+            work.late_first_token_ends.expire(horizon)
         judged = self._ttft_judged  # stamped with the tick clock: oldest first
         for key in [k for k, _ in itertools.takewhile(lambda kv: kv[1] < horizon,
                                                         judged.items())]:
             del judged[key]
+            self._ttft_bad.discard(key)
         # The correlator drops signals older than the watermark minus its gate; the
         # watermark is the oldest instant a span still to be joined may start.
         oldest = min((s.start_unix_nano for s in self._pending), default=now_ns)

@@ -22,6 +22,7 @@ from llm_slo.events import ConnectEvent, ConnTuple, LatencyAggregate, Retransmit
 from llm_slo.identity import Identity
 from llm_slo.probe_event import ProbeEvent, ProbeEventBuilder
 from llm_slo.replay import replay
+from llm_slo.sli import SliThresholds, Threshold
 from llm_slo.spans import SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, Span
 
 NS = 1_000_000_000
@@ -200,6 +201,46 @@ def test_an_alert_is_explained_while_its_bad_requests_are_recent(windows: int) -
             assert any(ev.signal.startswith("dns") for ev in att.evidence)
         else:
             assert (att.abstain_reason or "").startswith("past_burn"), sec
+
+
+def test_a_slow_first_token_stays_recent_until_its_answer_has_streamed() -> None:
+    """A service that judges TTFT on a short span at the first token, then streams the
+    answer for 3 s: the request is recent for a past burn until its request span ends,
+    as it would be if the request span alone carried the TTFT, so the alert during that
+    stream is explained by the fault's evidence; 3 windows after the last such end it is
+    a past burn."""
+    config = msgspec.structs.replace(
+        CONFIG, cooldown_s=1.0, abstain_retry_s=1.0, thresholds=SliThresholds(defaults={
+            "request_latency_ms": Threshold(warning=5000.0, breach=8000.0)}))
+    engine = SloEngine(config, cgroup_of_pid={PID: CGROUP})
+    streaming: list[tuple[int, Span]] = []  # (end, request span) still streaming
+    atts = []
+    for sec in range(20):
+        faulty = 8 <= sec < 11
+        for k in range(4):
+            t = T0 + sec * NS + k * NS // 4
+            i = sec * 4 + k
+            engine.add_signals(_kernel(t, 1200.0 if faulty else 0.4 + 0.05 * (k % 2)))
+            request = _span(i, t, 1250.0 if faulty else 40.0 + k)
+            rid = {"llm.request.id": f"req-{i}"}
+            first_token = msgspec.structs.replace(
+                request, span_id=f"{i + 9:016x}", name="first token",
+                kind=SPAN_KIND_INTERNAL, attributes={**request.attributes, **rid})
+            request = msgspec.structs.replace(
+                request, end_unix_nano=t + 3 * NS, attributes={**request.attributes, **rid})
+            streaming.append((request.end_unix_nano, request))
+            ended = [s for end, s in streaming if end <= t]
+            streaming = [(end, s) for end, s in streaming if end > t]
+            engine.add_spans([*_children(i, t), first_token, *ended])
+        atts += engine.tick(T0 + (sec + 1) * NS)
+    assert engine.counters["ttft_repeats"] > 0
+    ttft = {int(a.timestamp[17:19]): a for a in atts if a.slo_impact.sli == "ttft_ms"}
+    # Last slow first token at 10.75 s, its answer streamed until 13.75 s.
+    for sec in (12, 13, 14, 15, 16):
+        assert ttft[sec].predicted_fault_domain == "network_dns", sec
+        assert any(ev.signal.startswith("dns") for ev in ttft[sec].evidence), sec
+    for sec in (17, 18, 19):
+        assert (ttft[sec].abstain_reason or "").startswith("past_burn"), sec
 
 
 def test_fault_windows_never_teach_the_baseline() -> None:
