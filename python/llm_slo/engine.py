@@ -42,7 +42,14 @@ from llm_slo.burn_rate import (
 from llm_slo.correlator import CorrelationConfig, Correlator
 from llm_slo.incident import IncidentAttribution
 from llm_slo.probe_event import ProbeEvent, detail_values
-from llm_slo.sli import SliSample, SliThresholds, evaluate, slis_from_span, to_slo_event
+from llm_slo.sli import (
+    SliSample,
+    SliThresholds,
+    evaluate,
+    is_request_span,
+    slis_from_span,
+    to_slo_event,
+)
 from llm_slo.slo_event import SliName, SloEvent
 from llm_slo.spans import Span
 
@@ -137,11 +144,13 @@ class _Workload:
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
         self.samples: _Timeline[_Judged] = _Timeline(_TS)
-        # Requests bad on TTFT again at the end of their span (stamped with it): a service
-        # that judges TTFT on a short span at the first token still streams the slow
-        # answer afterwards, and its request stays recent for a past burn until it ends,
-        # as it would if the service reported TTFT on the request span alone.
-        self.late_first_token_ends: _Timeline[_Judged] = _Timeline(_TS)
+        # Requests judged bad on TTFT from an earlier span, again at the end of their
+        # request span (stamped with it; its value and detail are the repeat's, unread):
+        # a service that judges TTFT on a short span at the first token still streams
+        # the slow answer afterwards, and the request stays recent for a past burn until
+        # it ends, as it would if the service reported TTFT on the request span alone.
+        # Read by the past-burn lookback only: not a second sample of the SLI.
+        self.bad_ttft_request_ends: _Timeline[_Judged] = _Timeline(_TS)
         self.violations: list[SliSample] = []  # breaches since the last tick
         self.last_violation_ns = 0  # last breach or alert, attributed or not
 
@@ -196,7 +205,9 @@ class SloEngine:
         service end a short span at its first token, so a slow first token is judged when
         it happens rather than when the whole answer has streamed, and still carry the
         TTFT on its request span. A request is remembered for ``signal_retention_s``: an
-        answer that streams for longer after its first token is counted twice.
+        answer that streams for longer after its first token is counted twice. A
+        dropped repeat on the request span of a request judged bad still marks when
+        that request ended (see ``_Workload.bad_ttft_request_ends``).
 
         Correlation waits until ``correlation_delay_s`` after the span's end (see
         :meth:`tick`): kernel signals of the span's last moments may still be in a ring
@@ -209,20 +220,21 @@ class SloEngine:
             self._pending.append(span)
             work = self._workload(span)
             for sample in slis_from_span(span):
+                ttft_key = None
                 if sample.sli_name == "ttft_ms":
-                    key = (sample.service, sample.trace_id, sample.request_id)
-                    if key in judged:
+                    ttft_key = (sample.service, sample.trace_id, sample.request_id)
+                    if ttft_key in judged:
                         self.counters["ttft_repeats"] += 1
-                        if key in self._ttft_bad:
-                            work.late_first_token_ends.add(_judged(sample, bad=True))
+                        if ttft_key in self._ttft_bad and is_request_span(span):
+                            work.bad_ttft_request_ends.add(_judged(sample, bad=True))
                         continue
-                    judged[key] = self._now_ns or sample.ts_unix_nano  # before a tick
+                    judged[ttft_key] = self._now_ns or sample.ts_unix_nano  # before a tick
                 status = evaluate(sample, self.config.thresholds)
                 self.book.observe(sample, status)
                 judgement = _judged(sample, bad=is_bad(sample, status))
                 work.samples.add(judgement)
-                if judgement.bad and sample.sli_name == "ttft_ms":
-                    self._ttft_bad.add(key)
+                if ttft_key is not None and judgement.bad:
+                    self._ttft_bad.add(ttft_key)
                 if status == "breach":
                     work.violations.append(sample)
                 out.append(to_slo_event(sample, status, event_id=_event_id(sample)))
@@ -301,8 +313,7 @@ class SloEngine:
             # recent enough to explain (else a past burn), and where their evidence starts.
             lookback_ns = now_ns - self.config.past_burn_windows * window_ns
             lookback = (work.samples.window(lookback_ns, now_ns)
-                        + work.late_first_token_ends.window(lookback_ns, now_ns)
-                        ) if due else []
+                        + self._streamed_bad(work, lookback_ns, now_ns)) if due else []
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
@@ -363,6 +374,14 @@ class SloEngine:
             bad_in_window=max(bad_in_window, int(sample is not None)),
             good_in_window=good_in_window)
 
+    def _streamed_bad(self, work: _Workload, start_ns: int, now_ns: int) -> list[_Judged]:
+        """Requests bad on TTFT whose request span ended in ``[start_ns, now_ns]``, unless
+        they began before the evidence can reach (``evidence_lookback_s``): an alert kept
+        from being a past burn by such a request would be explained by its calm tail."""
+        floor = now_ns - int(self.config.evidence_lookback_s * NS)
+        return [j for j in work.bad_ttft_request_ends.window(start_ns, now_ns)
+                if j.start_unix_nano >= floor]
+
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)
 
@@ -413,7 +432,7 @@ class SloEngine:
             timeline.expire(horizon)
         for work in self._workloads.values():
             work.samples.expire(horizon)
-            work.late_first_token_ends.expire(horizon)
+            work.bad_ttft_request_ends.expire(horizon)
         judged = self._ttft_judged  # stamped with the tick clock: oldest first
         for key in [k for k, _ in itertools.takewhile(lambda kv: kv[1] < horizon,
                                                         judged.items())]:

@@ -203,14 +203,19 @@ def test_an_alert_is_explained_while_its_bad_requests_are_recent(windows: int) -
             assert (att.abstain_reason or "").startswith("past_burn"), sec
 
 
-def test_a_slow_first_token_stays_recent_until_its_answer_has_streamed() -> None:
+@pytest.mark.parametrize(("evidence_lookback_s", "past_burn_from"), [(30.0, 17), (2.0, 14)])
+def test_a_slow_first_token_stays_recent_until_its_answer_has_streamed(
+        evidence_lookback_s: float, past_burn_from: int) -> None:
     """A service that judges TTFT on a short span at the first token, then streams the
     answer for 3 s: the request is recent for a past burn until its request span ends,
     as it would be if the request span alone carried the TTFT, so the alert during that
     stream is explained by the fault's evidence; 3 windows after the last such end it is
-    a past burn."""
+    a past burn. Not if the request began before the evidence can reach: its calm tail
+    would be named. The repeat is not a second TTFT sample: the burn rate counts each
+    request once."""
     config = msgspec.structs.replace(
-        CONFIG, cooldown_s=1.0, abstain_retry_s=1.0, thresholds=SliThresholds(defaults={
+        CONFIG, cooldown_s=1.0, abstain_retry_s=1.0, evidence_lookback_s=evidence_lookback_s,
+        thresholds=SliThresholds(defaults={
             "request_latency_ms": Threshold(warning=5000.0, breach=8000.0)}))
     engine = SloEngine(config, cgroup_of_pid={PID: CGROUP})
     streaming: list[tuple[int, Span]] = []  # (end, request span) still streaming
@@ -221,13 +226,7 @@ def test_a_slow_first_token_stays_recent_until_its_answer_has_streamed() -> None
             t = T0 + sec * NS + k * NS // 4
             i = sec * 4 + k
             engine.add_signals(_kernel(t, 1200.0 if faulty else 0.4 + 0.05 * (k % 2)))
-            request = _span(i, t, 1250.0 if faulty else 40.0 + k)
-            rid = {"llm.request.id": f"req-{i}"}
-            first_token = msgspec.structs.replace(
-                request, span_id=f"{i + 9:016x}", name="first token",
-                kind=SPAN_KIND_INTERNAL, attributes={**request.attributes, **rid})
-            request = msgspec.structs.replace(
-                request, end_unix_nano=t + 3 * NS, attributes={**request.attributes, **rid})
+            first_token, request = _streamed_request(i, t, 1250.0 if faulty else 40.0 + k)
             streaming.append((request.end_unix_nano, request))
             ended = [s for end, s in streaming if end <= t]
             streaming = [(end, s) for end, s in streaming if end > t]
@@ -235,12 +234,43 @@ def test_a_slow_first_token_stays_recent_until_its_answer_has_streamed() -> None
         atts += engine.tick(T0 + (sec + 1) * NS)
     assert engine.counters["ttft_repeats"] > 0
     ttft = {int(a.timestamp[17:19]): a for a in atts if a.slo_impact.sli == "ttft_ms"}
-    # Last slow first token at 10.75 s, its answer streamed until 13.75 s.
-    for sec in (12, 13, 14, 15, 16):
-        assert ttft[sec].predicted_fault_domain == "network_dns", sec
-        assert any(ev.signal.startswith("dns") for ev in ttft[sec].evidence), sec
-    for sec in (17, 18, 19):
-        assert (ttft[sec].abstain_reason or "").startswith("past_burn"), sec
+    # Last slow first token at 10.75 s, its answer streamed until 13.75 s; the requests
+    # began 1.26 s before their first token, out of a 2 s evidence lookback's reach
+    # from 12 s on. Past 12 s only the request ends keep the alert from a past burn.
+    for sec in range(12, 20):
+        past_burn = (ttft[sec].abstain_reason or "").startswith("past_burn")
+        assert past_burn == (sec >= past_burn_from), sec
+        if sec < past_burn_from and evidence_lookback_s == 30.0:
+            assert ttft[sec].predicted_fault_domain == "network_dns", sec
+            assert any(ev.signal.startswith("dns") for ev in ttft[sec].evidence), sec
+    # 12 slow first tokens of 80 requests, each counted once: 0.15 / (1 - 0.99).
+    assert engine.book.burn_rate("rag", "ttft_ms", 300, T0 + 20 * NS) == pytest.approx(15.0)
+
+
+def _streamed_request(i: int, t: int, ttft_ms: float) -> tuple[Span, Span]:
+    """A request's short first-token span ending at ``t`` and its request span, which
+    ends when the answer has streamed, 3 s later; both carry the TTFT."""
+    request = _span(i, t, ttft_ms)
+    rid = {"llm.request.id": f"req-{i}"}
+    first_token = msgspec.structs.replace(
+        request, span_id=f"{0xF0000 + i:016x}", name="first token", kind=SPAN_KIND_INTERNAL,
+        attributes={**rid, "llm.slo.ttft_ms": ttft_ms})
+    request = msgspec.structs.replace(
+        request, end_unix_nano=t + 3 * NS, attributes={**request.attributes, **rid})
+    return first_token, request
+
+
+def test_only_a_request_span_repeating_a_bad_ttft_marks_its_end() -> None:
+    """The request span first (judged at its own end), then its first-token span: the
+    repeat is not a request span and adds nothing; the other way round, the request
+    span's repeat marks the end once."""
+    for order, marks in (("request first", 0), ("first token first", 1)):
+        engine = SloEngine(CONFIG)
+        first_token, request = _streamed_request(1, T0 + 3 * NS, 1250.0)
+        spans = [request, first_token] if order == "request first" else [first_token, request]
+        engine.add_spans(spans)
+        assert engine.counters["ttft_repeats"] == 1, order
+        assert len(engine._workloads["rag"].bad_ttft_request_ends.items) == marks, order
 
 
 def test_fault_windows_never_teach_the_baseline() -> None:
