@@ -15,7 +15,7 @@ BPF_HDRS := bpf/llm_slo.h bpf/record.h bpf/common.bpf.h vmlinux/$(ARCH)/vmlinux.
 BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 	-Ivmlinux/$(ARCH) -Ibpf -fno-ident -fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: help deps bpf test test-unit lint demo watch-demo bench bench-lab vmlinux clean-lab
+.PHONY: help deps bpf test test-unit lint demo watch-demo bench bench-lab bench-rss vmlinux clean-lab
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs
 
 bench-lab: deps ## every lab scenario, 10 repetitions each: tables in docs/benchmarks/lab-reps10/, runs in out/bench-lab/ (hours)
 	$(PY) scripts/bench_lab.py --reps 10 --out docs/benchmarks/lab-reps10 --raw out/bench-lab
+
+bench-rss: deps ## the lab agent's memory over an hour of calm load, sampled every 10 s, into out/bench-rss/
+	$(PY) scripts/bench_agent_rss.py --minutes 60 --out out/bench-rss
 
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo
 	$(PY) -c 'from llm_slo.lab import cleanup_all; cleanup_all()'

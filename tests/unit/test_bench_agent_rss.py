@@ -1,0 +1,43 @@
+"""scripts/bench_agent_rss.py's arithmetic: what it reads of /proc and the growth it
+reports, which must see a slow leak and not the retention filling up."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def rss(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # it imports profile_lab_agent
+    spec = importlib.util.spec_from_file_location("bench_agent_rss",
+                                                  ROOT / "scripts/bench_agent_rss.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_growth_is_measured_after_the_retention_has_filled(rss: ModuleType) -> None:
+    # 10 minutes filling fast, then 50 minutes flat: no growth.
+    filling = [(t * 10.0, 60_000 + t * 50) for t in range(60)]
+    flat = [(600.0 + t * 10.0, 63_000) for t in range(300)]
+    assert rss.growth_mib_per_hour(filling + flat) == pytest.approx(0.0, abs=1e-9)
+    # A leak of 1 MiB an hour under sampling noise is seen as that.
+    leak = [(t * 10.0, 70_000 + int(t * 10.0 * 1024 / 3600 + (7 if t % 2 else -7)))
+            for t in range(360)]
+    assert rss.growth_mib_per_hour(leak) == pytest.approx(1.0, rel=0.02)
+    assert rss.growth_mib_per_hour(leak[:6]) is None  # too few to say
+
+
+def test_reads_the_memory_fields_of_a_live_process_only(rss: ModuleType) -> None:
+    own = rss.read_status(os.getpid())
+    assert own is not None and set(own) == set(rss.FIELDS)
+    assert own["VmRSS"] >= own["RssAnon"] > 0
+    assert rss.read_status(2**22 + 1) is None  # above pid_max's ceiling: no such process
