@@ -130,7 +130,8 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # Bad and good events of ``sli`` in the engine's last ``past_burn_windows`` windows. A
     # burn-rate alert that fires on earlier bad events while requests now succeed: the
     # window shows the recovery, not the cause. (No events at all may be requests that
-    # hang: not that.)
+    # hang: not that.) A request bad on TTFT may count twice, at its first token and
+    # when its request span ends; only whether there is any is read.
     bad_in_window: Annotated[int, msgspec.Meta(ge=0)] = 1
     good_in_window: Annotated[int, msgspec.Meta(ge=0)] = 0
 

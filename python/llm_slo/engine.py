@@ -144,8 +144,9 @@ class _Workload:
         self.cgroups: set[int] = set()
         self.pids: set[int] = set()
         self.samples: _Timeline[_Judged] = _Timeline(_TS)
-        # Requests judged bad on TTFT from an earlier span, again at the end of their
-        # request span (stamped with it; its value and detail are the repeat's, unread):
+        # Requests judged bad on TTFT from an earlier span, again at the end of a later
+        # request span (`is_request_span`: SERVER, or an inference operation such as a
+        # provider call; stamped with its end; value and detail are the repeat's, unread):
         # a service that judges TTFT on a short span at the first token still streams
         # the slow answer afterwards, and the request stays recent for a past burn until
         # it ends, as it would if the service reported TTFT on the request span alone.
@@ -313,7 +314,8 @@ class SloEngine:
             # recent enough to explain (else a past burn), and where their evidence starts.
             lookback_ns = now_ns - self.config.past_burn_windows * window_ns
             lookback = (work.samples.window(lookback_ns, now_ns)
-                        + self._streamed_bad(work, lookback_ns, now_ns)) if due else []
+                        + self._bad_ttft_request_ends(work, lookback_ns, start_ns, now_ns)
+                        ) if due else []
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
@@ -374,13 +376,19 @@ class SloEngine:
             bad_in_window=max(bad_in_window, int(sample is not None)),
             good_in_window=good_in_window)
 
-    def _streamed_bad(self, work: _Workload, start_ns: int, now_ns: int) -> list[_Judged]:
-        """Requests bad on TTFT whose request span ended in ``[start_ns, now_ns]``, unless
-        they began before the evidence can reach (``evidence_lookback_s``): an alert kept
+    def _bad_ttft_request_ends(self, work: _Workload, since_ns: int, start_ns: int,
+                               now_ns: int) -> list[_Judged]:
+        """Requests bad on TTFT whose request span ended in ``[since_ns, now_ns]``, unless
+        they began before the evidence can reach (:meth:`_evidence_floor`): an alert kept
         from being a past burn by such a request would be explained by its calm tail."""
-        floor = now_ns - int(self.config.evidence_lookback_s * NS)
-        return [j for j in work.bad_ttft_request_ends.window(start_ns, now_ns)
+        floor = self._evidence_floor(start_ns, now_ns)
+        return [j for j in work.bad_ttft_request_ends.window(since_ns, now_ns)
                 if j.start_unix_nano >= floor]
+
+    def _evidence_floor(self, start_ns: int, now_ns: int) -> int:
+        """How far back the evidence of a violation may reach: ``evidence_lookback_s``,
+        but never less than the window starting at ``start_ns``."""
+        return min(start_ns, now_ns - int(self.config.evidence_lookback_s * NS))
 
     def _key(self, service: str, work: _Workload) -> str:
         return workload_key(work.cluster, work.namespace or None, service)
@@ -412,7 +420,7 @@ class SloEngine:
         began += [j.start_unix_nano for j in samples if j.sli_name in slis and j.bad]
         began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in signals
                   if ev.signal in _LIFETIME_SIGNALS]
-        floor = min(start_ns, now_ns - int(self.config.evidence_lookback_s * NS))
+        floor = self._evidence_floor(start_ns, now_ns)
         return max(floor, min(start_ns, *began)) if began else start_ns
 
     def _features(self, work: _Workload, signals: list[ProbeEvent],
