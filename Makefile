@@ -52,7 +52,7 @@ bench: deps ## ring-buffer, kernel-cost, RSS and correlator benchmarks into docs
 bench-lab: deps ## every lab scenario, 10 repetitions each: tables in docs/benchmarks/lab-reps10/, runs in out/bench-lab/ (hours)
 	$(PY) scripts/bench_lab.py --reps 10 --out docs/benchmarks/lab-reps10 --raw out/bench-lab
 
-bench-rss: deps ## the lab agent's memory over an hour of calm load, sampled every 10 s, into out/bench-rss/
+bench-rss: deps ## the lab agent's memory over an hour of calm load, sampled every 10 s, into out/bench-rss/ (~1.2 GB of recordings)
 	$(PY) scripts/bench_agent_rss.py --minutes 60 --out out/bench-rss
 
 clean-lab: deps ## remove netns, nft tables, cgroups and processes left by tests or demo

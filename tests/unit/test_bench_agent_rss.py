@@ -36,8 +36,28 @@ def test_growth_is_measured_after_the_retention_has_filled(rss: ModuleType) -> N
     assert rss.growth_mib_per_hour(leak[:6]) is None  # too few to say
 
 
-def test_reads_the_memory_fields_of_a_live_process_only(rss: ModuleType) -> None:
-    own = rss.read_status(os.getpid())
-    assert own is not None and set(own) == set(rss.FIELDS)
-    assert own["VmRSS"] >= own["RssAnon"] > 0
-    assert rss.read_status(2**22 + 1) is None  # above pid_max's ceiling: no such process
+STATUS = """Name:\tpython
+VmPeak:\t  120000 kB
+VmHWM:\t   71404 kB
+VmRSS:\t   70624 kB
+RssAnon:\t   45932 kB
+RssFile:\t   24648 kB
+RssShmem:\t      44 kB
+Threads:\t4
+"""
+
+
+def test_reads_the_memory_fields_of_a_live_process_only(rss: ModuleType,
+                                                         tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text(STATUS)
+    assert rss.read_status(status) == {"VmRSS": 70624, "RssAnon": 45932, "RssFile": 24648,
+                                       "RssShmem": 44}
+    # A zombie keeps its status file without memory fields: gone, as is a missing file.
+    status.write_text("Name:\tpython\nState:\tZ (zombie)\nThreads:\t1\n")
+    assert rss.read_status(status) is None
+    assert rss.read_status(tmp_path / "missing") is None
+    own = rss.read_status(Path(f"/proc/{os.getpid()}/status"))
+    assert own is not None and own["VmRSS"] >= own["RssAnon"] > 0
+    assert rss.start_time(os.getpid()) == rss.start_time(os.getpid()) is not None
+    assert rss.start_time(2**22 + 1) is None  # above pid_max's ceiling: no such process
