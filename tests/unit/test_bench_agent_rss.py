@@ -3,25 +3,17 @@ reports, which must see a slow leak and not the retention filling up."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
-def rss(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # it imports profile_lab_agent
-    spec = importlib.util.spec_from_file_location("bench_agent_rss",
-                                                  ROOT / "scripts/bench_agent_rss.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rss(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("bench_agent_rss")  # it imports profile_lab_agent
 
 
 def test_growth_is_measured_after_the_retention_has_filled(rss: ModuleType) -> None:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
 
 
-def _bench_lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_lab", ROOT / "scripts/bench_lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("bench_lab")
 
 
-def test_only_what_a_reader_needs_is_kept(tmp_path: Path) -> None:
-    bench = _bench_lab()
+def test_only_what_a_reader_needs_is_kept(bench: ModuleType, tmp_path: Path) -> None:
     raw, out = tmp_path / "raw", tmp_path / "docs/dns_latency"
     (raw / "rep-01").mkdir(parents=True)
     for name in (*bench.KEPT, "timeline.svg", "timeline-rep-01.svg", "slo-events.jsonl",
@@ -32,8 +28,7 @@ def test_only_what_a_reader_needs_is_kept(tmp_path: Path) -> None:
         [*bench.KEPT, "timeline.svg", "timeline-rep-01.svg"])
 
 
-def test_each_invocation_is_logged_newest_first(tmp_path: Path) -> None:
-    bench = _bench_lab()
+def test_each_invocation_is_logged_newest_first(bench: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "none").mkdir()
     (tmp_path / "none/provenance.json").write_text(json.dumps(
         {"commit": "0123456789abcdef", "hostname": "lab-1", "cpus": 2,
@@ -49,8 +44,8 @@ def test_each_invocation_is_logged_newest_first(tmp_path: Path) -> None:
     assert "2026-12-03 23:30–" in second and "lab-1 (2 CPUs, AMD EPYC)" in second
 
 
-def test_runs_only_this_checkouts_committed_code(monkeypatch, tmp_path: Path) -> None:
-    bench = _bench_lab()
+def test_runs_only_this_checkouts_committed_code(bench: ModuleType, monkeypatch,
+                                                 tmp_path: Path) -> None:
     monkeypatch.setattr(bench, "git_output", lambda *args: "")
     assert bench._unfit_checkout() is None
     monkeypatch.setattr(bench, "git_output", lambda *args: " M python/llm_slo/agent.py")
@@ -62,8 +57,8 @@ def test_runs_only_this_checkouts_committed_code(monkeypatch, tmp_path: Path) ->
     assert str(tmp_path / "clone") in why and "not from this checkout" in why
 
 
-def test_ctrl_c_lets_the_run_clean_up_then_stops(monkeypatch, tmp_path: Path) -> None:
-    bench = _bench_lab()
+def test_ctrl_c_lets_the_run_clean_up_then_stops(bench: ModuleType, monkeypatch,
+                                                  tmp_path: Path) -> None:
     waits: list[str] = []
 
     class Run:  # a lab run that gets the terminal's Ctrl-C while the bench waits on it
