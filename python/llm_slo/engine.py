@@ -319,7 +319,7 @@ class SloEngine:
             if due:
                 slis = {sli for sli, _ in due}
                 since = self._evidence_start(
-                    signals, lookback, slis, [began[s] for s in slis if s in began],
+                    work, signals, lookback, slis, [began[s] for s in slis if s in began],
                     start_ns, now_ns)
                 if since < start_ns:
                     # Each feature at its stronger reading: the window keeps a fault that
@@ -400,28 +400,34 @@ class SloEngine:
         """The workload's signals with ``start_ns <= ts <= end_ns``."""
         return [ev for t in self._timelines(work) for ev in t.window(start_ns, end_ns)]
 
-    def _evidence_start(self, signals: list[ProbeEvent],
+    def _evidence_start(self, work: _Workload, signals: list[ProbeEvent],
                         samples: list[_Judged], slis: set[str],
                         breaches_began: list[int], start_ns: int, now_ns: int) -> int:
         """Where the evidence of a violation begins: the window's start, or earlier when
         the breaches of ``slis`` being explained (``breaches_began``: late ones may have
-        ended before the window), the recent bad requests of ``slis`` (``samples``: the
-        last ``past_burn_windows``, which the alert is about), or the connects
-        and handshakes it saw end (its ``signals``, streamed or aggregated), began before
-        it; never before ``evidence_lookback_s`` ago, unless the window itself reaches
-        further.
+        ended before the window) or the recent bad requests of ``slis`` (``samples``: the
+        last ``past_burn_windows``, which the alert is about) began before it; then
+        earlier still where a connect or handshake in flight in that span began (one
+        that ended in it, streamed or aggregated; the window's are ``signals``); never
+        before ``evidence_lookback_s`` ago, unless the window itself reaches further.
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
         and names that; the request's lifetime holds the cause. A burn-rate alert may have
-        no bad request in the window, but its slow connects still say when they began.
+        no bad request in the window, but its slow connects still say when they began. A
+        connect that waited 3 s for its SYNs shared the network with the bad requests:
+        when the loss ended as they began, their own lifetime holds only its last SYN
+        retransmits, which look like SYN drops; its 3 s hold the lost data too.
         """
+        floor = self._evidence_floor(start_ns, now_ns)
         began = list(breaches_began)
         began += [j.start_unix_nano for j in samples if j.sli_name in slis and j.bad]
-        began += [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in signals
-                  if ev.signal in _LIFETIME_SIGNALS]
-        floor = self._evidence_floor(start_ns, now_ns)
-        return max(floor, min(start_ns, *began)) if began else start_ns
+        since = max(floor, min(start_ns, *began)) if began else start_ns
+        in_flight = signals + (self._signals(work, since, start_ns - 1) if since < start_ns
+                               else [])
+        began = [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in in_flight
+                 if ev.signal in _LIFETIME_SIGNALS]
+        return max(floor, min(since, *began)) if began else since
 
     def _features(self, work: _Workload, signals: list[ProbeEvent],
                   samples: list[_Judged], span_ns: int) -> WindowFeatures:
