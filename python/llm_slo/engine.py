@@ -74,7 +74,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     signal_retention_s: float = 120.0  # also the longest span whose start can be joined
     correlation_delay_s: float = 2.0  # wait after a span ends before joining it
     # Explaining a violation, evidence reaches back to when its bad requests began (and
-    # its slow connects and handshakes), but no further than this.
+    # the connects and handshakes in flight with them), but no further than this.
     evidence_lookback_s: float = 30.0
     # A burn-rate alert whose SLI had no bad event in this many windows (but good ones) is
     # a past burn: the attributor abstains. Two is the engine's calm; one more lets the
@@ -318,7 +318,7 @@ class SloEngine:
                         ) if due else []
             if due:
                 slis = {sli for sli, _ in due}
-                since = self._evidence_start(
+                since, earlier = self._evidence_start(
                     work, signals, lookback, slis, [began[s] for s in slis if s in began],
                     start_ns, now_ns)
                 if since < start_ns:
@@ -326,7 +326,7 @@ class SloEngine:
                     # has just begun at full strength (the lifetime reaches back into
                     # calm and dilutes it), the lifetime keeps one that has just ended.
                     features = _stronger(features, self._features(
-                        work, self._signals(work, since, start_ns - 1) + signals,
+                        work, earlier + signals,
                         work.samples.window(since, start_ns - 1) + samples, now_ns - since),
                         functools.partial(self.baseline.score, self._key(service, work)))
             for sli, sample in due:
@@ -401,33 +401,38 @@ class SloEngine:
         return [ev for t in self._timelines(work) for ev in t.window(start_ns, end_ns)]
 
     def _evidence_start(self, work: _Workload, signals: list[ProbeEvent],
-                        samples: list[_Judged], slis: set[str],
-                        breaches_began: list[int], start_ns: int, now_ns: int) -> int:
-        """Where the evidence of a violation begins: the window's start, or earlier when
-        the breaches of ``slis`` being explained (``breaches_began``: late ones may have
-        ended before the window) or the recent bad requests of ``slis`` (``samples``: the
-        last ``past_burn_windows``, which the alert is about) began before it; then
-        earlier still where a connect or handshake in flight in that span began (one
-        that ended in it, streamed or aggregated; the window's are ``signals``); never
-        before ``evidence_lookback_s`` ago, unless the window itself reaches further.
+                        samples: list[_Judged], slis: set[str], breaches_began: list[int],
+                        start_ns: int, now_ns: int) -> tuple[int, list[ProbeEvent]]:
+        """Where the evidence of a violation begins, and the workload's signals from
+        there to the window (``signals``, the window's own, are not repeated).
+
+        The window's start, or earlier when the breaches of ``slis`` being explained
+        (``breaches_began``: late ones may have ended before the window) or the recent
+        bad requests of ``slis`` (``samples``: the last ``past_burn_windows``, which the
+        alert is about) began before it; then earlier still where a connect or handshake
+        began that ended between that point and now (streamed or aggregated), so was in
+        flight when the earliest of them began; one step only, never before
+        ``evidence_lookback_s`` ago, unless the window itself reaches further.
 
         A request that breaches just after a fault ended began during it: the window
         alone shows the recovery (a slow handshake completing, the process catching up)
         and names that; the request's lifetime holds the cause. A burn-rate alert may have
-        no bad request in the window, but its slow connects still say when they began. A
-        connect that waited 3 s for its SYNs shared the network with the bad requests:
-        when the loss ended as they began, their own lifetime holds only its last SYN
-        retransmits, which look like SYN drops; its 3 s hold the lost data too.
+        no bad request in the window, but its slow connects still say when they began.
+        Requests that began as a loss ended and waited for a retransmitted SYN hold only
+        SYN retransmits in their own lifetime, which look like SYN drops; a connect that
+        waited 3 s beside them began in the loss, and from there the lost data is in view.
         """
         floor = self._evidence_floor(start_ns, now_ns)
-        began = list(breaches_began)
-        began += [j.start_unix_nano for j in samples if j.sli_name in slis and j.bad]
-        since = max(floor, min(start_ns, *began)) if began else start_ns
-        in_flight = signals + (self._signals(work, since, start_ns - 1) if since < start_ns
-                               else [])
-        began = [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6) for ev in in_flight
-                 if ev.signal in _LIFETIME_SIGNALS]
-        return max(floor, min(since, *began)) if began else since
+        requests_began = [*breaches_began,
+                          *(j.start_unix_nano for j in samples if j.sli_name in slis and j.bad)]
+        since = max(floor, min([start_ns, *requests_began]))
+        earlier = self._signals(work, since, start_ns - 1) if since < start_ns else []
+        connects_began = [ev.ts_unix_nano - int(_latency_ms(ev) * 1e6)
+                          for ev in signals + earlier if ev.signal in _LIFETIME_SIGNALS]
+        reach = max(floor, min([since, *connects_began]))
+        if reach < since:
+            earlier = self._signals(work, reach, since - 1) + earlier
+        return reach, earlier
 
     def _features(self, work: _Workload, signals: list[ProbeEvent],
                   samples: list[_Judged], span_ns: int) -> WindowFeatures:
