@@ -394,18 +394,27 @@ class Baseline:
         return feats.get(feature) if feats else None
 
     @staticmethod
-    def scale_of(feature: str, st: FeatureStats, trials: int | None = None) -> float:
+    def scale_of(feature: str, st: FeatureStats, trials: int | None = None,
+                 windows: float = 1.0) -> float:
         """Sigma-like scale, never below the feature's relative floor, nor its absolute
         floor; a share of ``trials`` requests (a feature with a ``base_rate``) has its
         sampling noise, the binomial ``sqrt(p(1-p)/trials)`` at the learnt rate (never
-        below ``base_rate``), in place of the absolute floor."""
+        below ``base_rate``), in place of the absolute floor.
+
+        A per-window mean of a sum over ``windows`` (> 1) windows: the learnt spread and
+        the relative floor (noise of each window) shrink by ``sqrt(windows)``; the
+        absolute floor bounds the noise of the total, so it shrinks by ``windows``: one
+        retransmit is one retransmit however long the reading."""
         spec = spec_of(feature)
         if trials and spec.base_rate > 0:
             p = min(max(st.center, spec.base_rate), 0.5)
             floor = math.sqrt(p * (1.0 - p) / trials)
         else:
             floor = spec.abs_floor
-        return max(st.mad * _MAD_TO_SIGMA, floor, spec.rel_floor * abs(st.center))
+        spread = max(st.mad * _MAD_TO_SIGMA, spec.rel_floor * abs(st.center))
+        if windows > 1.0:
+            return max(spread / math.sqrt(windows), floor / windows)
+        return max(spread, floor)
 
     def score(self, key: str, feature: str, value: float, trials: int | None = None,
               windows: float | None = None) -> float | None:
@@ -415,12 +424,10 @@ class Baseline:
         (:meth:`scale_of`): one error in 20 requests is then a clear rise over a provider
         that did not fail, and one in 500 is not; a fixed floor judged both by the share
         alone. With ``windows`` (> 1), ``value`` is a per-window mean over that many
-        windows, whose noise is the scale over ``sqrt(windows)``: 15 retransmits in a
-        5 s lifetime are 3 per 1 s window, and far more telling than 3 in one window."""
+        windows, scaled as :meth:`scale_of` says: over a baseline of none, 4 retransmits
+        in a 2.7 s lifetime are as telling as 4 in one window, not as 1.5 in one."""
         st = self.stats(key, feature)
         if st is None or st.n < self.config.warmup or not math.isfinite(value):
             return None
-        scale = self.scale_of(feature, st, trials)
-        if windows and windows > 1.0:
-            scale /= math.sqrt(windows)
+        scale = self.scale_of(feature, st, trials, windows or 1.0)
         return (value - st.center) / scale

@@ -548,17 +548,45 @@ def test_a_share_of_requests_is_scaled_by_its_sampling_noise() -> None:
 
 
 def test_a_mean_over_several_windows_is_scaled_by_its_smaller_noise() -> None:
-    """A per-window mean over n windows varies sqrt(n) less than one window: 3
-    retransmits per window over 5 windows (15 in all) is z 6.7 over a baseline of none
-    (floor 1 count), where 3 in one window is z 3; one window or fewer changes nothing."""
+    """A per-window mean over n windows: the learnt spread shrinks sqrt(n), the absolute
+    floor (which bounds the noise of the total) n. Over a baseline of none (floor 1
+    count), 3 retransmits per window over 5 windows (15 in all) is z 15, as 15 in one
+    window; over a baseline that varies by 2 a window, the total's noise is 2 sqrt(5).
+    One window or fewer changes nothing."""
     b = Baseline(BaselineConfig(warmup=2))
     for i in range(5):
         b.update("k", "tcp_retransmits", 0.0, float(i))
     assert b.score("k", "tcp_retransmits", 3.0) == pytest.approx(3.0)
-    assert b.score("k", "tcp_retransmits", 3.0, windows=5.0) == pytest.approx(
-        3.0 * math.sqrt(5))
+    assert b.score("k", "tcp_retransmits", 3.0, windows=5.0) == pytest.approx(15.0)
     assert b.score("k", "tcp_retransmits", 3.0, windows=1.0) == pytest.approx(3.0)
     assert b.score("k", "tcp_retransmits", 3.0, windows=0.5) == pytest.approx(3.0)
+    noisy = Baseline(BaselineConfig(warmup=2))
+    for i in range(40):
+        noisy.update("k", "tcp_retransmits", 10.0 + (2.0 if i % 2 else -2.0), float(i))
+    stats = noisy.stats("k", "tcp_retransmits")
+    assert stats is not None
+    sigma = noisy.scale_of("tcp_retransmits", stats)
+    assert sigma > 2.0  # the learnt spread, not the floor, sets the scale here
+    assert noisy.score("k", "tcp_retransmits", 13.0, windows=5.0) == pytest.approx(
+        (13.0 - stats.center) / (sigma / math.sqrt(5)))
+
+
+def test_a_loss_that_just_ended_is_not_a_slow_handshake() -> None:
+    """The lab's egress_loss strays (8764f61, rep 2), in miniature: alerts 2.5-5.5 s
+    after the loss ended, about a request that began 0.24 s before it did. Its lifetime
+    (2.7 s at the first) holds a connect that waited for a retransmitted SYN (1 s), a
+    handshake that waited for a retransmission (268 ms), 4 data retransmits and 1 SYN
+    retransmit. With the floor shrinking by sqrt(2.7) only, the 4 scored z 2.4, counted
+    against loss, and the handshake won (0.63). Counted as 4 events, they are loss."""
+    n = 2.7
+    feats = WindowFeatures(values={**CALM, "connect_max_ms": 1073.7, "connect_mean_ms": 10.1,
+                                   "tls_handshake_max_ms": 268.4,
+                                   "tls_handshake_mean_ms": 23.0,
+                                   "tcp_retransmits": 4 / n, "tcp_syn_retransmits": 1 / n},
+                           windows={"tcp_retransmits": n, "tcp_syn_retransmits": n})
+    att = attribute_violation(VIOLATION, feats, BASE, AttributionConfig())
+    assert att.predicted_fault_domain == "network_egress", posteriors(att)
+    assert att.sub_cause == "packet_loss"
 
 
 def test_one_slow_retrieval_does_not_outvote_a_failing_resolver() -> None:
