@@ -127,9 +127,8 @@ def main() -> int:
         if early:
             print(f"[rss] the agent exited after {samples[-1][0] / 60 if samples else 0:.1f} "
                   "min, before the lab's end: see run/rep-01/agent.log", file=sys.stderr)
-            stop()
     finally:
-        stop()
+        stop()  # also the lab whose agent exited early
         lab.wait()
     if stopping and not early:
         print(f"[rss] stopped; samples in {args.out}/rss.txt", file=sys.stderr)
